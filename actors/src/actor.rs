@@ -1,0 +1,251 @@
+//! `ContextActor`: one actix actor per context, owning its lifecycle.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use hypha_bootstrap::{boot, BootError, Method};
+use hypha_runtime::proto::{Control, Hello, Init};
+use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
+use tokio::process::Child;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn, Span};
+
+/// Where a context is in its life. Observe it with `Context::state` and `Context::closed`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Starting: the method runs and the handshake is under way.
+    Connecting,
+    /// Handshake done; calls are served.
+    Ready,
+    /// It could not be started.
+    Failed(String),
+    /// Its link closed without a shutdown being asked for (the agent died, the host went away).
+    Disconnected {
+        /// Why the link closed.
+        reason: String,
+        /// The local process's end, if this side owned one.
+        exit: Option<Exit>,
+    },
+    /// It was shut down.
+    ShutDown {
+        /// True if the agent finished its calls and exited by itself; false if it had to be killed.
+        graceful: bool,
+        /// The local process's end, if this side owned one.
+        exit: Option<Exit>,
+    },
+}
+
+impl State {
+    /// True once the context is gone for good.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            State::Failed(_) | State::Disconnected { .. } | State::ShutDown { .. }
+        )
+    }
+}
+
+/// How a local process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if it was killed by one.
+    pub signal: Option<i32>,
+}
+
+/// Ask a context to shut down gracefully.
+#[derive(Debug)]
+pub(crate) struct Shutdown {
+    pub(crate) grace: Duration,
+}
+
+impl Message for Shutdown {
+    type Result = State;
+}
+
+/// The actor behind each context: starts it, watches its link, reaps its process, and shuts it down.
+pub(crate) struct ContextActor {
+    pub(crate) id: ContextId,
+    pub(crate) name: String,
+    pub(crate) method: Option<Box<dyn Method>>,
+    pub(crate) router: Router,
+    pub(crate) io: tokio::runtime::Handle,
+    pub(crate) binary_hash: &'static str,
+    pub(crate) max_frame: usize,
+    pub(crate) state: watch::Sender<State>,
+    pub(crate) ready: Option<oneshot::Sender<Result<Hello, BootError>>>,
+    pub(crate) span: Span,
+    pub(crate) process: Option<Child>,
+    pub(crate) link: Option<LinkId>,
+    pub(crate) stopping: Option<Duration>,
+}
+
+type Started = Result<(Hello, LinkHandle, Option<Child>), BootError>;
+
+impl Actor for ContextActor {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(method) = self.method.take() else {
+            return;
+        };
+        let (router, hash, max_frame, id, span) = (
+            self.router.clone(),
+            self.binary_hash,
+            self.max_frame,
+            self.id,
+            self.span.clone(),
+        );
+        let name = self.name.clone();
+        let job = self.io.spawn(async move {
+            let target = method.target();
+            let init = |_: &Hello| Init {
+                id,
+                ancestors: vec![router.id()],
+                name: name.clone(),
+                max_frame: max_frame as u32,
+            };
+            let booted = boot(&*method, hash, max_frame, init).await?;
+            let hello = booted.hello;
+            span.record("host", hello.host.as_str());
+            let opts = LinkOptions {
+                role: Role::Child(id),
+                name: format!("{name}: {target}, pid {}", hello.pid),
+                span: span.clone(),
+                initial: booted.leftover,
+            };
+            let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
+            Ok((hello, link, booted.transport.process))
+        });
+        // `wait`: no other message (a shutdown) is handled until the start has finished.
+        ctx.wait(
+            actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
+                let res = res.unwrap_or_else(|e| {
+                    Err(BootError::Start {
+                        target: act.name.clone(),
+                        reason: format!("start-up task failed: {e}"),
+                    })
+                });
+                act.on_started(res, ctx)
+            }),
+        );
+    }
+}
+
+impl ContextActor {
+    fn on_started(&mut self, res: Started, ctx: &mut actix::Context<Self>) {
+        let _enter = self.span.clone().entered();
+        match res {
+            Ok((hello, mut link, process)) => {
+                info!(pid = hello.pid, user = %hello.user, arch = %hello.arch, "context ready");
+                self.link = Some(link.id());
+                self.process = process;
+                self.state.send_replace(State::Ready);
+                if let Some(tx) = self.ready.take() {
+                    let _ = tx.send(Ok(hello));
+                }
+                ctx.spawn(
+                    actix::fut::wrap_future(async move { link.closed().await })
+                        .map(|reason, act: &mut Self, ctx| act.on_closed(reason, ctx)),
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "context failed to start");
+                self.state.send_replace(State::Failed(e.to_string()));
+                if let Some(tx) = self.ready.take() {
+                    let _ = tx.send(Err(e));
+                }
+                ctx.stop();
+            }
+        }
+    }
+
+    fn on_closed(&mut self, reason: CloseReason, ctx: &mut actix::Context<Self>) {
+        let _enter = self.span.clone().entered();
+        debug!(%reason, "link closed");
+        let stopping = self.stopping;
+        let process = self.process.take();
+        // A process that outlives its link would be an orphan: give it a moment to exit, then kill it.
+        let patience = stopping.unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+        let reap = self.io.spawn(reap(process, patience));
+        ctx.wait(
+            actix::fut::wrap_future(reap).map(move |res, act: &mut Self, ctx| {
+                let (exit, killed) = res.unwrap_or((None, false));
+                let state = match stopping {
+                    Some(_) => {
+                        let graceful = !killed && !matches!(reason, CloseReason::Local(_));
+                        State::ShutDown { graceful, exit }
+                    }
+                    None => State::Disconnected {
+                        reason: reason.to_string(),
+                        exit,
+                    },
+                };
+                act.span.in_scope(|| info!(?state, "context ended"));
+                act.state.send_replace(state);
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+/// Wait up to `patience` for `process` to exit, then kill it. Returns its exit and whether it was killed.
+async fn reap(process: Option<Child>, patience: Duration) -> (Option<Exit>, bool) {
+    let Some(mut child) = process else {
+        return (None, false);
+    };
+    let (status, killed) = match tokio::time::timeout(patience, child.wait()).await {
+        Ok(status) => (status.ok(), false),
+        Err(_) => {
+            let _ = child.start_kill();
+            (child.wait().await.ok(), true)
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    (
+        status.map(|s| Exit {
+            code: s.code(),
+            signal: s.signal(),
+        }),
+        killed,
+    )
+}
+
+impl Handler<Shutdown> for ContextActor {
+    type Result = ResponseFuture<State>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
+        let mut state = self.state.subscribe();
+        let (router, id, link) = (self.router.clone(), self.id, self.link);
+        if self.stopping.is_none() && !self.state.borrow().is_terminal() {
+            self.stopping = Some(msg.grace);
+            self.span
+                .in_scope(|| debug!(grace = ?msg.grace, "shutting down"));
+        }
+        Box::pin(async move {
+            let grace_ms = msg.grace.as_millis() as u64;
+            let _ = router
+                .send_control(id, &Control::Shutdown { grace_ms })
+                .await;
+            let deadline = msg.grace + Duration::from_secs(2);
+            if tokio::time::timeout(deadline, state.wait_for(State::is_terminal))
+                .await
+                .is_err()
+            {
+                if let Some(link) = link {
+                    router.close(
+                        link,
+                        CloseReason::Local("the agent did not exit in time".into()),
+                    );
+                }
+            }
+            let end = state.wait_for(State::is_terminal).await.map(|s| s.clone());
+            end.unwrap_or_else(|_| State::Disconnected {
+                reason: "the context's actor stopped".into(),
+                exit: None,
+            })
+        })
+    }
+}

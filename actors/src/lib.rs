@@ -1,0 +1,298 @@
+//! hypha's actors: every context is an actix actor, behind `Send` async handles.
+//!
+//! [`Runtime`] is the controller (context 0). It runs an actix system on a thread of its own, where
+//! one [`ContextActor`](State) per context owns that context's lifecycle: starting it with a
+//! [`Method`], watching its link, reaping its process, shutting it down ([`State`]). The byte
+//! pumping and the calls themselves run as tokio tasks on the runtime the program already uses, so
+//! a call is never delayed by a hop through the actor thread.
+//!
+//! ```no_run
+//! use hypha_actors::Runtime;
+//! use hypha_bootstrap::Whoami;
+//! use hypha_runtime::Handlers;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let handlers = Handlers::new();
+//!     hypha_bootstrap::run_if_agent(&handlers);
+//!     let rt = Runtime::start(handlers)?;
+//!     let ctx = rt.local().await?;
+//!     let who = ctx.call(Whoami).await?;
+//!     println!("context {}: pid {} on {}", ctx.id(), who.pid, who.host);
+//!     rt.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+
+mod actor;
+mod context;
+mod registry;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, ArbiterHandle, System};
+use hypha_bootstrap::{BootError, Identity, Local, Method};
+use hypha_runtime::frame::DEFAULT_MAX_FRAME;
+use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
+use tokio::sync::{oneshot, watch};
+use tracing::info_span;
+
+pub use actor::{Exit, State};
+pub use context::{Context, DEFAULT_GRACE};
+
+use actor::{ContextActor, Shutdown};
+use registry::Registry;
+
+/// Settings of a [`Runtime`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// Largest frame sent or accepted on any link (default 16 MiB). Bulk data travels in chunks
+    /// far below this, so it bounds only single requests and responses.
+    pub max_frame: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// `Runtime::start` was called outside a tokio runtime.
+    #[error("Runtime::start must be called from within a tokio runtime")]
+    NoTokio,
+    /// This program's executable could not be read to hash it.
+    #[error("cannot hash this executable: {0}")]
+    Exe(std::io::Error),
+    /// The actor thread did not start.
+    #[error("cannot start the actor thread: {0}")]
+    Actors(std::io::Error),
+}
+
+/// The controller: context 0, parent of the contexts it starts. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    router: Router,
+    io: tokio::runtime::Handle,
+    system: System,
+    arbiter: ArbiterHandle,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    binary_hash: &'static str,
+    max_frame: usize,
+    next_id: AtomicU32,
+    contexts: Registry,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("router", &self.inner.router)
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.system.stop();
+    }
+}
+
+impl Runtime {
+    /// Start the controller with `handlers` (the same value given to `run_if_agent`) and default
+    /// [`Options`]. Call it from within a tokio runtime: links and calls run there.
+    pub fn start(handlers: Handlers) -> Result<Runtime, StartError> {
+        Self::start_with(handlers, Options::default())
+    }
+
+    /// [`Runtime::start`] with explicit [`Options`].
+    pub fn start_with(handlers: Handlers, options: Options) -> Result<Runtime, StartError> {
+        let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
+        let binary_hash = hypha_bootstrap::exe_hash().map_err(StartError::Exe)?;
+        let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
+        let cfg = RouterConfig {
+            id: 0,
+            ancestors: Vec::new(),
+            origin: Identity::current().origin(),
+            max_frame: options.max_frame,
+        };
+        let router = Router::new(cfg, hypha_bootstrap::install_builtins(handlers));
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                router,
+                io,
+                system,
+                arbiter,
+                thread: Mutex::new(Some(thread)),
+                binary_hash,
+                max_frame: options.max_frame,
+                next_id: AtomicU32::new(1),
+                contexts: Registry::default(),
+            }),
+        })
+    }
+
+    /// The controller's router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Start a local context: this program's own binary as a child process.
+    pub async fn local(&self) -> Result<Context, BootError> {
+        self.spawn(Local::default()).await
+    }
+
+    /// Start a context with any [`Method`].
+    pub async fn spawn(&self, method: impl Method + 'static) -> Result<Context, BootError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}.{id}",
+            method
+                .target()
+                .split_whitespace()
+                .next()
+                .unwrap_or("context")
+        );
+        let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
+        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let actor = {
+            let (name, router, io) = (
+                name.clone(),
+                self.inner.router.clone(),
+                self.inner.io.clone(),
+            );
+            let (hash, max_frame) = (self.inner.binary_hash, self.inner.max_frame);
+            let method: Box<dyn Method> = Box::new(method);
+            ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
+                id,
+                name,
+                method: Some(method),
+                router,
+                io,
+                binary_hash: hash,
+                max_frame,
+                state: state_tx,
+                ready: Some(ready_tx),
+                span,
+                process: None,
+                link: None,
+                stopping: None,
+            })
+        };
+        let stopped = || BootError::Start {
+            target: name.clone(),
+            reason: "the runtime has stopped".into(),
+        };
+        let hello = ready_rx.await.map_err(|_| stopped())??;
+        self.inner.contexts.insert(id, actor.clone());
+        let ctx = Context::new(id, name, hello, self.inner.router.clone(), actor, state_rx);
+        let (rt, watched) = (Arc::downgrade(&self.inner), ctx.clone());
+        self.inner.io.spawn(async move {
+            watched.closed().await;
+            if let Some(rt) = rt.upgrade() {
+                rt.contexts.remove(watched.id());
+            }
+        });
+        Ok(ctx)
+    }
+
+    /// Shut every context down (each gets [`DEFAULT_GRACE`]) and stop the actor thread.
+    pub async fn shutdown(&self) {
+        let actors = self.inner.contexts.drain();
+        let mut waits = tokio::task::JoinSet::new();
+        for actor in actors {
+            waits.spawn(async move {
+                actor
+                    .send(Shutdown {
+                        grace: DEFAULT_GRACE,
+                    })
+                    .await
+            });
+        }
+        while waits.join_next().await.is_some() {}
+        self.inner.system.stop();
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Call `req` in every context at once; the request is encoded once. Results come back in the order
+/// of `contexts`.
+pub async fn call_all<R: Request>(
+    contexts: &[Context],
+    req: &R,
+) -> Vec<Result<R::Response, CallError>> {
+    let encoded = match EncodedRequest::new(req) {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = e.to_string();
+            return contexts
+                .iter()
+                .map(|_| {
+                    Err(CallError::Encode {
+                        handler: R::NAME,
+                        reason: msg.clone(),
+                    })
+                })
+                .collect();
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for (i, ctx) in contexts.iter().enumerate() {
+        let (ctx, req) = (ctx.clone(), encoded.clone());
+        set.spawn(async move { (i, ctx.call_encoded(&req).await) });
+    }
+    let mut out: Vec<Option<Result<R::Response, CallError>>> =
+        contexts.iter().map(|_| None).collect();
+    while let Some(done) = set.join_next().await {
+        if let Ok((i, res)) = done {
+            out[i] = Some(res);
+        }
+    }
+    out.into_iter()
+        .zip(contexts)
+        .map(|(r, ctx)| {
+            r.unwrap_or_else(|| {
+                Err(CallError::Disconnected {
+                    context: ctx.id(),
+                    name: ctx.name().into(),
+                    reason: "the call task failed".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn start_actix() -> std::io::Result<(System, ArbiterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("hypha-actors".into())
+        .spawn(move || {
+            let runner = System::new();
+            let _ = tx.send((System::current(), actix::Arbiter::current()));
+            let _ = runner.run();
+        })?;
+    let (system, arbiter) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| std::io::Error::other(format!("actor thread did not report: {e}")))?;
+    Ok((system, arbiter, thread))
+}

@@ -1,0 +1,146 @@
+//! The agent: what this binary does when a parent started it as a context.
+//!
+//! Call [`run_if_agent`] first thing in `main`, before anything else writes to stdout:
+//!
+//! ```no_run
+//! fn main() {
+//!     let handlers = hypha_runtime::Handlers::new(); // .on(your_handler)...
+//!     hypha_bootstrap::run_if_agent(&handlers); // returns only in the controller
+//!     // ... the controller's own work
+//! }
+//! ```
+//! In a process started as an agent it never returns: it serves calls until its parent tells it to
+//! shut down or goes away, then exits the process. Without a parent stream there is nothing to do,
+//! so an agent never outlives its parent.
+
+use std::time::Duration;
+
+use hypha_runtime::proto::Control;
+use hypha_runtime::{Handlers, LinkOptions, Role, Router, RouterConfig};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use crate::fdio::{take_stdio, FdStream};
+use crate::{builtins, handshake, identity, BootError, Identity};
+
+/// Environment variable that marks a process as an agent; its value is the handshake nonce.
+pub const AGENT_ENV: &str = "HYPHA_AGENT";
+/// If set (to `error`, `warn`, `info`, `debug` or `trace`), an agent logs to its stderr.
+pub const LOG_ENV: &str = "HYPHA_LOG";
+
+/// If this process was started as an agent, serve as one and exit; otherwise return at once.
+///
+/// Call it before the program prints anything. It works before or inside a tokio runtime (for
+/// example first thing in a `#[tokio::main]` function); before one, the agent starts a little faster.
+pub fn run_if_agent(handlers: &Handlers) {
+    let Ok(nonce) = std::env::var(AGENT_ENV) else {
+        return;
+    };
+    // Not inherited by anything the handlers start.
+    std::env::remove_var(AGENT_ENV);
+    let result = if tokio::runtime::Handle::try_current().is_ok() {
+        // Called inside `#[tokio::main]`: the agent needs a runtime of its own, which cannot be
+        // started on a thread that already drives one. The caller's runtime stays idle.
+        let (handlers, nonce) = (handlers.clone(), nonce.clone());
+        std::thread::spawn(move || run(&handlers, &nonce))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(BootError::Start {
+                    target: "agent".into(),
+                    reason: "the agent thread panicked".into(),
+                })
+            })
+    } else {
+        run(handlers, &nonce)
+    };
+    if let Err(e) = result {
+        eprintln!("hypha agent (pid {}): {e}", std::process::id());
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
+fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
+    let io = |source| BootError::Io {
+        target: "agent start-up".into(),
+        source,
+    };
+    let (input, output) = take_stdio().map_err(io)?;
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hypha-agent")
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let handlers = builtins::install(handlers.clone());
+    rt.block_on(async move {
+        let mut reader = FdStream::new(input).map_err(io)?;
+        let mut writer = FdStream::new(output).map_err(io)?;
+        let hello = identity::hello().map_err(io)?;
+        let (init, leftover) = handshake::agent(
+            &mut reader,
+            &mut writer,
+            nonce,
+            &hello,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let span = info_span!("context", id = init.id, name = %init.name, host = %hello.host);
+        serve(handlers, init, reader, writer, leftover)
+            .instrument(span)
+            .await;
+        Ok(())
+    })
+}
+
+async fn serve(
+    handlers: Handlers,
+    init: hypha_runtime::proto::Init,
+    reader: FdStream,
+    writer: FdStream,
+    leftover: bytes::BytesMut,
+) {
+    let router = Router::new(
+        RouterConfig {
+            id: init.id,
+            ancestors: init.ancestors,
+            origin: Identity::current().origin(),
+            max_frame: init.max_frame as usize,
+        },
+        handlers,
+    );
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    router.set_control(control_tx);
+    let opts = LinkOptions {
+        role: Role::Parent,
+        name: "parent".into(),
+        span: tracing::Span::current(),
+        initial: leftover,
+    };
+    let mut parent = router.attach(reader, writer, opts);
+    debug!("serving");
+    tokio::select! {
+        reason = parent.closed() => {
+            debug!(%reason, "parent gone; exiting");
+        }
+        Some(Control::Shutdown { grace_ms }) = control.recv() => {
+            let finished = router.drain(Duration::from_millis(grace_ms)).await;
+            debug!(finished, "shutting down");
+            if let Some(writer) = router.close(parent.id(), hypha_runtime::CloseReason::Local("shutdown".into())) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let Ok(level) = std::env::var(LOG_ENV) else {
+        return;
+    };
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .try_init();
+}

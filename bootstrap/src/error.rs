@@ -1,0 +1,73 @@
+//! Why a context could not be started.
+
+use std::time::Duration;
+
+/// A context did not start. Every variant names the target (method and host) it was for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootError {
+    /// The method could not start the agent process or reach the host.
+    #[error("{target}: could not start the agent: {reason}")]
+    Start {
+        /// Method and host, e.g. `local on web1`.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The agent's stream ended before the handshake finished.
+    #[error("{target}: the agent ended before its handshake{}", said(output))]
+    Exited {
+        /// Method and host.
+        target: String,
+        /// What the far side printed before it ended (its own error message, if any).
+        output: String,
+    },
+    /// A stage of the handshake did not finish in time.
+    #[error("{target}: no {stage} within {after:?}")]
+    Timeout {
+        /// Method and host.
+        target: String,
+        /// What was awaited.
+        stage: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// Both ends do not run the same protocol or the same binary.
+    #[error("{target}: {what} mismatch: the agent has {theirs}, this side has {ours}")]
+    Mismatch {
+        /// Method and host.
+        target: String,
+        /// `protocol version` or `binary hash`.
+        what: &'static str,
+        /// This side's value.
+        ours: String,
+        /// The agent's value.
+        theirs: String,
+    },
+    /// The agent's handshake bytes were not what the protocol says.
+    #[error("{target}: garbled handshake: {reason}")]
+    Garbled {
+        /// Method and host.
+        target: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Reading or writing the stream failed.
+    #[error("{target}: I/O error during the handshake: {source}")]
+    Io {
+        /// Method and host.
+        target: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn said(output: &str) -> String {
+    let text = output.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; it said: {text}")
+    }
+}

@@ -1,0 +1,118 @@
+//! Non-blocking async reads and writes on a raw file descriptor (the agent's stdio).
+//!
+//! The agent's channel to its parent is whatever its stdin and stdout are: pipes for local
+//! contexts, a socket or pipe from sshd, a pty after `su`. `AsyncFd` with plain `read(2)` and
+//! `write(2)` works on all of them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One direction of a file descriptor as a tokio stream.
+#[derive(Debug)]
+pub struct FdStream(AsyncFd<OwnedFd>);
+
+impl FdStream {
+    /// Wrap `fd`, switching it to non-blocking mode. Must be called within a tokio runtime.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        set_nonblocking(fd.as_raw_fd())?;
+        // SAFETY: an OwnedFd stays open and names the same file for as long as the AsyncFd owns it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(FdStream(fd))
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn check(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl AsyncRead for FdStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            // SAFETY: reading into an initialised buffer of the given length.
+            let res = guard.try_io(|fd| {
+                check(unsafe {
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                })
+            });
+            match res {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FdStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            // SAFETY: writing from a valid buffer of the given length.
+            match guard.try_io(|fd| {
+                check(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
+            }) {
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(res) => return Poll::Ready(res),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Closing happens when the descriptor is dropped; for a pipe that is the end of file.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Move the process's stdin and stdout to private descriptors for the protocol, and point fd 0 at
+/// `/dev/null` and fd 1 at stderr, so a stray `println!` in a handler cannot corrupt the stream.
+pub fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: plain descriptor juggling at start-up; every result is checked.
+    unsafe {
+        let input = check(libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
+        let output = check(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
+        let null =
+            check(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) as isize)?
+                as RawFd;
+        check(libc::dup2(null, 0) as isize)?;
+        libc::close(null);
+        check(libc::dup2(2, 1) as isize)?;
+        Ok((OwnedFd::from_raw_fd(input), OwnedFd::from_raw_fd(output)))
+    }
+}

@@ -1,0 +1,38 @@
+//! hypha's bootstrap: turning "a host and a method" into a byte stream with an agent on the far
+//! end, and the agent's own `main`.
+//!
+//! - [`Method`] is how a parent starts an agent; [`Local`] spawns this binary as a child process.
+//!   [`boot`] runs a method and the [handshake]: the agent prints a sync marker and a Hello
+//!   (protocol version, binary hash, pid, user, host, arch), the parent checks it and answers with
+//!   an Init (the agent's id and ancestors).
+//! - [`run_if_agent`] is the agent's entry point: one call at the top of the user's `main`.
+//! - [`Identity`] and [`exe_hash`] describe this process; [`Whoami`] asks another context.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hypha_bootstrap::BootError> {
+//! use hypha_bootstrap::{boot, exe_hash, Local};
+//! use hypha_runtime::proto::Init;
+//!
+//! let hash = exe_hash().expect("readable executable");
+//! let booted = boot(&Local::default(), hash, 1 << 20, |_hello| Init {
+//!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20,
+//! }).await?;
+//! println!("agent pid {}", booted.hello.pid);
+//! # Ok(()) }
+//! ```
+
+mod agent;
+mod builtins;
+mod error;
+pub mod fdio;
+pub mod handshake;
+mod identity;
+mod local;
+mod method;
+
+pub use agent::{run_if_agent, AGENT_ENV, LOG_ENV};
+pub use builtins::{install as install_builtins, Whoami};
+pub use error::BootError;
+pub use identity::{exe_hash, hash_file, hello, Identity};
+pub use local::Local;
+pub use method::{boot, Booted, BoxFuture, Method, Transport};

@@ -1,0 +1,72 @@
+//! The `local` method: the controller (or any agent) spawns its own binary as a child agent,
+//! talking over the child's stdin and stdout.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::method::{BoxFuture, Method, Transport};
+use crate::{agent, BootError, Identity};
+
+/// Pipe buffer asked for on the child's stdio: fewer, larger writes for bulk data.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Start a context as a child process on this host.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    /// Executable to run; this process's own by default. Anything else must be a copy of it (the
+    /// handshake checks the binary hash).
+    pub program: Option<PathBuf>,
+    /// Handshake deadline; 30 s by default.
+    pub timeout: Option<Duration>,
+}
+
+impl Method for Local {
+    fn target(&self) -> String {
+        format!("local on {}", Identity::current().host)
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
+        Box::pin(async move {
+            let fail = |reason: String| BootError::Start {
+                target: self.target(),
+                reason,
+            };
+            let program = match &self.program {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| fail(format!("cannot find this executable: {e}")))?,
+            };
+            let mut child = Command::new(&program)
+                .env(agent::AGENT_ENV, nonce)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                // Its own process group: a Ctrl-C at the terminal stops the controller, and the
+                // agents then exit because their stdin closes, instead of dying mid-call.
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(fail("the child's stdio was not piped".into()));
+            };
+            for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
+                // SAFETY: fcntl on a pipe we own. Failure (an old kernel, a lower limit) only costs speed.
+                unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            }
+            Ok(Transport {
+                reader: Box::pin(stdout),
+                writer: Box::pin(stdin),
+                process: Some(child),
+            })
+        })
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(30))
+    }
+}

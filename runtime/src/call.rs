@@ -1,0 +1,536 @@
+//! Typed calls: request types, the handler registry, and the errors a call can end in.
+//!
+//! A request type names its response type and a stable name ([`Request`]). Both ends of a stream run
+//! the same binary, so registering a handler once in [`Handlers`] makes it exist in every context.
+//!
+//! A call's body is two msgpack values back to back: the handler's name (a msgpack string) and the
+//! request. The reply's body is the response, or a [`RemoteError`] when [`crate::frame::flags::ERROR`]
+//! is set.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::stream::{ByteReceiver, ByteSender};
+use crate::{ContextId, Router};
+
+/// A typed request: its response type and the stable name its handler is registered under.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add(i64, i64);
+///
+/// impl hypha_runtime::Request for Add {
+///     type Response = i64;
+///     const NAME: &'static str = "example.add";
+/// }
+/// ```
+pub trait Request: Serialize + DeserializeOwned + Send + 'static {
+    /// What the handler answers with.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+    /// The handler's name; the same in every copy of the binary. At most 255 bytes. Names starting
+    /// with `hypha.` are reserved for the built-in handlers.
+    const NAME: &'static str;
+}
+
+/// Liveness probe answered by every context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping;
+
+impl Request for Ping {
+    type Response = ();
+    const NAME: &'static str = "hypha.ping";
+}
+
+/// What a handler learns about the call it serves.
+#[derive(Clone, Debug)]
+pub struct Cx {
+    /// The router of the context the handler runs in; handlers can call onwards through it.
+    pub router: Router,
+    /// The context that sent the call.
+    pub caller: ContextId,
+}
+
+/// The error type handlers return: anything that converts into a boxed error, such as an
+/// `anyhow::Error`, an `io::Error` or a `String`. Its `source()` chain travels to the caller.
+pub type HandlerError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong on the far side of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The handler returned an error.
+    Handler,
+    /// The handler panicked; the context keeps serving.
+    Panic,
+    /// No handler is registered under the name.
+    UnknownHandler,
+    /// The request could not be decoded, or came with the wrong kind of stream.
+    BadRequest,
+    /// The caller may not call this context.
+    Refused,
+    /// The context is shutting down and takes no more calls.
+    ShuttingDown,
+    /// No route from the context that answered to the destination.
+    NoRoute,
+}
+
+/// An error that happened in another context, carried back to the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub kind: RemoteErrorKind,
+    /// Name of the handler called.
+    pub handler: String,
+    /// The error's own message (for a panic, the panic message).
+    pub message: String,
+    /// The `source()` chain below `message`, outermost first.
+    pub causes: Vec<String>,
+    /// The context it happened in.
+    pub context: ContextId,
+    /// Where that context runs, e.g. `alice@web1 pid 4242`.
+    pub origin: String,
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ctx, origin, handler) = (self.context, &self.origin, &self.handler);
+        match self.kind {
+            RemoteErrorKind::Handler => {
+                write!(f, "{handler} failed in context {ctx} ({origin}): ")?
+            }
+            RemoteErrorKind::Panic => {
+                write!(f, "{handler} panicked in context {ctx} ({origin}): ")?
+            }
+            RemoteErrorKind::UnknownHandler => write!(
+                f,
+                "context {ctx} ({origin}) has no handler named {handler:?}: "
+            )?,
+            RemoteErrorKind::BadRequest => write!(
+                f,
+                "context {ctx} ({origin}) refused a malformed {handler} call: "
+            )?,
+            RemoteErrorKind::Refused => write!(f, "context {ctx} ({origin}) refused {handler}: ")?,
+            RemoteErrorKind::ShuttingDown => {
+                write!(f, "context {ctx} ({origin}) is shutting down: ")?
+            }
+            RemoteErrorKind::NoRoute => {
+                write!(f, "context {ctx} ({origin}) could not route {handler}: ")?
+            }
+        }
+        f.write_str(&self.message)?;
+        for cause in &self.causes {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for RemoteError {}
+
+/// Why a call did not produce a response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The far side answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The stream the call travelled on closed before the answer came.
+    #[error("context {context} ({name}) disconnected: {reason}")]
+    Disconnected {
+        /// The context called.
+        context: ContextId,
+        /// Its name (method and host).
+        name: String,
+        /// Why the stream closed.
+        reason: String,
+    },
+    /// This context has no route to the destination.
+    #[error("no route to context {0}")]
+    NoRoute(ContextId),
+    /// The request could not be encoded, or is larger than the maximum frame.
+    #[error("could not encode a {handler} request: {reason}")]
+    Encode {
+        /// Handler called.
+        handler: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The answer did not decode as the expected response type.
+    #[error("could not decode the answer to {handler}: {reason}")]
+    Decode {
+        /// Handler called.
+        handler: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A byte stream belonging to the call failed.
+    #[error("stream of {handler}: {reason}")]
+    Stream {
+        /// Handler called.
+        handler: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A failure inside a handler, before the dispatcher adds where it happened.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: RemoteErrorKind,
+    pub(crate) message: String,
+    pub(crate) causes: Vec<String>,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            causes: Vec::new(),
+        }
+    }
+
+    fn from_error(err: HandlerError) -> Self {
+        let mut causes = Vec::new();
+        let mut next = err.source();
+        while let Some(cause) = next {
+            causes.push(cause.to_string());
+            next = cause.source();
+        }
+        Failure {
+            kind: RemoteErrorKind::Handler,
+            message: err.to_string(),
+            causes,
+        }
+    }
+
+    fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        Failure::new(RemoteErrorKind::Panic, message)
+    }
+}
+
+/// The byte stream, if any, that arrives with a call.
+#[derive(Debug)]
+pub(crate) enum StreamArg {
+    None,
+    Upload(ByteReceiver),
+    Download(ByteSender),
+}
+
+/// Which kind of stream a handler takes; the call's flags must agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Plain,
+    Upload,
+    Download,
+}
+
+pub(crate) type Reply = Result<Bytes, Failure>;
+type BoxReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
+type Erased = dyn Fn(&[u8], Cx, StreamArg) -> BoxReply + Send + Sync;
+
+pub(crate) struct Entry {
+    pub(crate) shape: Shape,
+    pub(crate) run: Box<Erased>,
+}
+
+/// The handlers a context serves, by name. Cheap to clone.
+///
+/// Build it once and give the same value to the agent entry point and to the runtime, so every copy
+/// of the binary serves the same names. [`Ping`] is always registered.
+#[derive(Clone)]
+pub struct Handlers {
+    map: Arc<HashMap<&'static str, Arc<Entry>>>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Handlers {
+    /// A registry holding the built-in handlers.
+    pub fn new() -> Self {
+        Handlers {
+            map: Arc::new(HashMap::new()),
+        }
+        .on(|_: Ping, _| async { Ok::<_, HandlerError>(()) })
+    }
+
+    /// Register `f` as the handler for `R`.
+    ///
+    /// # Panics
+    /// If a handler for `R::NAME` is already registered or the name is longer than 255 bytes: both
+    /// are mistakes in the program, not in its input.
+    pub fn on<R, F, Fut, E>(self, f: F) -> Self
+    where
+        R: Request,
+        F: Fn(R, Cx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.insert::<R>(Shape::Plain, move |req, cx, _| {
+            Box::pin(respond::<R, _, _>(f(req, cx)))
+        })
+    }
+
+    /// Register `f` as the handler for `R`, called with the bytes the caller uploads
+    /// (see `Context::upload`).
+    pub fn on_upload<R, F, Fut, E>(self, f: F) -> Self
+    where
+        R: Request,
+        F: Fn(R, Cx, ByteReceiver) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.insert::<R>(Shape::Upload, move |req, cx, stream| match stream {
+            StreamArg::Upload(rx) => Box::pin(respond::<R, _, _>(f(req, cx, rx))),
+            _ => Box::pin(async {
+                Err(Failure::new(
+                    RemoteErrorKind::BadRequest,
+                    "expected an upload",
+                ))
+            }),
+        })
+    }
+
+    /// Register `f` as the handler for `R`, called with a sender for bytes the caller downloads
+    /// (see `Context::download`). The stream ends when `f` returns.
+    pub fn on_download<R, F, Fut, E>(self, f: F) -> Self
+    where
+        R: Request,
+        F: Fn(R, Cx, ByteSender) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.insert::<R>(Shape::Download, move |req, cx, stream| match stream {
+            StreamArg::Download(tx) => Box::pin(respond::<R, _, _>(f(req, cx, tx))),
+            _ => Box::pin(async {
+                Err(Failure::new(
+                    RemoteErrorKind::BadRequest,
+                    "expected a download",
+                ))
+            }),
+        })
+    }
+
+    fn insert<R: Request>(
+        mut self,
+        shape: Shape,
+        typed: impl Fn(R, Cx, StreamArg) -> BoxReply + Send + Sync + 'static,
+    ) -> Self {
+        assert!(
+            R::NAME.len() <= 255,
+            "handler name {:?} is longer than 255 bytes",
+            R::NAME
+        );
+        let run = move |body: &[u8], cx: Cx, stream: StreamArg| -> BoxReply {
+            match rmp_serde::from_slice::<R>(body) {
+                Ok(req) => typed(req, cx, stream),
+                Err(e) => {
+                    let msg = format!(
+                        "request does not decode as {}: {e}",
+                        std::any::type_name::<R>()
+                    );
+                    Box::pin(async move { Err(Failure::new(RemoteErrorKind::BadRequest, msg)) })
+                }
+            }
+        };
+        let map = Arc::make_mut(&mut self.map);
+        let entry = Arc::new(Entry {
+            shape,
+            run: Box::new(run),
+        });
+        assert!(
+            map.insert(R::NAME, entry).is_none(),
+            "handler {:?} registered twice",
+            R::NAME
+        );
+        self
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.map.get(name)
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.map.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+async fn respond<R, Fut, E>(fut: Fut) -> Reply
+where
+    R: Request,
+    Fut: Future<Output = Result<R::Response, E>>,
+    E: Into<HandlerError>,
+{
+    match fut.await {
+        Ok(resp) => encode_value(&resp).map_err(|e| {
+            Failure::new(
+                RemoteErrorKind::Handler,
+                format!("response does not encode: {e}"),
+            )
+        }),
+        Err(e) => Err(Failure::from_error(e.into())),
+    }
+}
+
+/// Run `run` on `body`, turning a panic while building or polling the handler's future into a
+/// [`Failure`] of kind [`RemoteErrorKind::Panic`].
+pub(crate) async fn run_caught(entry: Arc<Entry>, body: Bytes, cx: Cx, stream: StreamArg) -> Reply {
+    let fut = match catch_unwind(AssertUnwindSafe(|| (entry.run)(&body, cx, stream))) {
+        Ok(fut) => fut,
+        Err(payload) => return Err(Failure::from_panic(payload)),
+    };
+    CatchUnwind(fut).await
+}
+
+struct CatchUnwind(BoxReply);
+
+impl Future for CatchUnwind {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Reply> {
+        let fut = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err(Failure::from_panic(payload))),
+        }
+    }
+}
+
+pub(crate) fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut w = BytesMut::with_capacity(64).writer();
+    rmp_serde::encode::write(&mut w, value)?;
+    Ok(w.into_inner().freeze())
+}
+
+/// A call body: the name as a msgpack string, then the request.
+pub(crate) fn encode_call<R: Request>(req: &R) -> Result<Bytes, CallError> {
+    let name = R::NAME.as_bytes();
+    let mut w = BytesMut::with_capacity(64 + name.len()).writer();
+    let buf = w.get_mut();
+    if name.len() < 32 {
+        buf.put_u8(0xa0 | name.len() as u8); // fixstr
+    } else {
+        buf.put_u8(0xd9); // str8; names are at most 255 bytes (checked at registration)
+        buf.put_u8(name.len() as u8);
+    }
+    buf.put_slice(name);
+    rmp_serde::encode::write(&mut w, req).map_err(|e| CallError::Encode {
+        handler: R::NAME,
+        reason: e.to_string(),
+    })?;
+    Ok(w.into_inner().freeze())
+}
+
+/// Split a call body into the handler name and the request bytes.
+pub(crate) fn split_call(body: &[u8]) -> Option<(&str, &[u8])> {
+    let (&tag, rest) = body.split_first()?;
+    let (len, rest) = match tag {
+        0xa0..=0xbf => ((tag & 0x1f) as usize, rest),
+        0xd9 => {
+            let (&len, rest) = rest.split_first()?;
+            (len as usize, rest)
+        }
+        _ => return None,
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (name, req) = rest.split_at(len);
+    Some((std::str::from_utf8(name).ok()?, req))
+}
+
+pub(crate) fn decode_value<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Long(String);
+    impl Request for Long {
+        type Response = ();
+        const NAME: &'static str = "a.handler.name.longer.than.thirty.one.bytes";
+    }
+
+    #[test]
+    fn call_body_round_trip() {
+        for body in [
+            encode_call(&Ping).unwrap(),
+            encode_call(&Long("x".into())).unwrap(),
+        ] {
+            let (name, req) = split_call(&body).expect("splits");
+            assert!(name == Ping::NAME || name == Long::NAME);
+            if name == Long::NAME {
+                assert_eq!(decode_value::<Long>(req).unwrap(), Long("x".into()));
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_call_bodies_do_not_split() {
+        assert_eq!(split_call(b""), None);
+        assert_eq!(split_call(&[0xa5, b'a']), None);
+        assert_eq!(split_call(&[0x01, 0x02]), None);
+        assert_eq!(split_call(&[0xa2, 0xff, 0xfe]), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn duplicate_names_are_a_programming_error() {
+        let _ = Handlers::new().on(|_: Ping, _| async { Ok::<_, HandlerError>(()) });
+    }
+
+    #[test]
+    fn remote_error_reads_as_a_sentence() {
+        let e = RemoteError {
+            kind: RemoteErrorKind::Handler,
+            handler: "fs.read".into(),
+            message: "could not read /etc/x".into(),
+            causes: vec!["permission denied".into()],
+            context: 3,
+            origin: "alice@web1 pid 42".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "fs.read failed in context 3 (alice@web1 pid 42): could not read /etc/x: permission denied"
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! Protocol messages that are not user calls: the handshake and control.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContextId;
+
+/// Version of the wire protocol. A peer speaking another version is refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What an agent says about itself right after its sync marker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the agent.
+    pub protocol: u32,
+    /// Content hash of the agent's own executable (hex), see `hypha_bootstrap::exe`.
+    pub binary_hash: String,
+    /// Process id on its host.
+    pub pid: u32,
+    /// User name the agent runs as.
+    pub user: String,
+    /// Host name.
+    pub host: String,
+    /// Machine architecture, as `uname -m` says it (`x86_64`, `aarch64`, ...).
+    pub arch: String,
+}
+
+/// The parent's answer to [`Hello`]: who the agent is in the tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Init {
+    /// The agent's context id.
+    pub id: ContextId,
+    /// Its ancestors, nearest (the parent) first, ending with the controller (0).
+    pub ancestors: Vec<ContextId>,
+    /// A human name for logs and errors.
+    pub name: String,
+    /// Largest frame the agent may send or accept.
+    pub max_frame: u32,
+}
+
+/// Control messages, sent to [`crate::frame::handles::CONTROL`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Control {
+    /// Stop taking calls, let calls in flight finish for up to `grace_ms`, then exit.
+    Shutdown {
+        /// How long calls in flight may take to finish.
+        grace_ms: u64,
+    },
+}

@@ -1,0 +1,43 @@
+//! hypha: run typed code on many machines at once, with nothing installed on them beforehand.
+//!
+//! A program built with hypha starts copies of itself as *agents* — local child processes today,
+//! SSH, sudo and chains of them as the project grows — and exchanges typed messages with them over
+//! the agents' stdin and stdout. This crate re-exports the public API of the workspace:
+//!
+//! - [`runtime`]: frames, the router, typed calls ([`Request`], [`Handlers`]) and byte streams;
+//! - [`bootstrap`]: methods that start agents ([`Local`]), the handshake, and [`run_if_agent`];
+//! - [`actors`]: the controller ([`Runtime`]) and per-context handles ([`Context`]).
+//!
+//! ```no_run
+//! use hypha::{Cx, HandlerError, Handlers, Request, Runtime};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Add(i64, i64);
+//! impl Request for Add {
+//!     type Response = i64;
+//!     const NAME: &'static str = "demo.add";
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let handlers = Handlers::new().on(|Add(a, b), _: Cx| async move { Ok::<_, HandlerError>(a + b) });
+//!     hypha::run_if_agent(&handlers); // in an agent, serves and exits; here, returns
+//!     let rt = Runtime::start(handlers)?;
+//!     let ctx = rt.local().await?;
+//!     assert_eq!(ctx.call(Add(2, 3)).await?, 5);
+//!     rt.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+
+pub use hypha_actors as actors;
+pub use hypha_bootstrap as bootstrap;
+pub use hypha_runtime as runtime;
+
+pub use hypha_actors::{call_all, Context, Exit, Options, Runtime, StartError, State};
+pub use hypha_bootstrap::{run_if_agent, BootError, Identity, Local, Method, Whoami};
+pub use hypha_runtime::{
+    ByteReceiver, ByteSender, CallError, ContextId, Cx, HandlerError, Handlers, Ping, RemoteError,
+    RemoteErrorKind, Request, StreamError,
+};
