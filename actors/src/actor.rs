@@ -192,17 +192,20 @@ impl ContextActor {
 }
 
 /// Wait up to `patience` for `process` to exit, then kill it. Returns its exit and whether it was killed.
+///
+/// Polls `waitpid(WNOHANG)` instead of awaiting `Child::wait`: tokio's wake-up for child exits is
+/// process-global signal state that several runtimes in one process (tests, embedding programs)
+/// can leave unserviced, and a lifecycle step must never hang on it.
 async fn reap(process: Option<Child>, patience: Duration) -> (Option<Exit>, bool) {
     let Some(mut child) = process else {
         return (None, false);
     };
-    let (status, killed) = match tokio::time::timeout(patience, child.wait()).await {
-        Ok(status) => (status.ok(), false),
-        Err(_) => {
-            let _ = child.start_kill();
-            (child.wait().await.ok(), true)
-        }
-    };
+    let mut status = poll_exit(&mut child, patience).await;
+    let killed = status.is_none();
+    if killed {
+        let _ = child.start_kill();
+        status = poll_exit(&mut child, Duration::from_secs(5)).await;
+    }
     use std::os::unix::process::ExitStatusExt;
     (
         status.map(|s| Exit {
@@ -211,6 +214,21 @@ async fn reap(process: Option<Child>, patience: Duration) -> (Option<Exit>, bool
         }),
         killed,
     )
+}
+
+async fn poll_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            _ => return None,
+        }
+    }
 }
 
 impl Handler<Shutdown> for ContextActor {

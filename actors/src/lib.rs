@@ -54,6 +54,14 @@ pub struct Options {
     pub max_frame: usize,
 }
 
+impl Options {
+    /// Set [`Options::max_frame`].
+    pub fn with_max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

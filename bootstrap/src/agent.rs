@@ -134,7 +134,9 @@ async fn serve(
     }
 }
 
-fn init_logging() {
+/// Log to stderr at the level named by [`LOG_ENV`], if it is set. Agents do this on their own; a
+/// controller may call it too.
+pub fn init_logging() {
     let Ok(level) = std::env::var(LOG_ENV) else {
         return;
     };

@@ -30,7 +30,7 @@ mod identity;
 mod local;
 mod method;
 
-pub use agent::{run_if_agent, AGENT_ENV, LOG_ENV};
+pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
 pub use error::BootError;
 pub use identity::{exe_hash, hash_file, hello, Identity};

@@ -84,8 +84,8 @@ pub async fn boot(
         }),
         Err(e) => {
             if let Some(mut child) = transport.process.take() {
+                // Killed and dropped: tokio reaps a dropped child in the background.
                 let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
             }
             Err(e)
         }

@@ -157,7 +157,7 @@ struct Link {
     tx: mpsc::Sender<Frame>,
     name: Arc<str>,
     closed: watch::Sender<Option<CloseReason>>,
-    reader: AbortHandle,
+    reader: Option<AbortHandle>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -265,21 +265,15 @@ impl Router {
             }
             .instrument(opts.span.clone()),
         );
-        let router = self.clone();
-        let reader = tokio::spawn(
-            async move {
-                let reason = router.read_loop(id, reader, opts.initial).await;
-                router.close(id, reason);
-            }
-            .instrument(opts.span),
-        );
+        // The link and its route exist before the reader starts: a frame read at once must pass
+        // the reverse-path check (regression: the first call into an agent was sometimes dropped).
         self.inner.links.insert(
             id,
             Link {
                 tx,
                 name: opts.name.into(),
                 closed: closed_tx,
-                reader: reader.abort_handle(),
+                reader: None,
                 writer: Some(writer),
             },
         );
@@ -288,6 +282,18 @@ impl Router {
             Role::Child(peer) => {
                 self.inner.routes.insert(peer, id);
             }
+        }
+        let router = self.clone();
+        let reader = tokio::spawn(
+            async move {
+                let reason = router.read_loop(id, reader, opts.initial).await;
+                router.close(id, reason);
+            }
+            .instrument(opts.span),
+        );
+        match self.inner.links.get_mut(&id) {
+            Some(mut link) => link.reader = Some(reader.abort_handle()),
+            None => reader.abort(), // closed already
         }
         LinkHandle {
             id,
@@ -300,7 +306,9 @@ impl Router {
     pub fn close(&self, link: LinkId, reason: CloseReason) -> Option<JoinHandle<()>> {
         let (_, mut entry) = self.inner.links.remove(&link)?;
         debug!(link, %reason, "link closed");
-        entry.reader.abort();
+        if let Some(reader) = &entry.reader {
+            reader.abort();
+        }
         let _ = self
             .inner
             .parent
