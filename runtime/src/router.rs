@@ -301,6 +301,12 @@ impl Router {
         }
     }
 
+    /// Route frames for `dst` (a context behind a child) over `via`. Frames for ids without a route
+    /// go to the parent.
+    pub fn add_route(&self, dst: ContextId, via: LinkId) {
+        self.inner.routes.insert(dst, via);
+    }
+
     /// Close a link: its routes go, calls waiting through it fail, streams through it end. Returns
     /// the writer task, which finishes once the frames already queued are written.
     pub fn close(&self, link: LinkId, reason: CloseReason) -> Option<JoinHandle<()>> {

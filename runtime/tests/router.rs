@@ -1,0 +1,286 @@
+//! Routing and calls between routers joined by in-memory pipes.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hypha_runtime::frame::{self, flags, handles, Header};
+use hypha_runtime::{
+    ByteReceiver, CallError, CloseReason, Cx, HandlerError, Handlers, LinkHandle, LinkOptions,
+    Ping, RemoteErrorKind, Request, Role, Router, RouterConfig,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+#[derive(Serialize, Deserialize)]
+struct Double(u64);
+impl Request for Double {
+    type Response = u64;
+    const NAME: &'static str = "t.double";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hang;
+impl Request for Hang {
+    type Response = ();
+    const NAME: &'static str = "t.hang";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Slurp;
+impl Request for Slurp {
+    type Response = u64;
+    const NAME: &'static str = "t.slurp";
+}
+
+fn handlers() -> Handlers {
+    Handlers::new()
+        .on(|Double(n), _: Cx| async move { Ok::<_, HandlerError>(n * 2) })
+        .on(|Hang, _: Cx| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, HandlerError>(())
+        })
+        .on_upload(|Slurp, _: Cx, mut rx: ByteReceiver| async move {
+            // A slow consumer: the sender must wait for credit rather than flood the pipe.
+            let mut n = 0;
+            while let Some(chunk) = rx.recv().await? {
+                n += chunk.len() as u64;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<_, HandlerError>(n)
+        })
+}
+
+fn router(id: u32, ancestors: Vec<u32>) -> Router {
+    let cfg = RouterConfig {
+        id,
+        ancestors,
+        origin: format!("test context {id}"),
+        max_frame: 1 << 20,
+    };
+    Router::new(cfg, handlers())
+}
+
+fn attach(router: &Router, role: Role, pipe: DuplexStream, initial: BytesMut) -> LinkHandle {
+    let (r, w) = tokio::io::split(pipe);
+    let opts = LinkOptions {
+        role,
+        name: format!("{role:?} pipe"),
+        span: tracing::Span::none(),
+        initial,
+    };
+    router.attach(r, w, opts)
+}
+
+/// Controller 0 with child 1.
+fn pair() -> (Router, Router, LinkHandle, LinkHandle) {
+    let (a, b) = tokio::io::duplex(256 << 10);
+    let parent = router(0, vec![]);
+    let child = router(1, vec![0]);
+    let down = attach(&parent, Role::Child(1), a, BytesMut::new());
+    let up = attach(&child, Role::Parent, b, BytesMut::new());
+    (parent, child, down, up)
+}
+
+#[tokio::test]
+async fn calls_round_trip_and_many_fly_at_once() {
+    let (parent, _child, _down, _up) = pair();
+    assert_eq!(parent.call(1, &Double(21)).await.unwrap(), 42);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..500u64 {
+        let p = parent.clone();
+        set.spawn(async move { (i, p.call(1, &Double(i)).await.unwrap()) });
+    }
+    while let Some(r) = set.join_next().await {
+        let (i, d) = r.unwrap();
+        assert_eq!(d, i * 2);
+    }
+    assert_eq!(parent.pending_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_closing_link_fails_every_waiting_call_with_the_context_named() {
+    let (parent, child, mut down, up) = pair();
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let p = parent.clone();
+        waiting.spawn(async move { p.call(1, &Hang).await });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(parent.pending_calls(), 10);
+    child.close(up.id(), CloseReason::Local("test".into()));
+    assert_eq!(down.closed().await, CloseReason::Eof);
+    while let Some(r) = waiting.join_next().await {
+        match r.unwrap() {
+            Err(CallError::Disconnected {
+                context: 1,
+                name,
+                reason,
+            }) => {
+                assert_eq!(name, "Child(1) pipe");
+                assert!(reason.contains("end of file"), "{reason}");
+            }
+            other => panic!("expected a disconnect, got {other:?}"),
+        }
+    }
+    assert_eq!(parent.pending_calls(), 0);
+    assert!(matches!(
+        parent.call(1, &Ping).await,
+        Err(CallError::NoRoute(1))
+    ));
+}
+
+#[tokio::test]
+async fn garbage_on_a_link_closes_it_and_fails_its_calls() {
+    let (near, mut far) = tokio::io::duplex(64 << 10);
+    let parent = router(0, vec![]);
+    let mut link = attach(&parent, Role::Child(1), near, BytesMut::new());
+    let call = {
+        let p = parent.clone();
+        tokio::spawn(async move { p.call(1, &Ping).await })
+    };
+    let mut sink = vec![0; 4096];
+    let _ = far.read(&mut sink).await.unwrap(); // the call arrived
+    far.write_all(b"Welcome to the machine, have a nice day\n")
+        .await
+        .unwrap();
+    assert!(matches!(
+        link.closed().await,
+        CloseReason::Garbled(frame::FrameError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(CallError::Disconnected { .. })
+    ));
+}
+
+#[tokio::test]
+async fn children_cannot_call_their_parent_or_forge_a_source() {
+    let (parent, child, _down, _up) = pair();
+    // A child calling its parent is refused: calls are accepted only from ancestors.
+    let err = child.call(0, &Ping).await.unwrap_err();
+    let CallError::Remote(r) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(r.kind, RemoteErrorKind::Refused);
+    assert_eq!(r.context, 0);
+
+    // A frame claiming to come from a context that is not behind the link is dropped unanswered.
+    let (near, mut far) = tokio::io::duplex(64 << 10);
+    let _link = attach(&parent, Role::Child(7), near, BytesMut::new());
+    let mut out = BytesMut::new();
+    let forged = Header {
+        dst: 0,
+        src: 1,
+        auth: 1,
+        handle: handles::CALL,
+        reply_to: 2000,
+        flags: 0,
+    };
+    frame::encode(&forged, b"\xa1x", 1 << 20, &mut out).unwrap();
+    far.write_all(&out).await.unwrap();
+    let mut buf = [0u8; 64];
+    let answered = tokio::time::timeout(Duration::from_millis(200), far.read(&mut buf)).await;
+    assert!(answered.is_err(), "the forged call got an answer");
+}
+
+#[tokio::test]
+async fn unknown_flags_and_mismatched_streams_are_errors_not_panics() {
+    let (parent, _child, _down, _up) = pair();
+    // An upload call to a plain handler is refused with a clear error, and the link survives.
+    let err = parent.upload(1, &Double(1), &b"abc"[..]).await.unwrap_err();
+    let CallError::Remote(r) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(r.kind, RemoteErrorKind::BadRequest);
+    assert_eq!(parent.call(1, &Double(2)).await.unwrap(), 4);
+    assert_eq!(flags::KNOWN & (1 << 31), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_throttles_the_sender() {
+    let (parent, _child, _down, _up) = pair();
+    let size = 16u64 << 20;
+    let n = parent
+        .upload(1, &Slurp, tokio::io::repeat(9).take(size))
+        .await
+        .unwrap();
+    assert_eq!(n, size);
+}
+
+#[derive(Serialize, Deserialize)]
+struct Deep;
+impl Request for Deep {
+    type Response = u32;
+    const NAME: &'static str = "t.deep";
+}
+
+#[tokio::test]
+async fn frames_for_unknown_ids_go_to_the_parent_and_routes_forward() {
+    // 0 — 1 — 2: the controller knows only 1; 1 knows 2.
+    let (a, b) = tokio::io::duplex(64 << 10);
+    let (c, d) = tokio::io::duplex(64 << 10);
+    let zero = router(0, vec![]);
+    let one = router(1, vec![0]);
+    let two = Router::new(
+        RouterConfig {
+            id: 2,
+            ancestors: vec![1, 0],
+            origin: "two".into(),
+            max_frame: 1 << 20,
+        },
+        Handlers::new().on(|Deep, cx: Cx| async move { Ok::<_, HandlerError>(cx.router.id()) }),
+    );
+    let l0 = attach(&zero, Role::Child(1), a, BytesMut::new());
+    let _l1 = attach(&one, Role::Parent, b, BytesMut::new());
+    let _l2 = attach(&one, Role::Child(2), c, BytesMut::new());
+    let _l3 = attach(&two, Role::Parent, d, BytesMut::new());
+    // Without a route to 2, the controller has nowhere to send the call.
+    assert!(matches!(
+        zero.call(2, &Deep).await,
+        Err(CallError::NoRoute(2))
+    ));
+    // With one, the call is forwarded by 1; the answer goes to 2's parent and 1's parent (neither
+    // knows a route to 0) and so reaches the controller.
+    zero.add_route(2, l0.id());
+    assert_eq!(zero.call(2, &Deep).await.unwrap(), 2);
+    // 2 may not call 1: 2 is not among 1's ancestors.
+    let err = two.call(1, &Ping).await.unwrap_err();
+    assert!(
+        err.to_string().contains("accepted only from ancestors"),
+        "{err}"
+    );
+}
+
+/// Regression: a frame that arrived together with the handshake (already in `initial`) was dropped
+/// when the reader ran before the link was registered as the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_read_with_the_handshake_is_answered() {
+    for _ in 0..200 {
+        let (near, mut far) = tokio::io::duplex(64 << 10);
+        let agent = router(1, vec![0]);
+        let mut initial = BytesMut::new();
+        let call = Header {
+            dst: 1,
+            src: 0,
+            auth: 0,
+            handle: handles::CALL,
+            reply_to: 5000,
+            flags: 0,
+        };
+        frame::encode(&call, b"\xaahypha.ping\xc0", 1 << 20, &mut initial).unwrap();
+        let _link = attach(&agent, Role::Parent, near, initial);
+        let mut buf = BytesMut::new();
+        let reply = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                far.read_buf(&mut buf).await.unwrap();
+                if let Some(f) = frame::decode(&mut buf, 1 << 20).unwrap() {
+                    return f;
+                }
+            }
+        })
+        .await
+        .expect("the call is answered");
+        assert_eq!(reply.header.handle, 5000);
+        assert_eq!(reply.header.flags, flags::REPLY);
+    }
+}
