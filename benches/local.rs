@@ -1,1 +1,235 @@
-fn main() {}
+//! Local contexts: start time, call round trip, calls/s, bytes/s, and the floor they are measured
+//! against (a bare 64-byte ping-pong over two pipes between the same two processes).
+//!
+//! ```text
+//! cargo bench --bench local                # everything
+//! cargo bench --bench local -- call_rtt    # one group
+//! ```
+//! The bench binary is its own agent: `main` serves as one when started as a context, or echoes
+//! 64-byte messages when started by the pipe floor bench.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use hypha::{ByteReceiver, Cx, HandlerError, Handlers, Ping, Request, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+/// Started with this variable set, the binary echoes 64-byte messages on stdin/stdout.
+const ECHO_ENV: &str = "HYPHA_BENCH_ECHO";
+const MSG: usize = 64;
+/// Bytes per sample of the bulk bench.
+const BULK: u64 = 1 << 30;
+
+#[derive(Serialize, Deserialize)]
+struct Sink;
+impl Request for Sink {
+    type Response = u64;
+    const NAME: &'static str = "bench.sink";
+}
+
+fn handlers() -> Handlers {
+    Handlers::new().on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move {
+        rx.drain().await.map_err(HandlerError::from)
+    })
+}
+
+fn echo() -> ! {
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut buf = [0u8; MSG];
+    while input.read_exact(&mut buf).is_ok() {
+        if output
+            .write_all(&buf)
+            .and_then(|()| output.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::exit(0)
+}
+
+/// The controller's runtime: multi-threaded like `#[tokio::main]`, or single-threaded with
+/// `HYPHA_BENCH_CURRENT_THREAD=1`.
+fn tokio_rt() -> tokio::runtime::Runtime {
+    if std::env::var_os("HYPHA_BENCH_CURRENT_THREAD").is_some() {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// The floor: the same binary as a child, 64 bytes there and back over its stdin/stdout, with
+/// blocking reads and writes on both ends.
+fn pipe_floor(c: &mut Criterion) {
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .env(ECHO_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (mut to, mut from) = (
+        child.stdin.take().expect("stdin"),
+        child.stdout.take().expect("stdout"),
+    );
+    let msg = [7u8; MSG];
+    let mut back = [0u8; MSG];
+    c.bench_function("pipe_pingpong_64b", |b| {
+        b.iter(|| {
+            to.write_all(&msg).expect("write");
+            from.read_exact(&mut back).expect("read");
+        })
+    });
+    drop(to);
+    let _ = child.wait();
+}
+
+fn start(c: &mut Criterion) {
+    let rt = tokio_rt();
+    let hypha = rt
+        .block_on(async { Runtime::start(handlers()) })
+        .expect("hypha");
+    let mut g = c.benchmark_group("local_start");
+    g.sample_size(30);
+    g.bench_function("spawn_to_first_call", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let ctx = hypha.local().await.expect("start");
+                    ctx.call(Ping).await.expect("ping");
+                    total += t.elapsed();
+                    ctx.shutdown().await;
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("hundred_contexts");
+    g.sample_size(10);
+    g.bench_function("start_and_call_each_once", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..100 {
+                        let hypha = hypha.clone();
+                        set.spawn(async move {
+                            let ctx = hypha.local().await.expect("start");
+                            ctx.call(Ping).await.expect("ping");
+                            ctx
+                        });
+                    }
+                    let mut contexts = Vec::with_capacity(100);
+                    while let Some(ctx) = set.join_next().await {
+                        contexts.push(ctx.expect("task"));
+                    }
+                    total += t.elapsed();
+                    for ctx in contexts {
+                        ctx.shutdown().await;
+                    }
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(hypha.shutdown());
+}
+
+fn calls(c: &mut Criterion) {
+    let rt = tokio_rt();
+    let (hypha, ctx) = rt.block_on(async {
+        let hypha = Runtime::start(handlers()).expect("hypha");
+        let ctx = hypha.local().await.expect("start");
+        (hypha, ctx)
+    });
+    c.bench_function("call_rtt", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            // Run the loop as a task so the caller and the link's reader share a worker thread.
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        ctx.call(Ping).await.expect("ping");
+                    }
+                    t.elapsed()
+                })
+                .await
+                .expect("task")
+            })
+        })
+    });
+
+    const IN_FLIGHT: u64 = 1000;
+    let mut g = c.benchmark_group("calls_in_flight");
+    g.throughput(Throughput::Elements(IN_FLIGHT));
+    g.bench_function("1000_pings", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..IN_FLIGHT {
+                        let ctx = ctx.clone();
+                        set.spawn(async move { ctx.call(Ping).await.expect("ping") });
+                    }
+                    while set.join_next().await.is_some() {}
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("bulk");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Bytes(BULK));
+    g.bench_function("upload_1gib", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let n = ctx
+                        .upload(Sink, tokio::io::repeat(0).take(BULK))
+                        .await
+                        .expect("upload");
+                    assert_eq!(n, BULK);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(hypha.shutdown());
+}
+
+fn main() {
+    if std::env::var_os(ECHO_ENV).is_some() {
+        echo();
+    }
+    hypha::run_if_agent(&handlers());
+    let mut c = Criterion::default().configure_from_args();
+    pipe_floor(&mut c);
+    calls(&mut c);
+    start(&mut c);
+    c.final_summary();
+}

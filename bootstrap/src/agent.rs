@@ -67,9 +67,9 @@ fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
     };
     let (input, output) = take_stdio().map_err(io)?;
     init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("hypha-agent")
+    // One thread: every wake-up stays on it, which halves a call's round trip compared with a
+    // multi-threaded runtime. Handlers that compute for long should use `spawn_blocking`.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io)?;

@@ -60,6 +60,10 @@ impl AsyncRead for FdStream {
             });
             match res {
                 Ok(Ok(n)) => {
+                    // A short read emptied the descriptor: skip the read that would say EAGAIN.
+                    if n > 0 && n < unfilled.len() {
+                        guard.clear_ready();
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -84,6 +88,12 @@ impl AsyncWrite for FdStream {
                 check(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
             }) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Ok(n)) => {
+                    if n < data.len() {
+                        guard.clear_ready(); // the pipe is full
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 Ok(res) => return Poll::Ready(res),
                 Err(_would_block) => continue,
             }

@@ -10,8 +10,10 @@
 //! [`CallError::Disconnected`] naming the context, and its routes are removed.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -37,6 +39,11 @@ const LINK_QUEUE: usize = 256;
 /// Bodies at least this large are written straight from their buffer instead of copied into the
 /// writer's batch.
 const WRITE_DIRECT: usize = 16 << 10;
+/// The reader reads into at least this much free room...
+const READ_MIN: usize = 4 << 10;
+/// ...and makes room for a whole stream chunk when it has less: one read per chunk of bulk data,
+/// and a fresh buffer only every few thousand small frames.
+const READ_BATCH: usize = CHUNK + frame::HEADER_LEN + frame::LEN_PREFIX;
 /// The writer stops batching more frames once this much is buffered.
 const WRITE_BATCH: usize = 64 << 10;
 
@@ -625,7 +632,10 @@ impl Router {
                     Err(e) => return CloseReason::Garbled(e),
                 }
             }
-            buf.reserve(CHUNK + frame::HEADER_LEN + frame::LEN_PREFIX);
+            // Room for a batch of small frames; `decode` reserves exactly what a large one needs.
+            if buf.capacity() - buf.len() < READ_MIN {
+                buf.reserve(READ_BATCH);
+            }
             match reader.read_buf(&mut buf).await {
                 Ok(0) => return CloseReason::Eof,
                 Ok(_) => {}
@@ -800,26 +810,43 @@ impl Router {
         let name: Arc<str> = name.into();
         let req = frame.body.slice(frame.body.len() - req.len()..);
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        let router = self.clone();
         let cx = Cx {
             router: self.clone(),
             caller: h.src,
         };
-        tokio::spawn(
-            async move {
-                let result = call::run_caught(entry, req, cx, stream).await;
-                router.inner.inbound.remove(&(h.src, h.reply_to));
-                if h.flags & flags::NO_REPLY == 0 {
-                    router.reply(h, &name, result).await;
-                } else if let Err(f) = result {
-                    warn!(handler = %name, error = %router.remote_error(&name, f), "a fire-and-forget call failed");
-                }
-                if router.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    router.inner.idle.notify_waiters();
-                }
+        let mut run = Box::pin(call::run_caught(entry, req, cx, stream));
+        // Most handlers answer without waiting: poll once here and spare them a task. One that is
+        // still pending goes on in a task of its own, whose first poll registers a real waker.
+        let first = run
+            .as_mut()
+            .poll(&mut TaskContext::from_waker(Waker::noop()));
+        match first {
+            Poll::Ready(result) => self.finish_call(h, &name, result).await,
+            Poll::Pending => {
+                let router = self.clone();
+                let span = tracing::debug_span!("call", handler = %name, caller = h.src);
+                tokio::spawn(
+                    async move {
+                        let result = run.await;
+                        router.finish_call(h, &name, result).await;
+                    }
+                    .instrument(span),
+                );
             }
-            .instrument(tracing::debug_span!("call", caller = h.src)),
-        );
+        }
+    }
+
+    /// Answer a call whose handler has finished, and count it out.
+    async fn finish_call(&self, h: Header, name: &str, result: call::Reply) {
+        self.inner.inbound.remove(&(h.src, h.reply_to));
+        if h.flags & flags::NO_REPLY == 0 {
+            self.reply(h, name, result).await;
+        } else if let Err(f) = result {
+            warn!(handler = %name, error = %self.remote_error(name, f), "a fire-and-forget call failed");
+        }
+        if self.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
     }
 
     fn remote_error(&self, handler: &str, f: Failure) -> RemoteError {
