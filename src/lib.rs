@@ -8,28 +8,8 @@
 //! - [`bootstrap`]: methods that start agents ([`Local`]), the handshake, and [`run_if_agent`];
 //! - [`actors`]: the controller ([`Runtime`]) and per-context handles ([`Context`]).
 //!
-//! ```no_run
-//! use hypha::{Cx, HandlerError, Handlers, Request, Runtime};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Serialize, Deserialize)]
-//! struct Add(i64, i64);
-//! impl Request for Add {
-//!     type Response = i64;
-//!     const NAME: &'static str = "demo.add";
-//! }
-//!
-//! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let handlers = Handlers::new().on(|Add(a, b), _: Cx| async move { Ok::<_, HandlerError>(a + b) });
-//!     hypha::run_if_agent(&handlers); // in an agent, serves and exits; here, returns
-//!     let rt = Runtime::start(handlers)?;
-//!     let ctx = rt.local().await?;
-//!     assert_eq!(ctx.call(Add(2, 3)).await?, 5);
-//!     rt.shutdown().await;
-//!     Ok(())
-//! }
-//! ```
+//! The crate's README follows, with the API example (run as a doctest).
+#![doc = include_str!("../README.md")]
 
 pub use hypha_actors as actors;
 pub use hypha_bootstrap as bootstrap;

@@ -1,5 +1,7 @@
 //! Local contexts end to end: real agent processes (this test binary) over real pipes.
 
+#![allow(clippy::unwrap_used)]
+
 mod util;
 
 use std::io::{BufRead, BufReader};

@@ -3,11 +3,10 @@
 //! Call [`run_if_agent`] first thing in `main`, before anything else writes to stdout:
 //!
 //! ```no_run
-//! fn main() {
-//!     let handlers = hypha_runtime::Handlers::new(); // .on(your_handler)...
-//!     hypha_bootstrap::run_if_agent(&handlers); // returns only in the controller
-//!     // ... the controller's own work
-//! }
+//! // First thing in `main`:
+//! let handlers = hypha_runtime::Handlers::new(); // .on(your_handler)...
+//! hypha_bootstrap::run_if_agent(&handlers); // returns only in the controller
+//! // ... the controller's own work
 //! ```
 //! In a process started as an agent it never returns: it serves calls until its parent tells it to
 //! shut down or goes away, then exits the process. Without a parent stream there is nothing to do,

@@ -391,8 +391,7 @@ impl Router {
         dst: ContextId,
         req: &EncodedRequest<R>,
     ) -> Result<R::Response, CallError> {
-        let (handle, rx, _guard) =
-            self.expect_reply(dst, |tx| PendingTx::Once(tx), oneshot::channel)?;
+        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Once, oneshot::channel)?;
         self.send_call(dst, req.body.clone(), handle, 0).await?;
         let frame = rx.await.map_err(|_| self.lost(dst))??;
         decode_reply::<R>(&frame)

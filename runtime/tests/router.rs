@@ -1,5 +1,7 @@
 //! Routing and calls between routers joined by in-memory pipes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::BytesMut;

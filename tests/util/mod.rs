@@ -3,7 +3,7 @@
 //! The test binary is its own agent: a constructor runs [`hypha::run_if_agent`] before libtest's
 //! `main`, so a context started from a test serves these handlers and never runs the tests.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
