@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The SSH test lab: real sshd hosts, each in its own network namespace (own address) and mount
+# namespace (own /home, /tmp and /dev/shm), on a bridge that only this script creates.
+#
+#   tests/lab/lab.sh up      install what is missing, start the hosts (idempotent)
+#   tests/lab/lab.sh down    stop the hosts, remove namespaces, bridge and state
+#   tests/lab/lab.sh status  say whether the lab is up
+#
+# Needs root. Only addresses this script creates (LAB_NET below, inside its own namespaces) are
+# ever used. Hosts:
+#   plain   10.213.0.11   an ordinary host
+#   noisy   10.213.0.12   MOTD, a .bashrc and a .profile that print text before anything runs
+#   locked  10.213.0.13   no writable, executable directory for the agent cache
+#   arm     10.213.0.14   `uname -m` says aarch64 (a host of another architecture, as far as we can tell)
+#   broken  10.213.0.15   the cached agent is a program that fails like a loader error
+# Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password).
+set -euo pipefail
+
+LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
+LAB_NET=10.213.0
+BRIDGE=hyphabr0
+HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15"
+USER_NAME=hypha
+USER_PASSWORD=hypha-test-password
+RSA_PASSPHRASE=hypha-rsa-passphrase
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "lab: needs root" >&2
+        exit 2
+    fi
+}
+
+install_packages() {
+    local missing=()
+    for pkg in openssh-server openssh-client sudo iproute2 util-linux passwd; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "lab: installing ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+    # The package's own sshd (if it started one) is not ours to use: the lab runs its own.
+    mkdir -p /run/sshd
+}
+
+make_user() {
+    if ! id "$USER_NAME" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash "$USER_NAME"
+    fi
+    echo "$USER_NAME:$USER_PASSWORD" | chpasswd
+}
+
+make_keys() {
+    mkdir -p "$LAB/keys"
+    local k="$LAB/keys"
+    [ -f "$k/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C hypha-lab -f "$k/id_ed25519"
+    [ -f "$k/id_rsa" ] || ssh-keygen -q -t rsa -b 3072 -N "$RSA_PASSPHRASE" -C hypha-lab-rsa -f "$k/id_rsa"
+    [ -f "$k/stranger_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C not-authorized -f "$k/stranger_ed25519"
+    cat "$k/id_ed25519.pub" "$k/id_rsa.pub" > "$k/authorized_keys"
+    echo "$RSA_PASSPHRASE" > "$k/rsa_passphrase"
+    echo "$USER_PASSWORD" > "$k/password"
+}
+
+host_setup_script() {
+    # Runs inside the host's own mount namespace, before sshd starts.
+    local name="$1" dir="$LAB/hosts/$1"
+    cat <<EOF
+set -e
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /home
+home=/home/$USER_NAME
+mkdir -p \$home/.ssh
+cp $LAB/keys/authorized_keys \$home/.ssh/authorized_keys
+chown -R $USER_NAME:$USER_NAME \$home
+chmod 700 \$home/.ssh
+EOF
+    case "$name" in
+        noisy)
+            cat <<EOF
+printf 'Welcome to noisy!\nThis is the message of the day, HYPHA-SYNC-not-the-marker\n' > $dir/motd
+mount --bind $dir/motd /etc/motd
+printf 'echo "bashrc says hello"\necho "and prints binary junk: \\\\x00\\\\x01" >&2\n' > \$home/.bashrc
+printf 'echo "profile says hello"\n' > \$home/.profile
+chown $USER_NAME:$USER_NAME \$home/.bashrc \$home/.profile
+EOF
+            ;;
+        locked)
+            cat <<EOF
+mount -o remount,noexec /tmp
+mount -o remount,noexec /dev/shm
+mount -o remount,ro /home
+EOF
+            ;;
+        arm)
+            cat <<EOF
+cp /usr/bin/uname $dir/uname.real
+printf '#!/bin/sh\ncase "\$*" in -m) echo aarch64;; -sm|"-s -m") echo Linux aarch64;; *) exec $dir/uname.real "\$@";; esac\n' > $dir/uname
+chmod 755 $dir/uname
+mount --bind $dir/uname /usr/bin/uname
+EOF
+            ;;
+    esac
+}
+
+start_host() {
+    local name="$1" octet="$2"
+    local ns="hypha-$name" ip="$LAB_NET.$octet" dir="$LAB/hosts/$name"
+    mkdir -p "$dir"
+    if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
+        return
+    fi
+    ip netns add "$ns" 2>/dev/null || true
+    if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
+        ip link add "veth-$name" type veth peer name eth0 netns "$ns"
+        ip link set "veth-$name" master "$BRIDGE" up
+        ip -n "$ns" addr add "$ip/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    fi
+    [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$dir/ssh_host_ed25519_key"
+    cat > "$dir/sshd_config" <<EOF
+ListenAddress $ip
+Port 22
+HostKey $dir/ssh_host_ed25519_key
+PidFile $dir/sshd.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd $( [ "$name" = noisy ] && echo yes || echo no )
+PermitRootLogin no
+AllowUsers $USER_NAME
+MaxStartups 200
+MaxSessions 200
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+EOF
+    host_setup_script "$name" > "$dir/setup.sh"
+    echo "exec /usr/sbin/sshd -f $dir/sshd_config -E $dir/sshd.log" >> "$dir/setup.sh"
+    ip netns exec "$ns" unshare --mount --propagation private sh "$dir/setup.sh"
+    for _ in $(seq 50); do
+        [ -f "$dir/sshd.pid" ] && break
+        sleep 0.1
+    done
+    [ -f "$dir/sshd.pid" ] || { echo "lab: sshd on $name did not start: $(cat "$dir/sshd.log" 2>/dev/null)" >&2; exit 1; }
+}
+
+write_known_hosts() {
+    : > "$LAB/known_hosts"
+    : > "$LAB/wrong_known_hosts"
+    for entry in $HOSTS; do
+        local name="${entry%%:*}" octet="${entry##*:}"
+        local dir="$LAB/hosts/$name"
+        echo "$LAB_NET.$octet $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$LAB/known_hosts"
+        # The same host with another key: what a man in the middle would present.
+        echo "$LAB_NET.$octet $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$LAB/wrong_known_hosts"
+    done
+}
+
+up() {
+    need_root
+    mkdir -p "$LAB"
+    exec 9>"$LAB.lock"
+    flock 9
+    if [ -f "$LAB/ready" ] && all_running; then
+        return
+    fi
+    install_packages
+    make_user
+    make_keys
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link add "$BRIDGE" type bridge
+        ip addr add "$LAB_NET.1/24" dev "$BRIDGE"
+        ip link set "$BRIDGE" up
+    fi
+    for entry in $HOSTS; do
+        start_host "${entry%%:*}" "${entry##*:}"
+    done
+    write_known_hosts
+    {
+        echo "LAB=$LAB"
+        echo "USER=$USER_NAME"
+        for entry in $HOSTS; do echo "HOST_${entry%%:*}=$LAB_NET.${entry##*:}"; done
+    } > "$LAB/env"
+    touch "$LAB/ready"
+}
+
+all_running() {
+    for entry in $HOSTS; do
+        local pidfile="$LAB/hosts/${entry%%:*}/sshd.pid"
+        [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || return 1
+    done
+}
+
+down() {
+    need_root
+    for entry in $HOSTS; do
+        local name="${entry%%:*}"
+        local pidfile="$LAB/hosts/$name/sshd.pid"
+        if [ -f "$pidfile" ]; then
+            kill "$(cat "$pidfile")" 2>/dev/null || true
+        fi
+        # Anything still running in the namespace (agents, shells) goes too.
+        if ip netns pids "hypha-$name" >/dev/null 2>&1; then
+            ip netns pids "hypha-$name" | xargs -r kill -9 2>/dev/null || true
+        fi
+        ip netns del "hypha-$name" 2>/dev/null || true
+        ip link del "veth-$name" 2>/dev/null || true
+    done
+    ip link del "$BRIDGE" 2>/dev/null || true
+    rm -rf "$LAB"
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) if [ -f "$LAB/ready" ] && all_running; then echo up; else echo down; exit 1; fi ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
