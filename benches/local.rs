@@ -31,20 +31,15 @@ impl Request for Sink {
 }
 
 fn handlers() -> Handlers {
-    Handlers::new().on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move {
-        rx.drain().await.map_err(HandlerError::from)
-    })
+    Handlers::new()
+        .on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move { rx.drain().await.map_err(HandlerError::from) })
 }
 
 fn echo() -> ! {
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
     let mut buf = [0u8; MSG];
     while input.read_exact(&mut buf).is_ok() {
-        if output
-            .write_all(&buf)
-            .and_then(|()| output.flush())
-            .is_err()
-        {
+        if output.write_all(&buf).and_then(|()| output.flush()).is_err() {
             break;
         }
     }
@@ -55,32 +50,18 @@ fn echo() -> ! {
 /// `HYPHA_BENCH_CURRENT_THREAD=1`.
 fn tokio_rt() -> tokio::runtime::Runtime {
     if std::env::var_os("HYPHA_BENCH_CURRENT_THREAD").is_some() {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio");
+        return tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio")
 }
 
 /// The floor: the same binary as a child, 64 bytes there and back over its stdin/stdout, with
 /// blocking reads and writes on both ends.
 fn pipe_floor(c: &mut Criterion) {
     let exe = std::env::current_exe().expect("exe");
-    let mut child = Command::new(exe)
-        .env(ECHO_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let (mut to, mut from) = (
-        child.stdin.take().expect("stdin"),
-        child.stdout.take().expect("stdout"),
-    );
+    let mut child =
+        Command::new(exe).env(ECHO_ENV, "1").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+    let (mut to, mut from) = (child.stdin.take().expect("stdin"), child.stdout.take().expect("stdout"));
     let msg = [7u8; MSG];
     let mut back = [0u8; MSG];
     c.bench_function("pipe_pingpong_64b", |b| {
@@ -95,9 +76,7 @@ fn pipe_floor(c: &mut Criterion) {
 
 fn start(c: &mut Criterion) {
     let rt = tokio_rt();
-    let hypha = rt
-        .block_on(async { Runtime::start(handlers()) })
-        .expect("hypha");
+    let hypha = rt.block_on(async { Runtime::start(handlers()) }).expect("hypha");
     let mut g = c.benchmark_group("local_start");
     g.sample_size(30);
     g.bench_function("spawn_to_first_call", |b| {
@@ -208,10 +187,7 @@ fn calls(c: &mut Criterion) {
             rt.block_on(async move {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let n = ctx
-                        .upload(Sink, tokio::io::repeat(0).take(BULK))
-                        .await
-                        .expect("upload");
+                    let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
                     assert_eq!(n, BULK);
                 }
                 t.elapsed()

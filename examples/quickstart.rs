@@ -26,11 +26,7 @@ impl Request for WhereAreYou {
 
 async fn where_are_you(_: WhereAreYou, _: Cx) -> Result<Place, HandlerError> {
     let me = Identity::current();
-    Ok(Place {
-        pid: me.pid,
-        host: me.host.clone(),
-        user: me.user.clone(),
-    })
+    Ok(Place { pid: me.pid, host: me.host.clone(), user: me.user.clone() })
 }
 
 const CONTEXTS: usize = 4;
@@ -55,13 +51,7 @@ async fn main() -> anyhow::Result<()> {
 
     for ctx in &contexts {
         let place = ctx.call(WhereAreYou).await?;
-        println!(
-            "context {}: pid {} on {} (user {})",
-            ctx.id(),
-            place.pid,
-            place.host,
-            place.user
-        );
+        println!("context {}: pid {} on {} (user {})", ctx.id(), place.pid, place.host, place.user);
     }
     rt.shutdown().await;
     Ok(())

@@ -8,9 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hypha::{
-    call_all, BootError, CallError, Local, Options, RemoteErrorKind, Runtime, State, Whoami,
-};
+use hypha::{call_all, BootError, CallError, Local, Options, RemoteErrorKind, Runtime, State, Whoami};
 use util::*;
 
 #[tokio::test]
@@ -20,10 +18,7 @@ async fn hello_and_whoami_describe_the_agent() {
     let who = ctx.call(Whoami).await.expect("answers");
     assert_eq!(who.pid, ctx.hello().pid);
     assert_ne!(who.pid, std::process::id(), "a separate process");
-    assert_eq!(
-        ctx.hello().binary_hash,
-        hypha::bootstrap::exe_hash().unwrap()
-    );
+    assert_eq!(ctx.hello().binary_hash, hypha::bootstrap::exe_hash().unwrap());
     assert_eq!(ctx.state(), State::Ready);
     rt.shutdown().await;
 }
@@ -53,26 +48,13 @@ async fn a_handler_error_carries_message_causes_and_context() {
     let rt = runtime();
     let ctx = rt.local().await.unwrap();
     let err = ctx.call(Fail("/etc/app.toml".into())).await.unwrap_err();
-    let CallError::Remote(remote) = &err else {
-        panic!("expected a remote error, got {err}")
-    };
+    let CallError::Remote(remote) = &err else { panic!("expected a remote error, got {err}") };
     assert_eq!(remote.kind, RemoteErrorKind::Handler);
     assert_eq!(remote.message, "config not loaded");
-    assert_eq!(
-        remote.causes,
-        ["could not open /etc/app.toml", "no such file"]
-    );
+    assert_eq!(remote.causes, ["could not open /etc/app.toml", "no such file"]);
     assert_eq!(remote.context, ctx.id());
-    assert!(
-        remote.origin.contains(&format!("pid {}", ctx.hello().pid)),
-        "{}",
-        remote.origin
-    );
-    assert!(
-        err.to_string()
-            .starts_with(&format!("test.Fail failed in context {} (", ctx.id())),
-        "{err}"
-    );
+    assert!(remote.origin.contains(&format!("pid {}", ctx.hello().pid)), "{}", remote.origin);
+    assert!(err.to_string().starts_with(&format!("test.Fail failed in context {} (", ctx.id())), "{err}");
     rt.shutdown().await;
 }
 
@@ -88,10 +70,7 @@ async fn a_panicking_handler_fails_its_call_and_the_agent_keeps_serving() {
         }
         other => panic!("expected a panic error, got {other}"),
     }
-    assert_eq!(
-        ctx.call(Echo("still here".into())).await.unwrap(),
-        "still here"
-    );
+    assert_eq!(ctx.call(Echo("still here".into())).await.unwrap(), "still here");
     rt.shutdown().await;
 }
 
@@ -100,20 +79,11 @@ async fn an_unknown_handler_is_named_in_the_error() {
     let rt = runtime();
     let ctx = rt.local().await.unwrap();
     let err = ctx.call(NotRegistered).await.unwrap_err();
-    let CallError::Remote(r) = &err else {
-        panic!("{err}")
-    };
+    let CallError::Remote(r) = &err else { panic!("{err}") };
     assert_eq!(r.kind, RemoteErrorKind::UnknownHandler);
     assert_eq!(r.handler, "test.NotRegistered");
-    assert!(
-        err.to_string()
-            .contains("has no handler named \"test.NotRegistered\""),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("test.Echo"),
-        "lists what it knows: {err}"
-    );
+    assert!(err.to_string().contains("has no handler named \"test.NotRegistered\""), "{err}");
+    assert!(err.to_string().contains("test.Echo"), "lists what it knows: {err}");
     rt.shutdown().await;
 }
 
@@ -165,16 +135,8 @@ async fn a_killed_agent_fails_waiting_calls_naming_it_and_others_keep_working() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let killed_at = Instant::now();
     kill9(doomed.hello().pid);
-    let err = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("no hang")
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(1),
-        "failed after {:?}",
-        killed_at.elapsed()
-    );
+    let err = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("no hang").unwrap().unwrap_err();
+    assert!(killed_at.elapsed() < Duration::from_secs(1), "failed after {:?}", killed_at.elapsed());
     match &err {
         CallError::Disconnected { context, name, .. } => {
             assert_eq!(*context, doomed.id());
@@ -184,9 +146,7 @@ async fn a_killed_agent_fails_waiting_calls_naming_it_and_others_keep_working() 
     }
     assert!(err.to_string().contains(doomed.name()), "{err}");
     match doomed.closed().await {
-        State::Disconnected {
-            exit: Some(exit), ..
-        } => assert_eq!(exit.signal, Some(libc::SIGKILL)),
+        State::Disconnected { exit: Some(exit), .. } => assert_eq!(exit.signal, Some(libc::SIGKILL)),
         other => panic!("expected a disconnect with a signal, got {other:?}"),
     }
     // Later calls fail at once; the other context is untouched.
@@ -206,28 +166,15 @@ async fn shutdown_is_graceful_and_observable() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let state = ctx.shutdown().await;
-    assert_eq!(
-        slow.await.unwrap().unwrap(),
-        300,
-        "the call in flight finished"
-    );
+    assert_eq!(slow.await.unwrap().unwrap(), 300, "the call in flight finished");
     match state {
-        State::ShutDown {
-            graceful: true,
-            exit: Some(exit),
-        } => assert_eq!(exit.code, Some(0)),
+        State::ShutDown { graceful: true, exit: Some(exit) } => assert_eq!(exit.code, Some(0)),
         other => panic!("expected a graceful shutdown, got {other:?}"),
     }
-    assert!(
-        matches!(ctx.state(), State::ShutDown { .. }),
-        "the handle sees the end too"
-    );
+    assert!(matches!(ctx.state(), State::ShutDown { .. }), "the handle sees the end too");
     assert!(!alive(pid));
     let err = ctx.call(Echo("late".into())).await.unwrap_err();
-    assert!(
-        matches!(err, CallError::NoRoute(_) | CallError::Disconnected { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, CallError::NoRoute(_) | CallError::Disconnected { .. }), "{err}");
     // Shutting down twice is harmless.
     assert!(ctx.shutdown().await.is_terminal());
     rt.shutdown().await;
@@ -244,16 +191,9 @@ async fn an_agent_stuck_past_its_grace_is_killed() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let state = ctx.shutdown_within(Duration::from_millis(200)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(matches!(state, State::ShutDown { .. }), "{state:?}");
-    assert!(
-        stuck.await.unwrap().is_err(),
-        "the stuck call fails instead of hanging"
-    );
+    assert!(stuck.await.unwrap().is_err(), "the stuck call fails instead of hanging");
     rt.shutdown().await;
 }
 
@@ -265,28 +205,16 @@ fn agents_exit_when_their_controller_is_killed() {
         .spawn()
         .expect("controller starts");
     let mut line = String::new();
-    BufReader::new(controller.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pids: Vec<u32> = line
-        .strip_prefix("PIDS ")
-        .expect("pid line")
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    BufReader::new(controller.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pids: Vec<u32> =
+        line.strip_prefix("PIDS ").expect("pid line").split_whitespace().map(|p| p.parse().unwrap()).collect();
     assert_eq!(pids.len(), 3);
     assert!(pids.iter().all(|&p| alive(p)));
     controller.kill().unwrap();
     controller.wait().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for pid in pids {
-        assert!(
-            rt.block_on(gone_within(pid, Duration::from_secs(5))),
-            "agent {pid} outlived its controller"
-        );
+        assert!(rt.block_on(gone_within(pid, Duration::from_secs(5))), "agent {pid} outlived its controller");
     }
 }
 
@@ -300,27 +228,9 @@ async fn a_different_binary_is_refused_at_the_handshake() {
     std::fs::write(&copy, bytes).unwrap();
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let rt = runtime();
-    let err = rt
-        .spawn(Local {
-            program: Some(copy),
-            ..Local::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BootError::Mismatch {
-                what: "binary hash",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().starts_with("local on "),
-        "names the target: {err}"
-    );
+    let err = rt.spawn(Local { program: Some(copy), ..Local::default() }).await.unwrap_err();
+    assert!(matches!(err, BootError::Mismatch { what: "binary hash", .. }), "{err}");
+    assert!(err.to_string().starts_with("local on "), "names the target: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
     rt.shutdown().await;
 }
@@ -329,31 +239,16 @@ async fn a_different_binary_is_refused_at_the_handshake() {
 async fn a_program_that_is_no_agent_fails_clearly_and_fast() {
     let rt = runtime();
     let started = Instant::now();
-    let err = rt
-        .spawn(Local {
-            program: Some("/bin/false".into()),
-            ..Local::default()
-        })
-        .await
-        .unwrap_err();
+    let err = rt.spawn(Local { program: Some("/bin/false".into()), ..Local::default() }).await.unwrap_err();
     assert!(matches!(err, BootError::Exited { .. }), "{err}");
 
-    let err = rt
-        .spawn(Local {
-            program: Some("/nonexistent/agent".into()),
-            ..Local::default()
-        })
-        .await
-        .unwrap_err();
+    let err = rt.spawn(Local { program: Some("/nonexistent/agent".into()), ..Local::default() }).await.unwrap_err();
     assert!(matches!(err, BootError::Start { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/agent"), "{err}");
 
     // `cat` waits for input and never prints a marker: the handshake deadline ends it.
     eprintln!("DBG before cat");
-    let quick = Local {
-        program: Some("/bin/cat".into()),
-        timeout: Some(Duration::from_millis(300)),
-    };
+    let quick = Local { program: Some("/bin/cat".into()), timeout: Some(Duration::from_millis(300)) };
     let err = rt.spawn(quick).await.unwrap_err();
     assert!(matches!(err, BootError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -375,9 +270,7 @@ async fn requests_and_responses_over_the_frame_limit_are_refused_and_nothing_bre
     assert!(matches!(err, CallError::Encode { .. }), "{err}");
     assert!(err.to_string().contains("exceeds the maximum"), "{err}");
     let err = ctx.call(Big(100 << 10)).await.unwrap_err();
-    let CallError::Remote(r) = &err else {
-        panic!("{err}")
-    };
+    let CallError::Remote(r) = &err else { panic!("{err}") };
     assert!(r.message.contains("exceeds the maximum frame"), "{err}");
     assert_eq!(ctx.call(Echo("small".into())).await.unwrap(), "small");
     rt.shutdown().await;
@@ -399,24 +292,14 @@ async fn uploads_and_downloads_stream_with_bounded_memory() {
             }
         })
     };
-    let n = ctx
-        .upload(Sink, tokio::io::repeat(1).take_exact(SIZE))
-        .await
-        .unwrap();
+    let n = ctx.upload(Sink, tokio::io::repeat(1).take_exact(SIZE)).await.unwrap();
     assert_eq!(n, SIZE);
     let mut counted = Counter(0);
     let n = ctx.download(Source(SIZE), &mut counted).await.unwrap();
     assert_eq!((n, counted.0), (SIZE, SIZE));
     sampler.abort();
-    let grew = peak
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(before);
-    assert!(
-        grew < 64 << 20,
-        "controller memory grew by {} MiB moving 2 x {} MiB",
-        grew >> 20,
-        SIZE >> 20
-    );
+    let grew = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
+    assert!(grew < 64 << 20, "controller memory grew by {} MiB moving 2 x {} MiB", grew >> 20, SIZE >> 20);
     rt.shutdown().await;
 }
 
@@ -425,21 +308,9 @@ async fn an_upload_handler_that_gives_up_ends_the_call_with_its_error() {
     let rt = runtime();
     let ctx = rt.local().await.unwrap();
     let started = Instant::now();
-    let err = ctx
-        .upload(
-            SinkThenFail(1 << 20),
-            tokio::io::repeat(0).take_exact(1 << 30),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("refusing more than 1048576 bytes"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "did not send the whole GiB first"
-    );
+    let err = ctx.upload(SinkThenFail(1 << 20), tokio::io::repeat(0).take_exact(1 << 30)).await.unwrap_err();
+    assert!(err.to_string().contains("refusing more than 1048576 bytes"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "did not send the whole GiB first");
     assert_eq!(ctx.call(Echo("after".into())).await.unwrap(), "after");
     rt.shutdown().await;
 }

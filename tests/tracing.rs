@@ -42,18 +42,11 @@ async fn context_events_carry_id_name_and_host() {
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let host = &ctx.hello().host;
-    let span = format!(
-        "context{{id={} name={} host=\"{host}\"}}",
-        ctx.id(),
-        ctx.name()
-    );
+    let span = format!("context{{id={} name={} host=\"{host}\"}}", ctx.id(), ctx.name());
     let ours: Vec<&str> = text.lines().filter(|l| l.contains("hypha_")).collect();
     assert!(ours.iter().any(|l| l.contains("context ready")), "{text}");
     assert!(ours.iter().any(|l| l.contains("context ended")), "{text}");
     for line in &ours {
-        assert!(
-            line.contains(&span),
-            "a line without the context's span ({span}):\n{line}"
-        );
+        assert!(line.contains(&span), "a line without the context's span ({span}):\n{line}");
     }
 }

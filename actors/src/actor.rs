@@ -39,10 +39,7 @@ pub enum State {
 impl State {
     /// True once the context is gone for good.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            State::Failed(_) | State::Disconnected { .. } | State::ShutDown { .. }
-        )
+        matches!(self, State::Failed(_) | State::Disconnected { .. } | State::ShutDown { .. })
     }
 }
 
@@ -91,22 +88,13 @@ impl Actor for ContextActor {
         let Some(method) = self.method.take() else {
             return;
         };
-        let (router, hash, max_frame, id, span) = (
-            self.router.clone(),
-            self.binary_hash,
-            self.max_frame,
-            self.id,
-            self.span.clone(),
-        );
+        let (router, hash, max_frame, id, span) =
+            (self.router.clone(), self.binary_hash, self.max_frame, self.id, self.span.clone());
         let name = self.name.clone();
         let job = self.io.spawn(async move {
             let target = method.target();
-            let init = |_: &Hello| Init {
-                id,
-                ancestors: vec![router.id()],
-                name: name.clone(),
-                max_frame: max_frame as u32,
-            };
+            let init =
+                |_: &Hello| Init { id, ancestors: vec![router.id()], name: name.clone(), max_frame: max_frame as u32 };
             let booted = boot(&*method, hash, max_frame, init).await?;
             let hello = booted.hello;
             span.record("host", hello.host.as_str());
@@ -120,17 +108,12 @@ impl Actor for ContextActor {
             Ok((hello, link, booted.transport.process))
         });
         // `wait`: no other message (a shutdown) is handled until the start has finished.
-        ctx.wait(
-            actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
-                let res = res.unwrap_or_else(|e| {
-                    Err(BootError::Start {
-                        target: act.name.clone(),
-                        reason: format!("start-up task failed: {e}"),
-                    })
-                });
-                act.on_started(res, ctx)
-            }),
-        );
+        ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
+            let res = res.unwrap_or_else(|e| {
+                Err(BootError::Start { target: act.name.clone(), reason: format!("start-up task failed: {e}") })
+            });
+            act.on_started(res, ctx)
+        }));
     }
 }
 
@@ -170,24 +153,19 @@ impl ContextActor {
         // A process that outlives its link would be an orphan: give it a moment to exit, then kill it.
         let patience = stopping.unwrap_or(Duration::ZERO) + Duration::from_secs(1);
         let reap = self.io.spawn(reap(process, patience));
-        ctx.wait(
-            actix::fut::wrap_future(reap).map(move |res, act: &mut Self, ctx| {
-                let (exit, killed) = res.unwrap_or((None, false));
-                let state = match stopping {
-                    Some(_) => {
-                        let graceful = !killed && !matches!(reason, CloseReason::Local(_));
-                        State::ShutDown { graceful, exit }
-                    }
-                    None => State::Disconnected {
-                        reason: reason.to_string(),
-                        exit,
-                    },
-                };
-                act.span.in_scope(|| info!(?state, "context ended"));
-                act.state.send_replace(state);
-                ctx.stop();
-            }),
-        );
+        ctx.wait(actix::fut::wrap_future(reap).map(move |res, act: &mut Self, ctx| {
+            let (exit, killed) = res.unwrap_or((None, false));
+            let state = match stopping {
+                Some(_) => {
+                    let graceful = !killed && !matches!(reason, CloseReason::Local(_));
+                    State::ShutDown { graceful, exit }
+                }
+                None => State::Disconnected { reason: reason.to_string(), exit },
+            };
+            act.span.in_scope(|| info!(?state, "context ended"));
+            act.state.send_replace(state);
+            ctx.stop();
+        }));
     }
 }
 
@@ -207,13 +185,7 @@ async fn reap(process: Option<Child>, patience: Duration) -> (Option<Exit>, bool
         status = poll_exit(&mut child, Duration::from_secs(5)).await;
     }
     use std::os::unix::process::ExitStatusExt;
-    (
-        status.map(|s| Exit {
-            code: s.code(),
-            signal: s.signal(),
-        }),
-        killed,
-    )
+    (status.map(|s| Exit { code: s.code(), signal: s.signal() }), killed)
 }
 
 async fn poll_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -239,31 +211,19 @@ impl Handler<Shutdown> for ContextActor {
         let (router, id, link) = (self.router.clone(), self.id, self.link);
         if self.stopping.is_none() && !self.state.borrow().is_terminal() {
             self.stopping = Some(msg.grace);
-            self.span
-                .in_scope(|| debug!(grace = ?msg.grace, "shutting down"));
+            self.span.in_scope(|| debug!(grace = ?msg.grace, "shutting down"));
         }
         Box::pin(async move {
             let grace_ms = msg.grace.as_millis() as u64;
-            let _ = router
-                .send_control(id, &Control::Shutdown { grace_ms })
-                .await;
+            let _ = router.send_control(id, &Control::Shutdown { grace_ms }).await;
             let deadline = msg.grace + Duration::from_secs(2);
-            if tokio::time::timeout(deadline, state.wait_for(State::is_terminal))
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(deadline, state.wait_for(State::is_terminal)).await.is_err() {
                 if let Some(link) = link {
-                    router.close(
-                        link,
-                        CloseReason::Local("the agent did not exit in time".into()),
-                    );
+                    router.close(link, CloseReason::Local("the agent did not exit in time".into()));
                 }
             }
             let end = state.wait_for(State::is_terminal).await.map(|s| s.clone());
-            end.unwrap_or_else(|_| State::Disconnected {
-                reason: "the context's actor stopped".into(),
-                exit: None,
-            })
+            end.unwrap_or_else(|_| State::Disconnected { reason: "the context's actor stopped".into(), exit: None })
         })
     }
 }

@@ -52,16 +52,7 @@ impl Context {
         actor: Addr<ContextActor>,
         state: watch::Receiver<State>,
     ) -> Self {
-        Context {
-            inner: Arc::new(Inner {
-                id,
-                name,
-                hello,
-                router,
-                actor,
-                state,
-            }),
-        }
+        Context { inner: Arc::new(Inner { id, name, hello, router, actor, state }) }
     }
 
     /// The context's id.
@@ -85,10 +76,7 @@ impl Context {
     }
 
     /// Call an already encoded request (see [`call_all`](crate::call_all)).
-    pub async fn call_encoded<R: Request>(
-        &self,
-        req: &EncodedRequest<R>,
-    ) -> Result<R::Response, CallError> {
+    pub async fn call_encoded<R: Request>(&self, req: &EncodedRequest<R>) -> Result<R::Response, CallError> {
         self.inner.router.call_encoded(self.inner.id, req).await
     }
 
@@ -99,11 +87,7 @@ impl Context {
 
     /// Call `req`, streaming everything `reader` yields to its upload handler. Memory stays bounded
     /// by the flow-control window, whatever the size of the data.
-    pub async fn upload<R: Request>(
-        &self,
-        req: R,
-        reader: impl AsyncRead + Unpin,
-    ) -> Result<R::Response, CallError> {
+    pub async fn upload<R: Request>(&self, req: R, reader: impl AsyncRead + Unpin) -> Result<R::Response, CallError> {
         self.inner.router.upload(self.inner.id, &req, reader).await
     }
 
@@ -113,10 +97,7 @@ impl Context {
         req: R,
         writer: impl AsyncWrite + Unpin,
     ) -> Result<R::Response, CallError> {
-        self.inner
-            .router
-            .download(self.inner.id, &req, writer)
-            .await
+        self.inner.router.download(self.inner.id, &req, writer).await
     }
 
     /// Where the context is in its life now.
@@ -128,10 +109,7 @@ impl Context {
     pub async fn closed(&self) -> State {
         let mut state = self.inner.state.clone();
         let end = state.wait_for(State::is_terminal).await.map(|s| s.clone());
-        end.unwrap_or_else(|_| State::Disconnected {
-            reason: "the runtime stopped".into(),
-            exit: None,
-        })
+        end.unwrap_or_else(|_| State::Disconnected { reason: "the runtime stopped".into(), exit: None })
     }
 
     /// Shut the context down: it stops taking calls, lets calls in flight finish for up to

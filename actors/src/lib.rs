@@ -64,9 +64,7 @@ impl Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            max_frame: DEFAULT_MAX_FRAME,
-        }
+        Options { max_frame: DEFAULT_MAX_FRAME }
     }
 }
 
@@ -105,9 +103,7 @@ struct Inner {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("router", &self.inner.router)
-            .finish()
+        f.debug_struct("Runtime").field("router", &self.inner.router).finish()
     }
 }
 
@@ -164,23 +160,12 @@ impl Runtime {
     /// Start a context with any [`Method`].
     pub async fn spawn(&self, method: impl Method + 'static) -> Result<Context, BootError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            "{}.{id}",
-            method
-                .target()
-                .split_whitespace()
-                .next()
-                .unwrap_or("context")
-        );
+        let name = format!("{}.{id}", method.target().split_whitespace().next().unwrap_or("context"));
         let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (ready_tx, ready_rx) = oneshot::channel();
         let actor = {
-            let (name, router, io) = (
-                name.clone(),
-                self.inner.router.clone(),
-                self.inner.io.clone(),
-            );
+            let (name, router, io) = (name.clone(), self.inner.router.clone(), self.inner.io.clone());
             let (hash, max_frame) = (self.inner.binary_hash, self.inner.max_frame);
             let method: Box<dyn Method> = Box::new(method);
             ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
@@ -199,10 +184,7 @@ impl Runtime {
                 stopping: None,
             })
         };
-        let stopped = || BootError::Start {
-            target: name.clone(),
-            reason: "the runtime has stopped".into(),
-        };
+        let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
         let hello = ready_rx.await.map_err(|_| stopped())??;
         self.inner.contexts.insert(id, actor.clone());
         let ctx = Context::new(id, name, hello, self.inner.router.clone(), actor, state_rx);
@@ -221,22 +203,11 @@ impl Runtime {
         let actors = self.inner.contexts.drain();
         let mut waits = tokio::task::JoinSet::new();
         for actor in actors {
-            waits.spawn(async move {
-                actor
-                    .send(Shutdown {
-                        grace: DEFAULT_GRACE,
-                    })
-                    .await
-            });
+            waits.spawn(async move { actor.send(Shutdown { grace: DEFAULT_GRACE }).await });
         }
         while waits.join_next().await.is_some() {}
         self.inner.system.stop();
-        let thread = self
-            .inner
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let thread = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -245,23 +216,12 @@ impl Runtime {
 
 /// Call `req` in every context at once; the request is encoded once. Results come back in the order
 /// of `contexts`.
-pub async fn call_all<R: Request>(
-    contexts: &[Context],
-    req: &R,
-) -> Vec<Result<R::Response, CallError>> {
+pub async fn call_all<R: Request>(contexts: &[Context], req: &R) -> Vec<Result<R::Response, CallError>> {
     let encoded = match EncodedRequest::new(req) {
         Ok(e) => e,
         Err(e) => {
             let msg = e.to_string();
-            return contexts
-                .iter()
-                .map(|_| {
-                    Err(CallError::Encode {
-                        handler: R::NAME,
-                        reason: msg.clone(),
-                    })
-                })
-                .collect();
+            return contexts.iter().map(|_| Err(CallError::Encode { handler: R::NAME, reason: msg.clone() })).collect();
         }
     };
     let mut set = tokio::task::JoinSet::new();
@@ -269,8 +229,7 @@ pub async fn call_all<R: Request>(
         let (ctx, req) = (ctx.clone(), encoded.clone());
         set.spawn(async move { (i, ctx.call_encoded(&req).await) });
     }
-    let mut out: Vec<Option<Result<R::Response, CallError>>> =
-        contexts.iter().map(|_| None).collect();
+    let mut out: Vec<Option<Result<R::Response, CallError>>> = contexts.iter().map(|_| None).collect();
     while let Some(done) = set.join_next().await {
         if let Ok((i, res)) = done {
             out[i] = Some(res);
@@ -292,13 +251,11 @@ pub async fn call_all<R: Request>(
 
 fn start_actix() -> std::io::Result<(System, ArbiterHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("hypha-actors".into())
-        .spawn(move || {
-            let runner = System::new();
-            let _ = tx.send((System::current(), actix::Arbiter::current()));
-            let _ = runner.run();
-        })?;
+    let thread = std::thread::Builder::new().name("hypha-actors".into()).spawn(move || {
+        let runner = System::new();
+        let _ = tx.send((System::current(), actix::Arbiter::current()));
+        let _ = runner.run();
+    })?;
     let (system, arbiter) = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|e| std::io::Error::other(format!("actor thread did not report: {e}")))?;

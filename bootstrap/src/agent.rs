@@ -41,14 +41,9 @@ pub fn run_if_agent(handlers: &Handlers) {
         // Called inside `#[tokio::main]`: the agent needs a runtime of its own, which cannot be
         // started on a thread that already drives one. The caller's runtime stays idle.
         let (handlers, nonce) = (handlers.clone(), nonce.clone());
-        std::thread::spawn(move || run(&handlers, &nonce))
-            .join()
-            .unwrap_or_else(|_| {
-                Err(BootError::Start {
-                    target: "agent".into(),
-                    reason: "the agent thread panicked".into(),
-                })
-            })
+        std::thread::spawn(move || run(&handlers, &nonce)).join().unwrap_or_else(|_| {
+            Err(BootError::Start { target: "agent".into(), reason: "the agent thread panicked".into() })
+        })
     } else {
         run(handlers, &nonce)
     };
@@ -60,35 +55,21 @@ pub fn run_if_agent(handlers: &Handlers) {
 }
 
 fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
-    let io = |source| BootError::Io {
-        target: "agent start-up".into(),
-        source,
-    };
+    let io = |source| BootError::Io { target: "agent start-up".into(), source };
     let (input, output) = take_stdio().map_err(io)?;
     init_logging();
     // One thread: every wake-up stays on it, which halves a call's round trip compared with a
     // multi-threaded runtime. Handlers that compute for long should use `spawn_blocking`.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
     let handlers = builtins::install(handlers.clone());
     rt.block_on(async move {
         let mut reader = FdStream::new(input).map_err(io)?;
         let mut writer = FdStream::new(output).map_err(io)?;
         let hello = identity::hello().map_err(io)?;
-        let (init, leftover) = handshake::agent(
-            &mut reader,
-            &mut writer,
-            nonce,
-            &hello,
-            Duration::from_secs(60),
-        )
-        .await?;
+        let (init, leftover) =
+            handshake::agent(&mut reader, &mut writer, nonce, &hello, Duration::from_secs(60)).await?;
         let span = info_span!("context", id = init.id, name = %init.name, host = %hello.host);
-        serve(handlers, init, reader, writer, leftover)
-            .instrument(span)
-            .await;
+        serve(handlers, init, reader, writer, leftover).instrument(span).await;
         Ok(())
     })
 }
@@ -111,12 +92,8 @@ async fn serve(
     );
     let (control_tx, mut control) = mpsc::unbounded_channel();
     router.set_control(control_tx);
-    let opts = LinkOptions {
-        role: Role::Parent,
-        name: "parent".into(),
-        span: tracing::Span::current(),
-        initial: leftover,
-    };
+    let opts =
+        LinkOptions { role: Role::Parent, name: "parent".into(), span: tracing::Span::current(), initial: leftover };
     let mut parent = router.attach(reader, writer, opts);
     debug!("serving");
     tokio::select! {
@@ -140,8 +117,5 @@ pub fn init_logging() {
         return;
     };
     let level = level.parse().unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
 }

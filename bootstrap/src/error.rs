@@ -52,6 +52,48 @@ pub enum BootError {
         /// What was wrong.
         reason: String,
     },
+    /// The host's architecture is not the one this binary was built for.
+    #[error("{target}: the host is {remote}, but this binary is built for {local}")]
+    Arch {
+        /// Method and host.
+        target: String,
+        /// `uname -m` on the host.
+        remote: String,
+        /// This binary's architecture.
+        local: String,
+    },
+    /// No directory on the host is both writable and allowed to run programs.
+    #[error("{target}: no writable directory that may run programs (tried {tried})")]
+    NoCacheDir {
+        /// Method and host.
+        target: String,
+        /// The directories tried.
+        tried: String,
+    },
+    /// The host refused every credential offered.
+    #[error("{target}: authentication refused: {reason}")]
+    Auth {
+        /// Method and host.
+        target: String,
+        /// What the server or client said.
+        reason: String,
+    },
+    /// The host's key is not the one on record: nothing was sent.
+    #[error("{target}: host key refused: {reason}")]
+    HostKey {
+        /// Method and host.
+        target: String,
+        /// Which key was expected and which one was presented.
+        reason: String,
+    },
+    /// The host could not be reached (refused, unreachable, or no answer in time).
+    #[error("{target}: cannot reach the host: {reason}")]
+    Unreachable {
+        /// Method and host.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
     /// Reading or writing the stream failed.
     #[error("{target}: I/O error during the handshake: {source}")]
     Io {

@@ -44,19 +44,13 @@ fn check(n: isize) -> io::Result<usize> {
 }
 
 impl AsyncRead for FdStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             // SAFETY: reading into an initialised buffer of the given length.
             let res = guard.try_io(|fd| {
-                check(unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                })
+                check(unsafe { libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) })
             });
             match res {
                 Ok(Ok(n)) => {
@@ -76,17 +70,11 @@ impl AsyncRead for FdStream {
 }
 
 impl AsyncWrite for FdStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.0.poll_write_ready(cx))?;
             // SAFETY: writing from a valid buffer of the given length.
-            match guard.try_io(|fd| {
-                check(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
-            }) {
+            match guard.try_io(|fd| check(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Ok(n)) => {
                     if n < data.len() {
@@ -117,9 +105,7 @@ pub fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     unsafe {
         let input = check(libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
         let output = check(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
-        let null =
-            check(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) as isize)?
-                as RawFd;
+        let null = check(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) as isize)? as RawFd;
         check(libc::dup2(null, 0) as isize)?;
         libc::close(null);
         check(libc::dup2(2, 1) as isize)?;

@@ -24,12 +24,7 @@ impl Identity {
     /// This process, looked up once.
     pub fn current() -> &'static Identity {
         static ID: OnceLock<Identity> = OnceLock::new();
-        ID.get_or_init(|| Identity {
-            pid: std::process::id(),
-            user: user_name(),
-            host: host_name(),
-            arch: machine(),
-        })
+        ID.get_or_init(|| Identity { pid: std::process::id(), user: user_name(), host: host_name(), arch: machine() })
     }
 
     /// `user@host pid N`, the form errors use.
@@ -83,8 +78,7 @@ fn user_name() -> String {
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers are valid for the sizes given; `out` is null or points into `pw`/`buf`.
-    let rc =
-        unsafe { libc::getpwuid_r(uid, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc = unsafe { libc::getpwuid_r(uid, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc == 0 && !out.is_null() {
         // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
         let name = unsafe { CStr::from_ptr((*out).pw_name) };

@@ -29,10 +29,11 @@ pub mod handshake;
 mod identity;
 mod local;
 mod method;
+pub mod stub;
 
 pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
 pub use error::BootError;
 pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
-pub use method::{boot, Booted, BoxFuture, Method, Transport};
+pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};

@@ -31,14 +31,10 @@ impl Method for Local {
 
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
-            let fail = |reason: String| BootError::Start {
-                target: self.target(),
-                reason,
-            };
+            let fail = |reason: String| BootError::Start { target: self.target(), reason };
             let program = match &self.program {
                 Some(p) => p.clone(),
-                None => std::env::current_exe()
-                    .map_err(|e| fail(format!("cannot find this executable: {e}")))?,
+                None => std::env::current_exe().map_err(|e| fail(format!("cannot find this executable: {e}")))?,
             };
             let mut child = Command::new(&program)
                 .env(agent::AGENT_ENV, nonce)
@@ -58,11 +54,7 @@ impl Method for Local {
                 // SAFETY: fcntl on a pipe we own. Failure (an old kernel, a lower limit) only costs speed.
                 unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
             }
-            Ok(Transport {
-                reader: Box::pin(stdout),
-                writer: Box::pin(stdin),
-                process: Some(child),
-            })
+            Ok(Transport::new(stdout, stdin, Some(child)))
         })
     }
 

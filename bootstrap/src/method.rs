@@ -23,13 +23,74 @@ pub struct Transport {
     /// The local process carrying the stream (the agent itself, or an `ssh` client), to reap or
     /// kill when the context ends.
     pub process: Option<tokio::process::Child>,
+    /// Bytes already read from `reader` (past a bootstrap stub's report).
+    pub read_ahead: BytesMut,
+    /// Bytes of agent uploaded to start it, or `None` if none were (cached, or a local spawn).
+    pub uploaded: Option<u64>,
+    /// What the far side writes to stderr, kept for error messages.
+    pub stderr: Option<StderrTail>,
+}
+
+impl Transport {
+    /// A transport over `reader`/`writer` with nothing read ahead, uploaded or collected yet.
+    pub fn new(
+        reader: impl AsyncRead + Send + 'static,
+        writer: impl AsyncWrite + Send + 'static,
+        process: Option<tokio::process::Child>,
+    ) -> Self {
+        Transport {
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+            process,
+            read_ahead: BytesMut::new(),
+            uploaded: None,
+            stderr: None,
+        }
+    }
+}
+
+/// The last few KiB a far side wrote to stderr (an ssh client's complaints, a loader's error).
+#[derive(Clone, Debug, Default)]
+pub struct StderrTail(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl StderrTail {
+    const KEEP: usize = 8 << 10;
+
+    /// Collect everything `stream` yields, in a task, until it ends.
+    pub fn collect(mut stream: impl AsyncRead + Send + Unpin + 'static) -> Self {
+        let tail = StderrTail::default();
+        let sink = tail.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.push(&buf[..n]);
+            }
+        });
+        tail
+    }
+
+    /// Append bytes, keeping only the last few KiB.
+    pub fn push(&self, bytes: &[u8]) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.extend_from_slice(bytes);
+        let excess = kept.len().saturating_sub(Self::KEEP);
+        kept.drain(..excess);
+    }
+
+    /// What was collected so far, as text.
+    pub fn text(&self) -> String {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&kept).trim().to_owned()
+    }
 }
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transport")
-            .field("process", &self.process.as_ref().and_then(|c| c.id()))
-            .finish()
+        f.debug_struct("Transport").field("process", &self.process.as_ref().and_then(|c| c.id())).finish()
     }
 }
 
@@ -76,18 +137,33 @@ pub async fn boot(
         target: &target,
     };
     let (reader, writer) = (&mut transport.reader, &mut transport.writer);
-    match handshake::parent(reader, writer, &expect, init).await {
-        Ok((hello, leftover)) => Ok(Booted {
-            transport,
-            hello,
-            leftover,
-        }),
+    let read_ahead = std::mem::take(&mut transport.read_ahead);
+    match handshake::parent(reader, writer, &expect, init, read_ahead).await {
+        Ok((hello, leftover)) => Ok(Booted { transport, hello, leftover }),
         Err(e) => {
             if let Some(mut child) = transport.process.take() {
                 // Killed and dropped: tokio reaps a dropped child in the background.
                 let _ = child.start_kill();
             }
-            Err(e)
+            Err(with_stderr(e, transport.stderr.as_ref()).await)
         }
+    }
+}
+
+/// Add what the far side said on stderr to an error that does not say why by itself.
+pub async fn with_stderr(err: BootError, stderr: Option<&StderrTail>) -> BootError {
+    let Some(stderr) = stderr else { return err };
+    // The stream usually ends a moment before the last of stderr has been read.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let said = stderr.text();
+    if said.is_empty() {
+        return err;
+    }
+    match err {
+        BootError::Exited { target, output } => {
+            let output = if output.trim().is_empty() { said } else { format!("{}\n{said}", output.trim()) };
+            BootError::Exited { target, output }
+        }
+        other => other,
     }
 }

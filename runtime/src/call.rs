@@ -107,27 +107,15 @@ impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (ctx, origin, handler) = (self.context, &self.origin, &self.handler);
         match self.kind {
-            RemoteErrorKind::Handler => {
-                write!(f, "{handler} failed in context {ctx} ({origin}): ")?
+            RemoteErrorKind::Handler => write!(f, "{handler} failed in context {ctx} ({origin}): ")?,
+            RemoteErrorKind::Panic => write!(f, "{handler} panicked in context {ctx} ({origin}): ")?,
+            RemoteErrorKind::UnknownHandler => {
+                write!(f, "context {ctx} ({origin}) has no handler named {handler:?}: ")?
             }
-            RemoteErrorKind::Panic => {
-                write!(f, "{handler} panicked in context {ctx} ({origin}): ")?
-            }
-            RemoteErrorKind::UnknownHandler => write!(
-                f,
-                "context {ctx} ({origin}) has no handler named {handler:?}: "
-            )?,
-            RemoteErrorKind::BadRequest => write!(
-                f,
-                "context {ctx} ({origin}) refused a malformed {handler} call: "
-            )?,
+            RemoteErrorKind::BadRequest => write!(f, "context {ctx} ({origin}) refused a malformed {handler} call: ")?,
             RemoteErrorKind::Refused => write!(f, "context {ctx} ({origin}) refused {handler}: ")?,
-            RemoteErrorKind::ShuttingDown => {
-                write!(f, "context {ctx} ({origin}) is shutting down: ")?
-            }
-            RemoteErrorKind::NoRoute => {
-                write!(f, "context {ctx} ({origin}) could not route {handler}: ")?
-            }
+            RemoteErrorKind::ShuttingDown => write!(f, "context {ctx} ({origin}) is shutting down: ")?,
+            RemoteErrorKind::NoRoute => write!(f, "context {ctx} ({origin}) could not route {handler}: ")?,
         }
         f.write_str(&self.message)?;
         for cause in &self.causes {
@@ -195,11 +183,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-            causes: Vec::new(),
-        }
+        Failure { kind, message: message.into(), causes: Vec::new() }
     }
 
     fn from_error(err: HandlerError) -> Self {
@@ -209,11 +193,7 @@ impl Failure {
             causes.push(cause.to_string());
             next = cause.source();
         }
-        Failure {
-            kind: RemoteErrorKind::Handler,
-            message: err.to_string(),
-            causes,
-        }
+        Failure { kind: RemoteErrorKind::Handler, message: err.to_string(), causes }
     }
 
     fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
@@ -277,10 +257,7 @@ impl Default for Handlers {
 impl Handlers {
     /// A registry holding the built-in handlers.
     pub fn new() -> Self {
-        Handlers {
-            map: Arc::new(HashMap::new()),
-        }
-        .on(|_: Ping, _| async { Ok::<_, HandlerError>(()) })
+        Handlers { map: Arc::new(HashMap::new()) }.on(|_: Ping, _| async { Ok::<_, HandlerError>(()) })
     }
 
     /// Register `f` as the handler for `R`.
@@ -295,9 +272,7 @@ impl Handlers {
         Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
         E: Into<HandlerError> + 'static,
     {
-        self.insert::<R>(Shape::Plain, move |req, cx, _| {
-            Box::pin(respond::<R, _, _>(f(req, cx)))
-        })
+        self.insert::<R>(Shape::Plain, move |req, cx, _| Box::pin(respond::<R, _, _>(f(req, cx))))
     }
 
     /// Register `f` as the handler for `R`, called with the bytes the caller uploads
@@ -311,12 +286,7 @@ impl Handlers {
     {
         self.insert::<R>(Shape::Upload, move |req, cx, stream| match stream {
             StreamArg::Upload(rx) => Box::pin(respond::<R, _, _>(f(req, cx, rx))),
-            _ => Box::pin(async {
-                Err(Failure::new(
-                    RemoteErrorKind::BadRequest,
-                    "expected an upload",
-                ))
-            }),
+            _ => Box::pin(async { Err(Failure::new(RemoteErrorKind::BadRequest, "expected an upload")) }),
         })
     }
 
@@ -331,12 +301,7 @@ impl Handlers {
     {
         self.insert::<R>(Shape::Download, move |req, cx, stream| match stream {
             StreamArg::Download(tx) => Box::pin(respond::<R, _, _>(f(req, cx, tx))),
-            _ => Box::pin(async {
-                Err(Failure::new(
-                    RemoteErrorKind::BadRequest,
-                    "expected a download",
-                ))
-            }),
+            _ => Box::pin(async { Err(Failure::new(RemoteErrorKind::BadRequest, "expected a download")) }),
         })
     }
 
@@ -345,33 +310,19 @@ impl Handlers {
         shape: Shape,
         typed: impl Fn(R, Cx, StreamArg) -> BoxReply + Send + Sync + 'static,
     ) -> Self {
-        assert!(
-            R::NAME.len() <= 255,
-            "handler name {:?} is longer than 255 bytes",
-            R::NAME
-        );
+        assert!(R::NAME.len() <= 255, "handler name {:?} is longer than 255 bytes", R::NAME);
         let run = move |body: &[u8], cx: Cx, stream: StreamArg| -> BoxReply {
             match rmp_serde::from_slice::<R>(body) {
                 Ok(req) => typed(req, cx, stream),
                 Err(e) => {
-                    let msg = format!(
-                        "request does not decode as {}: {e}",
-                        std::any::type_name::<R>()
-                    );
+                    let msg = format!("request does not decode as {}: {e}", std::any::type_name::<R>());
                     Box::pin(async move { Err(Failure::new(RemoteErrorKind::BadRequest, msg)) })
                 }
             }
         };
         let map = Arc::make_mut(&mut self.map);
-        let entry = Arc::new(Entry {
-            shape,
-            run: Box::new(run),
-        });
-        assert!(
-            map.insert(R::NAME, entry).is_none(),
-            "handler {:?} registered twice",
-            R::NAME
-        );
+        let entry = Arc::new(Entry { shape, run: Box::new(run) });
+        assert!(map.insert(R::NAME, entry).is_none(), "handler {:?} registered twice", R::NAME);
         self
     }
 
@@ -394,12 +345,8 @@ where
     E: Into<HandlerError>,
 {
     match fut.await {
-        Ok(resp) => encode_value(&resp).map_err(|e| {
-            Failure::new(
-                RemoteErrorKind::Handler,
-                format!("response does not encode: {e}"),
-            )
-        }),
+        Ok(resp) => encode_value(&resp)
+            .map_err(|e| Failure::new(RemoteErrorKind::Handler, format!("response does not encode: {e}"))),
         Err(e) => Err(Failure::from_error(e.into())),
     }
 }
@@ -428,9 +375,7 @@ impl Future for CatchUnwind {
     }
 }
 
-pub(crate) fn encode_value<T: Serialize + ?Sized>(
-    value: &T,
-) -> Result<Bytes, rmp_serde::encode::Error> {
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
     let mut w = BytesMut::with_capacity(64).writer();
     rmp_serde::encode::write(&mut w, value)?;
     Ok(w.into_inner().freeze())
@@ -448,10 +393,7 @@ pub(crate) fn encode_call<R: Request>(req: &R) -> Result<Bytes, CallError> {
         buf.put_u8(name.len() as u8);
     }
     buf.put_slice(name);
-    rmp_serde::encode::write(&mut w, req).map_err(|e| CallError::Encode {
-        handler: R::NAME,
-        reason: e.to_string(),
-    })?;
+    rmp_serde::encode::write(&mut w, req).map_err(|e| CallError::Encode { handler: R::NAME, reason: e.to_string() })?;
     Ok(w.into_inner().freeze())
 }
 
@@ -473,9 +415,7 @@ pub(crate) fn split_call(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(name).ok()?, req))
 }
 
-pub(crate) fn decode_value<T: DeserializeOwned>(
-    body: &[u8],
-) -> Result<T, rmp_serde::decode::Error> {
+pub(crate) fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(body)
 }
 
@@ -492,10 +432,7 @@ mod tests {
 
     #[test]
     fn call_body_round_trip() {
-        for body in [
-            encode_call(&Ping).unwrap(),
-            encode_call(&Long("x".into())).unwrap(),
-        ] {
+        for body in [encode_call(&Ping).unwrap(), encode_call(&Long("x".into())).unwrap()] {
             let (name, req) = split_call(&body).expect("splits");
             assert!(name == Ping::NAME || name == Long::NAME);
             if name == Long::NAME {

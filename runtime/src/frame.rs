@@ -126,12 +126,7 @@ pub enum FrameError {
 }
 
 /// Append `frame` to `out`, refusing frames larger than `max` so a peer never has to.
-pub fn encode(
-    header: &Header,
-    body: &[u8],
-    max: usize,
-    out: &mut BytesMut,
-) -> Result<(), FrameError> {
+pub fn encode(header: &Header, body: &[u8], max: usize, out: &mut BytesMut) -> Result<(), FrameError> {
     let len = HEADER_LEN + body.len();
     if len > max {
         return Err(FrameError::TooLarge { len, max });
@@ -144,12 +139,7 @@ pub fn encode(
 
 /// Append only the length prefix and header for a frame with a body of `body_len` bytes; the caller
 /// writes the body itself (used to send large bodies without copying them).
-pub fn encode_header(
-    header: &Header,
-    body_len: usize,
-    max: usize,
-    out: &mut BytesMut,
-) -> Result<(), FrameError> {
+pub fn encode_header(header: &Header, body_len: usize, max: usize, out: &mut BytesMut) -> Result<(), FrameError> {
     let len = HEADER_LEN + body_len;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
@@ -198,9 +188,7 @@ pub fn peek(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, FrameErro
         flags: b.get_u32_le(),
     };
     if header.flags & !flags::KNOWN != 0 {
-        return Err(FrameError::UnknownFlags {
-            flags: header.flags,
-        });
+        return Err(FrameError::UnknownFlags { flags: header.flags });
     }
     let total = LEN_PREFIX + len;
     if buf.len() < total {
@@ -218,10 +206,7 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameErro
         Some((header, total)) => {
             let mut whole = buf.split_to(total);
             whole.advance(LEN_PREFIX + HEADER_LEN);
-            Ok(Some(Frame {
-                header,
-                body: whole.freeze(),
-            }))
+            Ok(Some(Frame { header, body: whole.freeze() }))
         }
         None => {
             if buf.len() >= LEN_PREFIX {
@@ -238,14 +223,7 @@ mod tests {
     use super::*;
 
     fn header() -> Header {
-        Header {
-            dst: 7,
-            src: 0,
-            auth: 0,
-            handle: handles::CALL,
-            reply_to: 1025,
-            flags: flags::UPLOAD,
-        }
+        Header { dst: 7, src: 0, auth: 0, handle: handles::CALL, reply_to: 1025, flags: flags::UPLOAD }
     }
 
     fn encoded(body: &[u8]) -> BytesMut {
@@ -258,9 +236,7 @@ mod tests {
     fn round_trip() {
         let mut buf = encoded(b"hello");
         assert_eq!(buf.len(), LEN_PREFIX + HEADER_LEN + 5);
-        let frame = decode(&mut buf, DEFAULT_MAX_FRAME)
-            .expect("valid")
-            .expect("complete");
+        let frame = decode(&mut buf, DEFAULT_MAX_FRAME).expect("valid").expect("complete");
         assert_eq!(frame.header, header());
         assert_eq!(&frame.body[..], b"hello");
         assert!(buf.is_empty());
@@ -281,11 +257,7 @@ mod tests {
         let whole = encoded(b"0123456789");
         for cut in 0..whole.len() {
             let mut buf = BytesMut::from(&whole[..cut]);
-            assert_eq!(
-                decode(&mut buf, DEFAULT_MAX_FRAME),
-                Ok(None),
-                "cut at {cut}"
-            );
+            assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Ok(None), "cut at {cut}");
             assert_eq!(buf.len(), cut, "nothing consumed at cut {cut}");
         }
     }
@@ -295,18 +267,8 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32_le(u32::MAX);
         let before = buf.capacity();
-        assert_eq!(
-            decode(&mut buf, 1 << 20),
-            Err(FrameError::TooLarge {
-                len: u32::MAX as usize,
-                max: 1 << 20
-            })
-        );
-        assert_eq!(
-            buf.capacity(),
-            before,
-            "no room reserved for a refused frame"
-        );
+        assert_eq!(decode(&mut buf, 1 << 20), Err(FrameError::TooLarge { len: u32::MAX as usize, max: 1 << 20 }));
+        assert_eq!(buf.capacity(), before, "no room reserved for a refused frame");
         assert_eq!(buf.len(), 4, "nothing consumed");
     }
 
@@ -314,13 +276,7 @@ mod tests {
     fn encode_refuses_what_the_peer_would_refuse() {
         let mut out = BytesMut::new();
         let err = encode(&header(), &[0; 100], 64, &mut out).unwrap_err();
-        assert_eq!(
-            err,
-            FrameError::TooLarge {
-                len: HEADER_LEN + 100,
-                max: 64
-            }
-        );
+        assert_eq!(err, FrameError::TooLarge { len: HEADER_LEN + 100, max: 64 });
         assert!(out.is_empty());
     }
 
@@ -328,29 +284,20 @@ mod tests {
     fn short_length_and_unknown_flags_are_garbage() {
         let mut buf = BytesMut::new();
         buf.put_u32_le(3);
-        assert_eq!(
-            decode(&mut buf, DEFAULT_MAX_FRAME),
-            Err(FrameError::Short { len: 3 })
-        );
+        assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Err(FrameError::Short { len: 3 }));
 
         let mut h = header();
         h.flags = 1 << 31;
         let mut buf = BytesMut::new();
         encode(&h, b"", DEFAULT_MAX_FRAME, &mut buf).unwrap();
-        assert_eq!(
-            decode(&mut buf, DEFAULT_MAX_FRAME),
-            Err(FrameError::UnknownFlags { flags: 1 << 31 })
-        );
+        assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Err(FrameError::UnknownFlags { flags: 1 << 31 }));
     }
 
     #[test]
     fn text_is_not_a_frame() {
         // What a login shell might print: the length prefix reads as ~1.7 GB.
         let mut buf = BytesMut::from(&b"Welcome to Debian GNU/Linux!\n"[..]);
-        assert!(matches!(
-            decode(&mut buf, DEFAULT_MAX_FRAME),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode(&mut buf, DEFAULT_MAX_FRAME), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

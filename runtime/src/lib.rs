@@ -40,12 +40,8 @@ pub mod proto;
 mod router;
 pub mod stream;
 
-pub use call::{
-    CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request,
-};
-pub use router::{
-    CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig,
-};
+pub use call::{CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request};
+pub use router::{CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig};
 pub use stream::{ByteReceiver, ByteSender, StreamError};
 
 /// A context's id: 0 is the controller; the controller allocates the rest.

@@ -23,9 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, warn, Instrument, Span};
 
-use crate::call::{
-    self, CallError, Cx, Failure, RemoteError, RemoteErrorKind, Request, Shape, StreamArg,
-};
+use crate::call::{self, CallError, Cx, Failure, RemoteError, RemoteErrorKind, Request, Shape, StreamArg};
 use crate::frame::{self, flags, handles, Frame, FrameError, Header};
 use crate::proto::Control;
 use crate::stream::{ByteReceiver, ByteSender, StreamItem, CHUNK, WINDOW};
@@ -137,10 +135,7 @@ pub struct EncodedRequest<R> {
 
 impl<R> Clone for EncodedRequest<R> {
     fn clone(&self) -> Self {
-        EncodedRequest {
-            body: self.body.clone(),
-            _request: std::marker::PhantomData,
-        }
+        EncodedRequest { body: self.body.clone(), _request: std::marker::PhantomData }
     }
 }
 
@@ -153,10 +148,7 @@ impl<R> fmt::Debug for EncodedRequest<R> {
 impl<R: Request> EncodedRequest<R> {
     /// Encode `req`.
     pub fn new(req: &R) -> Result<Self, CallError> {
-        Ok(EncodedRequest {
-            body: call::encode_call(req)?,
-            _request: std::marker::PhantomData,
-        })
+        Ok(EncodedRequest { body: call::encode_call(req)?, _request: std::marker::PhantomData })
     }
 }
 
@@ -274,16 +266,9 @@ impl Router {
         );
         // The link and its route exist before the reader starts: a frame read at once must pass
         // the reverse-path check (regression: the first call into an agent was sometimes dropped).
-        self.inner.links.insert(
-            id,
-            Link {
-                tx,
-                name: opts.name.into(),
-                closed: closed_tx,
-                reader: None,
-                writer: Some(writer),
-            },
-        );
+        self.inner
+            .links
+            .insert(id, Link { tx, name: opts.name.into(), closed: closed_tx, reader: None, writer: Some(writer) });
         match opts.role {
             Role::Parent => self.inner.parent.store(id, Ordering::Release),
             Role::Child(peer) => {
@@ -302,10 +287,7 @@ impl Router {
             Some(mut link) => link.reader = Some(reader.abort_handle()),
             None => reader.abort(), // closed already
         }
-        LinkHandle {
-            id,
-            closed: closed_rx,
-        }
+        LinkHandle { id, closed: closed_rx }
     }
 
     /// Route frames for `dst` (a context behind a child) over `via`. Frames for ids without a route
@@ -322,19 +304,10 @@ impl Router {
         if let Some(reader) = &entry.reader {
             reader.abort();
         }
-        let _ = self
-            .inner
-            .parent
-            .compare_exchange(link, 0, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.inner.parent.compare_exchange(link, 0, Ordering::AcqRel, Ordering::Acquire);
         self.inner.routes.retain(|_, via| *via != link);
 
-        let failed: Vec<u32> = self
-            .inner
-            .pending
-            .iter()
-            .filter(|p| p.via == link)
-            .map(|p| *p.key())
-            .collect();
+        let failed: Vec<u32> = self.inner.pending.iter().filter(|p| p.via == link).map(|p| *p.key()).collect();
         for handle in failed {
             if let Some((_, p)) = self.inner.pending.remove(&handle) {
                 let err = CallError::Disconnected {
@@ -349,9 +322,7 @@ impl Router {
             }
         }
         // Streams from contexts we can no longer reach end: dropping their sender ends the receiver.
-        self.inner
-            .inbound
-            .retain(|(src, _), _| self.link_for(*src).is_some());
+        self.inner.inbound.retain(|(src, _), _| self.link_for(*src).is_some());
         let _ = entry.closed.send(Some(reason));
         entry.writer.take()
     }
@@ -377,11 +348,7 @@ impl Router {
     }
 
     /// Call `req` in context `dst` and wait for its answer.
-    pub async fn call<R: Request>(
-        &self,
-        dst: ContextId,
-        req: &R,
-    ) -> Result<R::Response, CallError> {
+    pub async fn call<R: Request>(&self, dst: ContextId, req: &R) -> Result<R::Response, CallError> {
         self.call_encoded(dst, &EncodedRequest::new(req)?).await
     }
 
@@ -407,19 +374,13 @@ impl Router {
     /// Call `req` in `dst`, streaming everything `reader` yields to the handler, which was
     /// registered with [`Handlers::on_upload`]. Memory use is bounded by the flow-control window,
     /// whatever the size of the data.
-    pub async fn upload<R, S>(
-        &self,
-        dst: ContextId,
-        req: &R,
-        mut reader: S,
-    ) -> Result<R::Response, CallError>
+    pub async fn upload<R, S>(&self, dst: ContextId, req: &R, mut reader: S) -> Result<R::Response, CallError>
     where
         R: Request,
         S: AsyncRead + Unpin,
     {
         let body = call::encode_call(req)?;
-        let (handle, rx, _guard) =
-            self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
+        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
         self.send_call(dst, body, handle, flags::UPLOAD).await?;
         let data = Header {
             dst,
@@ -430,16 +391,10 @@ impl Router {
             flags: flags::DATA,
         };
         let mut tx = ByteSender::new(self.clone(), data, rx, WINDOW);
-        let stream_err = |reason: String| CallError::Stream {
-            handler: R::NAME,
-            reason,
-        };
+        let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         loop {
             let mut chunk = BytesMut::with_capacity(CHUNK);
-            let n = reader
-                .read_buf(&mut chunk)
-                .await
-                .map_err(|e| stream_err(format!("reading the upload: {e}")))?;
+            let n = reader.read_buf(&mut chunk).await.map_err(|e| stream_err(format!("reading the upload: {e}")))?;
             if n == 0 {
                 tx.finish().await.map_err(|e| stream_err(e.to_string()))?;
                 break;
@@ -456,19 +411,13 @@ impl Router {
 
     /// Call `req` in `dst` and write the bytes its handler (registered with
     /// [`Handlers::on_download`]) sends to `writer`, with bounded memory.
-    pub async fn download<R, W>(
-        &self,
-        dst: ContextId,
-        req: &R,
-        mut writer: W,
-    ) -> Result<R::Response, CallError>
+    pub async fn download<R, W>(&self, dst: ContextId, req: &R, mut writer: W) -> Result<R::Response, CallError>
     where
         R: Request,
         W: AsyncWrite + Unpin,
     {
         let body = call::encode_call(req)?;
-        let (handle, rx, _guard) =
-            self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
+        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
         self.send_call(dst, body, handle, flags::DOWNLOAD).await?;
         let credit = Header {
             dst,
@@ -479,41 +428,21 @@ impl Router {
             flags: flags::CREDIT,
         };
         let mut rx = ByteReceiver::new(self.clone(), credit, rx);
-        let stream_err = |reason: String| CallError::Stream {
-            handler: R::NAME,
-            reason,
-        };
+        let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         while let Some(chunk) = rx.recv().await.map_err(|e| e.into_call_error(R::NAME))? {
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| stream_err(format!("writing the download: {e}")))?;
+            writer.write_all(&chunk).await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
         }
-        writer
-            .flush()
-            .await
-            .map_err(|e| stream_err(format!("writing the download: {e}")))?;
-        let frame = rx
-            .take_reply()
-            .ok_or_else(|| stream_err("stream ended without an answer".into()))?;
+        writer.flush().await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
+        let frame = rx.take_reply().ok_or_else(|| stream_err("stream ended without an answer".into()))?;
         decode_reply::<R>(&frame)
     }
 
     /// Send a control message to context `dst` on this context's authority.
     pub async fn send_control(&self, dst: ContextId, msg: &Control) -> Result<(), CallError> {
-        let body = call::encode_value(msg).map_err(|e| CallError::Encode {
-            handler: "control",
-            reason: e.to_string(),
-        })?;
+        let body =
+            call::encode_value(msg).map_err(|e| CallError::Encode { handler: "control", reason: e.to_string() })?;
         let id = self.id();
-        let header = Header {
-            dst,
-            src: id,
-            auth: id,
-            handle: handles::CONTROL,
-            reply_to: 0,
-            flags: 0,
-        };
+        let header = Header { dst, src: id, auth: id, handle: handles::CONTROL, reply_to: 0, flags: 0 };
         self.send_frame(Frame { header, body }).await
     }
 
@@ -531,12 +460,7 @@ impl Router {
             });
         }
         let link = self.link_for(dst).ok_or(CallError::NoRoute(dst))?;
-        let tx = self
-            .inner
-            .links
-            .get(&link)
-            .map(|l| l.tx.clone())
-            .ok_or_else(|| self.lost(dst))?;
+        let tx = self.inner.links.get(&link).map(|l| l.tx.clone()).ok_or_else(|| self.lost(dst))?;
         tx.send(frame).await.map_err(|_| self.lost(dst))
     }
 
@@ -552,11 +476,7 @@ impl Router {
     }
 
     fn lost(&self, dst: ContextId) -> CallError {
-        CallError::Disconnected {
-            context: dst,
-            name: format!("context {dst}"),
-            reason: "the link closed".into(),
-        }
+        CallError::Disconnected { context: dst, name: format!("context {dst}"), reason: "the link closed".into() }
     }
 
     fn alloc_handle(&self) -> u32 {
@@ -578,18 +498,8 @@ impl Router {
         let via = self.link_for(dst).ok_or(CallError::NoRoute(dst))?;
         let handle = self.alloc_handle();
         let (tx, rx) = channel();
-        self.inner.pending.insert(
-            handle,
-            Pending {
-                via,
-                dst,
-                tx: wrap(tx),
-            },
-        );
-        let guard = PendingGuard {
-            router: self,
-            handle,
-        };
+        self.inner.pending.insert(handle, Pending { via, dst, tx: wrap(tx) });
+        let guard = PendingGuard { router: self, handle };
         // A link that closed before the insert did not see this entry: fail now instead of waiting.
         if !self.inner.links.contains_key(&via) {
             return Err(self.lost(dst));
@@ -597,31 +507,13 @@ impl Router {
         Ok((handle, rx, guard))
     }
 
-    async fn send_call(
-        &self,
-        dst: ContextId,
-        body: Bytes,
-        reply_to: u32,
-        flags: u32,
-    ) -> Result<(), CallError> {
+    async fn send_call(&self, dst: ContextId, body: Bytes, reply_to: u32, flags: u32) -> Result<(), CallError> {
         let id = self.id();
-        let header = Header {
-            dst,
-            src: id,
-            auth: id,
-            handle: handles::CALL,
-            reply_to,
-            flags,
-        };
+        let header = Header { dst, src: id, auth: id, handle: handles::CALL, reply_to, flags };
         self.send_frame(Frame { header, body }).await
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &self,
-        link: LinkId,
-        mut reader: R,
-        mut buf: BytesMut,
-    ) -> CloseReason {
+    async fn read_loop<R: AsyncRead + Unpin>(&self, link: LinkId, mut reader: R, mut buf: BytesMut) -> CloseReason {
         let max = self.inner.cfg.max_frame;
         loop {
             loop {
@@ -701,10 +593,7 @@ impl Router {
 
     fn control(&self, frame: Frame) {
         if !self.is_ancestor(frame.header.auth) {
-            warn!(
-                auth = frame.header.auth,
-                "refused a control message from a context that is not an ancestor"
-            );
+            warn!(auth = frame.header.auth, "refused a control message from a context that is not an ancestor");
             return;
         }
         match call::decode_value::<Control>(&frame.body) {
@@ -722,14 +611,7 @@ impl Router {
         let h = frame.header;
         let Some((name, req)) = call::split_call(&frame.body) else {
             return self
-                .reply(
-                    h,
-                    "(unreadable)",
-                    Err(Failure::new(
-                        RemoteErrorKind::BadRequest,
-                        "the body is not a call",
-                    )),
-                )
+                .reply(h, "(unreadable)", Err(Failure::new(RemoteErrorKind::BadRequest, "the body is not a call")))
                 .await;
         };
         let refuse = |kind, msg: String| Err(Failure::new(kind, msg));
@@ -738,27 +620,14 @@ impl Router {
                 "calls are accepted only from ancestors {:?}, not from context {}",
                 self.inner.cfg.ancestors, h.auth
             );
-            return self
-                .reply(h, name, refuse(RemoteErrorKind::Refused, msg))
-                .await;
+            return self.reply(h, name, refuse(RemoteErrorKind::Refused, msg)).await;
         }
         if !self.inner.accepting.load(Ordering::Acquire) {
-            return self
-                .reply(
-                    h,
-                    name,
-                    refuse(
-                        RemoteErrorKind::ShuttingDown,
-                        "no new calls are taken".into(),
-                    ),
-                )
-                .await;
+            return self.reply(h, name, refuse(RemoteErrorKind::ShuttingDown, "no new calls are taken".into())).await;
         }
         let Some(entry) = self.inner.handlers.get(name).cloned() else {
             let msg = format!("it knows {}", self.inner.handlers.names().join(", "));
-            return self
-                .reply(h, name, refuse(RemoteErrorKind::UnknownHandler, msg))
-                .await;
+            return self.reply(h, name, refuse(RemoteErrorKind::UnknownHandler, msg)).await;
         };
         let shape = match h.flags & (flags::UPLOAD | flags::DOWNLOAD) {
             0 => Shape::Plain,
@@ -767,13 +636,8 @@ impl Router {
             _ => Shape::Plain, // both bits: refused below as a mismatch unless the handler is plain
         };
         if shape != entry.shape || h.flags & flags::UPLOAD != 0 && h.flags & flags::DOWNLOAD != 0 {
-            let msg = format!(
-                "the handler takes a {:?} call, this one is {:?}",
-                entry.shape, shape
-            );
-            return self
-                .reply(h, name, refuse(RemoteErrorKind::BadRequest, msg))
-                .await;
+            let msg = format!("the handler takes a {:?} call, this one is {:?}", entry.shape, shape);
+            return self.reply(h, name, refuse(RemoteErrorKind::BadRequest, msg)).await;
         }
 
         let id = self.id();
@@ -782,43 +646,26 @@ impl Router {
             Shape::Upload => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 self.inner.inbound.insert((h.src, h.reply_to), tx);
-                let credit = Header {
-                    dst: h.src,
-                    src: id,
-                    auth: id,
-                    handle: h.reply_to,
-                    reply_to: 0,
-                    flags: flags::CREDIT,
-                };
+                let credit =
+                    Header { dst: h.src, src: id, auth: id, handle: h.reply_to, reply_to: 0, flags: flags::CREDIT };
                 StreamArg::Upload(ByteReceiver::new(self.clone(), credit, rx))
             }
             Shape::Download => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 self.inner.inbound.insert((h.src, h.reply_to), tx);
-                let data = Header {
-                    dst: h.src,
-                    src: id,
-                    auth: id,
-                    handle: h.reply_to,
-                    reply_to: 0,
-                    flags: flags::DATA,
-                };
+                let data =
+                    Header { dst: h.src, src: id, auth: id, handle: h.reply_to, reply_to: 0, flags: flags::DATA };
                 StreamArg::Download(ByteSender::new(self.clone(), data, rx, WINDOW))
             }
         };
         let name: Arc<str> = name.into();
         let req = frame.body.slice(frame.body.len() - req.len()..);
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        let cx = Cx {
-            router: self.clone(),
-            caller: h.src,
-        };
+        let cx = Cx { router: self.clone(), caller: h.src };
         let mut run = Box::pin(call::run_caught(entry, req, cx, stream));
         // Most handlers answer without waiting: poll once here and spare them a task. One that is
         // still pending goes on in a task of its own, whose first poll registers a real waker.
-        let first = run
-            .as_mut()
-            .poll(&mut TaskContext::from_waker(Waker::noop()));
+        let first = run.as_mut().poll(&mut TaskContext::from_waker(Waker::noop()));
         match first {
             Poll::Ready(result) => self.finish_call(h, &name, result).await,
             Poll::Pending => {
@@ -867,14 +714,8 @@ impl Router {
             return;
         }
         let id = self.id();
-        let mut header = Header {
-            dst: call.src,
-            src: id,
-            auth: id,
-            handle: call.reply_to,
-            reply_to: 0,
-            flags: flags::REPLY,
-        };
+        let mut header =
+            Header { dst: call.src, src: id, auth: id, handle: call.reply_to, reply_to: 0, flags: flags::REPLY };
         let body = match result {
             Ok(body) if body.len() + frame::HEADER_LEN <= self.inner.cfg.max_frame => body,
             Ok(body) => {
@@ -918,24 +759,14 @@ impl Drop for PendingGuard<'_> {
 
 fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
     if frame.header.flags & flags::ERROR != 0 {
-        let err =
-            call::decode_value::<RemoteError>(&frame.body).map_err(|e| CallError::Decode {
-                handler: R::NAME,
-                reason: format!("error answer: {e}"),
-            })?;
+        let err = call::decode_value::<RemoteError>(&frame.body)
+            .map_err(|e| CallError::Decode { handler: R::NAME, reason: format!("error answer: {e}") })?;
         return Err(CallError::Remote(err));
     }
-    call::decode_value(&frame.body).map_err(|e| CallError::Decode {
-        handler: R::NAME,
-        reason: e.to_string(),
-    })
+    call::decode_value(&frame.body).map_err(|e| CallError::Decode { handler: R::NAME, reason: e.to_string() })
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Frame>,
-    mut w: W,
-    max: usize,
-) -> std::io::Result<()> {
+async fn write_loop<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Frame>, mut w: W, max: usize) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(WRITE_BATCH + CHUNK);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);

@@ -42,10 +42,7 @@ impl StreamError {
     pub(crate) fn into_call_error(self, handler: &'static str) -> CallError {
         match self {
             StreamError::Call(e) => e,
-            other => CallError::Stream {
-                handler,
-                reason: other.to_string(),
-            },
+            other => CallError::Stream { handler, reason: other.to_string() },
         }
     }
 }
@@ -64,20 +61,8 @@ pub struct ByteSender {
 }
 
 impl ByteSender {
-    pub(crate) fn new(
-        router: Router,
-        data: Header,
-        rx: mpsc::UnboundedReceiver<StreamItem>,
-        credit: u64,
-    ) -> Self {
-        ByteSender {
-            router,
-            data,
-            credit,
-            rx,
-            reply: None,
-            finished: false,
-        }
+    pub(crate) fn new(router: Router, data: Header, rx: mpsc::UnboundedReceiver<StreamItem>, credit: u64) -> Self {
+        ByteSender { router, data, credit, rx, reply: None, finished: false }
     }
 
     /// Send `bytes`, in chunks of at most [`CHUNK`], waiting for credit as needed.
@@ -91,12 +76,7 @@ impl ByteSender {
                 self.wait_credit().await?;
             }
             self.credit -= piece.len() as u64;
-            self.router
-                .send_frame(Frame {
-                    header: self.data,
-                    body: piece,
-                })
-                .await?;
+            self.router.send_frame(Frame { header: self.data, body: piece }).await?;
         }
         Ok(())
     }
@@ -107,12 +87,7 @@ impl ByteSender {
             self.finished = true;
             let mut header = self.data;
             header.flags = flags::END;
-            self.router
-                .send_frame(Frame {
-                    header,
-                    body: Bytes::new(),
-                })
-                .await?;
+            self.router.send_frame(Frame { header, body: Bytes::new() }).await?;
         }
         Ok(())
     }
@@ -128,9 +103,7 @@ impl ByteSender {
             return Err(StreamError::Closed);
         }
         if f & flags::ABORT != 0 {
-            return Err(StreamError::Aborted(
-                call::decode_value(&frame.body).unwrap_or_default(),
-            ));
+            return Err(StreamError::Aborted(call::decode_value(&frame.body).unwrap_or_default()));
         }
         if f & flags::CREDIT != 0 {
             let grant: u64 = call::decode_value(&frame.body)
@@ -171,20 +144,8 @@ pub struct ByteReceiver {
 }
 
 impl ByteReceiver {
-    pub(crate) fn new(
-        router: Router,
-        credit: Header,
-        rx: mpsc::UnboundedReceiver<StreamItem>,
-    ) -> Self {
-        ByteReceiver {
-            router,
-            credit,
-            rx,
-            taken: 0,
-            outstanding: 0,
-            reply: None,
-            done: false,
-        }
+    pub(crate) fn new(router: Router, credit: Header, rx: mpsc::UnboundedReceiver<StreamItem>) -> Self {
+        ByteReceiver { router, credit, rx, taken: 0, outstanding: 0, reply: None, done: false }
     }
 
     /// The next chunk, or `None` once the stream has ended.
@@ -192,11 +153,7 @@ impl ByteReceiver {
         while !self.done {
             let frame = match self.rx.recv().await {
                 Some(item) => item?,
-                None => {
-                    return Err(StreamError::Aborted(
-                        "the stream ended without its end marker".into(),
-                    ))
-                }
+                None => return Err(StreamError::Aborted("the stream ended without its end marker".into())),
             };
             let f = frame.header.flags;
             if f & flags::DATA != 0 {
@@ -219,9 +176,7 @@ impl ByteReceiver {
                 self.reply = Some(frame);
                 self.done = true;
             } else if f & flags::ABORT != 0 {
-                return Err(StreamError::Aborted(
-                    call::decode_value(&frame.body).unwrap_or_default(),
-                ));
+                return Err(StreamError::Aborted(call::decode_value(&frame.body).unwrap_or_default()));
             }
         }
         Ok(None)
@@ -237,16 +192,10 @@ impl ByteReceiver {
     }
 
     async fn grant(&mut self) -> Result<(), StreamError> {
-        let body =
-            call::encode_value(&self.taken).map_err(|e| StreamError::Protocol(e.to_string()))?;
+        let body = call::encode_value(&self.taken).map_err(|e| StreamError::Protocol(e.to_string()))?;
         self.outstanding -= self.taken;
         self.taken = 0;
-        self.router
-            .send_frame(Frame {
-                header: self.credit,
-                body,
-            })
-            .await?;
+        self.router.send_frame(Frame { header: self.credit, body }).await?;
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use hypha_runtime::frame::{self, flags, handles, Header};
 use hypha_runtime::{
-    ByteReceiver, CallError, CloseReason, Cx, HandlerError, Handlers, LinkHandle, LinkOptions,
-    Ping, RemoteErrorKind, Request, Role, Router, RouterConfig,
+    ByteReceiver, CallError, CloseReason, Cx, HandlerError, Handlers, LinkHandle, LinkOptions, Ping, RemoteErrorKind,
+    Request, Role, Router, RouterConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -53,23 +53,13 @@ fn handlers() -> Handlers {
 }
 
 fn router(id: u32, ancestors: Vec<u32>) -> Router {
-    let cfg = RouterConfig {
-        id,
-        ancestors,
-        origin: format!("test context {id}"),
-        max_frame: 1 << 20,
-    };
+    let cfg = RouterConfig { id, ancestors, origin: format!("test context {id}"), max_frame: 1 << 20 };
     Router::new(cfg, handlers())
 }
 
 fn attach(router: &Router, role: Role, pipe: DuplexStream, initial: BytesMut) -> LinkHandle {
     let (r, w) = tokio::io::split(pipe);
-    let opts = LinkOptions {
-        role,
-        name: format!("{role:?} pipe"),
-        span: tracing::Span::none(),
-        initial,
-    };
+    let opts = LinkOptions { role, name: format!("{role:?} pipe"), span: tracing::Span::none(), initial };
     router.attach(r, w, opts)
 }
 
@@ -113,11 +103,7 @@ async fn a_closing_link_fails_every_waiting_call_with_the_context_named() {
     assert_eq!(down.closed().await, CloseReason::Eof);
     while let Some(r) = waiting.join_next().await {
         match r.unwrap() {
-            Err(CallError::Disconnected {
-                context: 1,
-                name,
-                reason,
-            }) => {
+            Err(CallError::Disconnected { context: 1, name, reason }) => {
                 assert_eq!(name, "Child(1) pipe");
                 assert!(reason.contains("end of file"), "{reason}");
             }
@@ -125,10 +111,7 @@ async fn a_closing_link_fails_every_waiting_call_with_the_context_named() {
         }
     }
     assert_eq!(parent.pending_calls(), 0);
-    assert!(matches!(
-        parent.call(1, &Ping).await,
-        Err(CallError::NoRoute(1))
-    ));
+    assert!(matches!(parent.call(1, &Ping).await, Err(CallError::NoRoute(1))));
 }
 
 #[tokio::test]
@@ -142,17 +125,9 @@ async fn garbage_on_a_link_closes_it_and_fails_its_calls() {
     };
     let mut sink = vec![0; 4096];
     let _ = far.read(&mut sink).await.unwrap(); // the call arrived
-    far.write_all(b"Welcome to the machine, have a nice day\n")
-        .await
-        .unwrap();
-    assert!(matches!(
-        link.closed().await,
-        CloseReason::Garbled(frame::FrameError::TooLarge { .. })
-    ));
-    assert!(matches!(
-        call.await.unwrap(),
-        Err(CallError::Disconnected { .. })
-    ));
+    far.write_all(b"Welcome to the machine, have a nice day\n").await.unwrap();
+    assert!(matches!(link.closed().await, CloseReason::Garbled(frame::FrameError::TooLarge { .. })));
+    assert!(matches!(call.await.unwrap(), Err(CallError::Disconnected { .. })));
 }
 
 #[tokio::test]
@@ -160,9 +135,7 @@ async fn children_cannot_call_their_parent_or_forge_a_source() {
     let (parent, child, _down, _up) = pair();
     // A child calling its parent is refused: calls are accepted only from ancestors.
     let err = child.call(0, &Ping).await.unwrap_err();
-    let CallError::Remote(r) = &err else {
-        panic!("{err}")
-    };
+    let CallError::Remote(r) = &err else { panic!("{err}") };
     assert_eq!(r.kind, RemoteErrorKind::Refused);
     assert_eq!(r.context, 0);
 
@@ -170,14 +143,7 @@ async fn children_cannot_call_their_parent_or_forge_a_source() {
     let (near, mut far) = tokio::io::duplex(64 << 10);
     let _link = attach(&parent, Role::Child(7), near, BytesMut::new());
     let mut out = BytesMut::new();
-    let forged = Header {
-        dst: 0,
-        src: 1,
-        auth: 1,
-        handle: handles::CALL,
-        reply_to: 2000,
-        flags: 0,
-    };
+    let forged = Header { dst: 0, src: 1, auth: 1, handle: handles::CALL, reply_to: 2000, flags: 0 };
     frame::encode(&forged, b"\xa1x", 1 << 20, &mut out).unwrap();
     far.write_all(&out).await.unwrap();
     let mut buf = [0u8; 64];
@@ -190,9 +156,7 @@ async fn unknown_flags_and_mismatched_streams_are_errors_not_panics() {
     let (parent, _child, _down, _up) = pair();
     // An upload call to a plain handler is refused with a clear error, and the link survives.
     let err = parent.upload(1, &Double(1), &b"abc"[..]).await.unwrap_err();
-    let CallError::Remote(r) = &err else {
-        panic!("{err}")
-    };
+    let CallError::Remote(r) = &err else { panic!("{err}") };
     assert_eq!(r.kind, RemoteErrorKind::BadRequest);
     assert_eq!(parent.call(1, &Double(2)).await.unwrap(), 4);
     assert_eq!(flags::KNOWN & (1 << 31), 0);
@@ -202,10 +166,7 @@ async fn unknown_flags_and_mismatched_streams_are_errors_not_panics() {
 async fn a_slow_consumer_throttles_the_sender() {
     let (parent, _child, _down, _up) = pair();
     let size = 16u64 << 20;
-    let n = parent
-        .upload(1, &Slurp, tokio::io::repeat(9).take(size))
-        .await
-        .unwrap();
+    let n = parent.upload(1, &Slurp, tokio::io::repeat(9).take(size)).await.unwrap();
     assert_eq!(n, size);
 }
 
@@ -224,12 +185,7 @@ async fn frames_for_unknown_ids_go_to_the_parent_and_routes_forward() {
     let zero = router(0, vec![]);
     let one = router(1, vec![0]);
     let two = Router::new(
-        RouterConfig {
-            id: 2,
-            ancestors: vec![1, 0],
-            origin: "two".into(),
-            max_frame: 1 << 20,
-        },
+        RouterConfig { id: 2, ancestors: vec![1, 0], origin: "two".into(), max_frame: 1 << 20 },
         Handlers::new().on(|Deep, cx: Cx| async move { Ok::<_, HandlerError>(cx.router.id()) }),
     );
     let l0 = attach(&zero, Role::Child(1), a, BytesMut::new());
@@ -237,20 +193,14 @@ async fn frames_for_unknown_ids_go_to_the_parent_and_routes_forward() {
     let _l2 = attach(&one, Role::Child(2), c, BytesMut::new());
     let _l3 = attach(&two, Role::Parent, d, BytesMut::new());
     // Without a route to 2, the controller has nowhere to send the call.
-    assert!(matches!(
-        zero.call(2, &Deep).await,
-        Err(CallError::NoRoute(2))
-    ));
+    assert!(matches!(zero.call(2, &Deep).await, Err(CallError::NoRoute(2))));
     // With one, the call is forwarded by 1; the answer goes to 2's parent and 1's parent (neither
     // knows a route to 0) and so reaches the controller.
     zero.add_route(2, l0.id());
     assert_eq!(zero.call(2, &Deep).await.unwrap(), 2);
     // 2 may not call 1: 2 is not among 1's ancestors.
     let err = two.call(1, &Ping).await.unwrap_err();
-    assert!(
-        err.to_string().contains("accepted only from ancestors"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("accepted only from ancestors"), "{err}");
 }
 
 /// Regression: a frame that arrived together with the handshake (already in `initial`) was dropped
@@ -261,14 +211,7 @@ async fn a_call_read_with_the_handshake_is_answered() {
         let (near, mut far) = tokio::io::duplex(64 << 10);
         let agent = router(1, vec![0]);
         let mut initial = BytesMut::new();
-        let call = Header {
-            dst: 1,
-            src: 0,
-            auth: 0,
-            handle: handles::CALL,
-            reply_to: 5000,
-            flags: 0,
-        };
+        let call = Header { dst: 1, src: 0, auth: 0, handle: handles::CALL, reply_to: 5000, flags: 0 };
         frame::encode(&call, b"\xaahypha.ping\xc0", 1 << 20, &mut initial).unwrap();
         let _link = attach(&agent, Role::Parent, near, initial);
         let mut buf = BytesMut::new();

@@ -44,9 +44,7 @@ pub fn handlers() -> Handlers {
         .on(|Fail(what), _: Cx| async move {
             let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
             Err::<(), _>(
-                anyhow::Error::new(inner)
-                    .context(format!("could not open {what}"))
-                    .context("config not loaded"),
+                anyhow::Error::new(inner).context(format!("could not open {what}")).context("config not loaded"),
             )
         })
         .on(|Panic(msg), _: Cx| async move {
@@ -64,23 +62,17 @@ pub fn handlers() -> Handlers {
             Ok::<_, HandlerError>(())
         })
         .on(|Count, _: Cx| async move { Ok::<_, HandlerError>(BUMPS.load(Ordering::SeqCst)) })
-        .on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move {
-            rx.drain().await.map_err(HandlerError::from)
-        })
-        .on_upload(
-            |SinkThenFail(limit), _: Cx, mut rx: ByteReceiver| async move {
-                let mut n = 0;
-                while let Some(chunk) = rx.recv().await? {
-                    n += chunk.len() as u64;
-                    if n >= limit {
-                        return Err(HandlerError::from(format!(
-                            "refusing more than {limit} bytes"
-                        )));
-                    }
+        .on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move { rx.drain().await.map_err(HandlerError::from) })
+        .on_upload(|SinkThenFail(limit), _: Cx, mut rx: ByteReceiver| async move {
+            let mut n = 0;
+            while let Some(chunk) = rx.recv().await? {
+                n += chunk.len() as u64;
+                if n >= limit {
+                    return Err(HandlerError::from(format!("refusing more than {limit} bytes")));
                 }
-                Ok(n)
-            },
-        )
+            }
+            Ok(n)
+        })
         .on_download(|Source(n), _: Cx, mut tx: ByteSender| async move {
             let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
             let mut left = n;
@@ -122,15 +114,7 @@ fn controller(n: usize) -> anyhow::Result<()> {
         let hypha = Runtime::start(handlers())?;
         let mut pids = Vec::new();
         for _ in 0..n {
-            pids.push(
-                hypha
-                    .local()
-                    .await
-                    .context("start")?
-                    .hello()
-                    .pid
-                    .to_string(),
-            );
+            pids.push(hypha.local().await.context("start")?.hello().pid.to_string());
         }
         println!("PIDS {}", pids.join(" "));
         use std::io::Write;
@@ -149,9 +133,7 @@ pub fn runtime() -> Runtime {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
