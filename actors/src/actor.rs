@@ -72,14 +72,14 @@ pub(crate) struct ContextActor {
     pub(crate) binary_hash: &'static str,
     pub(crate) max_frame: usize,
     pub(crate) state: watch::Sender<State>,
-    pub(crate) ready: Option<oneshot::Sender<Result<Hello, BootError>>>,
+    pub(crate) ready: Option<oneshot::Sender<Result<(Hello, Option<u64>), BootError>>>,
     pub(crate) span: Span,
     pub(crate) process: Option<Child>,
     pub(crate) link: Option<LinkId>,
     pub(crate) stopping: Option<Duration>,
 }
 
-type Started = Result<(Hello, LinkHandle, Option<Child>), BootError>;
+type Started = Result<(Hello, Option<u64>, LinkHandle, Option<Child>), BootError>;
 
 impl Actor for ContextActor {
     type Context = actix::Context<Self>;
@@ -105,7 +105,7 @@ impl Actor for ContextActor {
                 initial: booted.leftover,
             };
             let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
-            Ok((hello, link, booted.transport.process))
+            Ok((hello, booted.transport.uploaded, link, booted.transport.process))
         });
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
@@ -121,13 +121,13 @@ impl ContextActor {
     fn on_started(&mut self, res: Started, ctx: &mut actix::Context<Self>) {
         let _enter = self.span.clone().entered();
         match res {
-            Ok((hello, mut link, process)) => {
+            Ok((hello, uploaded, mut link, process)) => {
                 info!(pid = hello.pid, user = %hello.user, arch = %hello.arch, "context ready");
                 self.link = Some(link.id());
                 self.process = process;
                 self.state.send_replace(State::Ready);
                 if let Some(tx) = self.ready.take() {
-                    let _ = tx.send(Ok(hello));
+                    let _ = tx.send(Ok((hello, uploaded)));
                 }
                 ctx.spawn(
                     actix::fut::wrap_future(async move { link.closed().await })

@@ -27,6 +27,7 @@ struct Inner {
     id: ContextId,
     name: String,
     hello: Hello,
+    uploaded: Option<u64>,
     router: Router,
     actor: Addr<ContextActor>,
     state: watch::Receiver<State>,
@@ -47,12 +48,12 @@ impl Context {
     pub(crate) fn new(
         id: ContextId,
         name: String,
-        hello: Hello,
+        (hello, uploaded): (Hello, Option<u64>),
         router: Router,
         actor: Addr<ContextActor>,
         state: watch::Receiver<State>,
     ) -> Self {
-        Context { inner: Arc::new(Inner { id, name, hello, router, actor, state }) }
+        Context { inner: Arc::new(Inner { id, name, hello, uploaded, router, actor, state }) }
     }
 
     /// The context's id.
@@ -68,6 +69,12 @@ impl Context {
     /// What the agent said about itself at the handshake: pid, user, host, arch, binary hash.
     pub fn hello(&self) -> &Hello {
         &self.inner.hello
+    }
+
+    /// Bytes of agent uploaded to start this context, or `None` if it was found cached on the host
+    /// (or started locally).
+    pub fn uploaded(&self) -> Option<u64> {
+        self.inner.uploaded
     }
 
     /// Call `req` in this context and wait for its typed answer.

@@ -29,6 +29,7 @@ pub mod handshake;
 mod identity;
 mod local;
 mod method;
+mod openssh;
 pub mod stub;
 
 pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
@@ -37,3 +38,4 @@ pub use error::BootError;
 pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
+pub use openssh::{HostKeyPolicy, OpenSsh};

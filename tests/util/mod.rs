@@ -165,3 +165,145 @@ pub fn kill9(pid: u32) {
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
+
+/// The SSH test lab (`tests/lab/lab.sh`): hosts in network namespaces, a user, keys.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub dir: std::path::PathBuf,
+    pub user: String,
+    hosts: std::collections::HashMap<String, String>,
+}
+
+impl Lab {
+    /// The address of lab host `name` (`plain`, `noisy`, `locked`, `arm`, `broken`).
+    pub fn host(&self, name: &str) -> &str {
+        self.hosts.get(name).map(String::as_str).unwrap_or_else(|| panic!("no lab host {name}"))
+    }
+    pub fn key(&self) -> std::path::PathBuf {
+        self.dir.join("keys/id_ed25519")
+    }
+    pub fn rsa_key(&self) -> std::path::PathBuf {
+        self.dir.join("keys/id_rsa")
+    }
+    pub fn stranger_key(&self) -> std::path::PathBuf {
+        self.dir.join("keys/stranger_ed25519")
+    }
+    pub fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join("keys").join(name)).unwrap().trim().to_owned()
+    }
+    pub fn known_hosts(&self) -> std::path::PathBuf {
+        self.dir.join("known_hosts")
+    }
+    pub fn wrong_known_hosts(&self) -> std::path::PathBuf {
+        self.dir.join("wrong_known_hosts")
+    }
+    /// `openssh` to lab host `name` as the lab user, checking its key against the lab's known_hosts.
+    pub fn openssh(&self, name: &str) -> hypha::OpenSsh {
+        let mut m = hypha::OpenSsh::new(format!("{}@{}", self.user, self.host(name)));
+        m.identity = Some(self.key());
+        m.known_hosts = Some(self.known_hosts());
+        m.host_key = Some(hypha::HostKeyPolicy::Enforce);
+        m.args = vec!["-F".into(), "/dev/null".into()];
+        m
+    }
+    /// Run a shell command on lab host `name` with the system ssh client; its stdout.
+    pub fn sh(&self, name: &str, command: &str) -> String {
+        let out = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts().display()))
+            .arg("-i")
+            .arg(self.key())
+            .arg(format!("{}@{}", self.user, self.host(name)))
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The lab, started if need be; `None` (the test skips) where it cannot run outside CI. In CI
+/// (`CI=true`) a lab that cannot start fails the test.
+pub fn lab() -> Option<Lab> {
+    static LAB: std::sync::OnceLock<Result<Lab, String>> = std::sync::OnceLock::new();
+    let lab = LAB.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the SSH lab needs root".into());
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/lab.sh");
+        let out = std::process::Command::new("bash").arg(&script).arg("up").output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("lab.sh up failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let dir = std::path::PathBuf::from(std::env::var("HYPHA_LAB_DIR").unwrap_or_else(|_| "/run/hypha-lab".into()));
+        let env = std::fs::read_to_string(dir.join("env")).map_err(|e| e.to_string())?;
+        let mut hosts = std::collections::HashMap::new();
+        let mut user = String::new();
+        for line in env.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if let Some(name) = k.strip_prefix("HOST_") {
+                    hosts.insert(name.to_owned(), v.to_owned());
+                } else if k == "USER" {
+                    user = v.to_owned();
+                }
+            }
+        }
+        Ok(Lab { dir, user, hosts })
+    });
+    match lab {
+        Ok(lab) => Some(lab.clone()),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI needs the SSH lab: {why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// The call behaviours every kind of context must show; run against local and SSH contexts alike.
+pub async fn exercise(ctx: &hypha::Context) {
+    use hypha::{CallError, RemoteErrorKind};
+    assert_eq!(ctx.call(Echo("hello".into())).await.unwrap(), "hello");
+    let who = ctx.call(hypha::Whoami).await.unwrap();
+    assert_eq!(who.pid, ctx.hello().pid);
+
+    let err = ctx.call(Fail("/etc/app.toml".into())).await.unwrap_err();
+    let CallError::Remote(r) = &err else { panic!("{err}") };
+    assert_eq!(r.causes, ["could not open /etc/app.toml", "no such file"]);
+    assert_eq!(r.context, ctx.id());
+
+    let err = ctx.call(Panic("boom".into())).await.unwrap_err();
+    assert!(matches!(&err, CallError::Remote(r) if r.kind == RemoteErrorKind::Panic && r.message == "boom"), "{err}");
+    let err = ctx.call(NotRegistered).await.unwrap_err();
+    assert!(matches!(&err, CallError::Remote(r) if r.kind == RemoteErrorKind::UnknownHandler), "{err}");
+
+    let before = ctx.call(Count).await.unwrap();
+    ctx.send(Bump(5)).await.unwrap();
+    let mut after = ctx.call(Count).await.unwrap();
+    for _ in 0..100 {
+        if after == before + 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        after = ctx.call(Count).await.unwrap();
+    }
+    assert_eq!(after, before + 5);
+
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let ctx = ctx.clone();
+        set.spawn(async move { (i, ctx.call(Echo(format!("#{i}"))).await.unwrap()) });
+    }
+    while let Some(r) = set.join_next().await {
+        let (i, s) = r.unwrap();
+        assert_eq!(s, format!("#{i}"));
+    }
+
+    let n = ctx.upload(Sink, tokio::io::AsyncReadExt::take(tokio::io::repeat(3), 8 << 20)).await.unwrap();
+    assert_eq!(n, 8 << 20);
+    let mut got = Vec::new();
+    assert_eq!(ctx.download(Source(3 << 20), &mut got).await.unwrap(), 3 << 20);
+    assert_eq!(got.len(), 3 << 20);
+}

@@ -1,0 +1,157 @@
+//! The `openssh` method: the system `ssh` client as the transport.
+//!
+//! `ssh -T -o BatchMode=yes [options] DESTINATION 'sh -c <stub> ...'`: everything in the user's
+//! `~/.ssh/config` (ProxyJump, ControlMaster, IdentityFile, aliases) applies unchanged. BatchMode
+//! means no prompts: keys and agents work, passwords do not (use the `ssh` method for those).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
+use crate::{exe_hash, stub, BootError};
+
+/// What to do with the host's key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostKeyPolicy {
+    /// Refuse a host whose key is not on record (the default).
+    #[default]
+    Enforce,
+    /// Record the key of a host seen for the first time; refuse a changed one.
+    AcceptNew,
+    /// Accept any key. For throw-away test hosts only.
+    Ignore,
+}
+
+/// Start a context over the system `ssh` client.
+#[derive(Clone, Debug)]
+pub struct OpenSsh {
+    /// `[user@]host`, or an alias from `~/.ssh/config`.
+    pub destination: String,
+    /// Port, if not the configured one.
+    pub port: Option<u16>,
+    /// Private key to offer (`-i`).
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to check against (and record into, with [`HostKeyPolicy::AcceptNew`]).
+    pub known_hosts: Option<PathBuf>,
+    /// Host-key policy; `None` leaves it to the ssh configuration (whose default is to ask, which
+    /// BatchMode turns into a refusal).
+    pub host_key: Option<HostKeyPolicy>,
+    /// Deadline for the TCP connection (`ConnectTimeout`).
+    pub connect_timeout: Duration,
+    /// Deadline for the stub, the upload and the agent's handshake.
+    pub timeout: Duration,
+    /// Further arguments for `ssh`, before the destination (`-F`, `-o Cipher=...`, `-J`...).
+    pub args: Vec<String>,
+    /// The client to run.
+    pub program: PathBuf,
+}
+
+impl OpenSsh {
+    /// Defaults for `destination`: the configured port and keys, 10 s to connect, 60 s to start.
+    pub fn new(destination: impl Into<String>) -> Self {
+        OpenSsh {
+            destination: destination.into(),
+            port: None,
+            identity: None,
+            known_hosts: None,
+            host_key: None,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            args: Vec::new(),
+            program: PathBuf::from("ssh"),
+        }
+    }
+
+    fn command(&self, remote: &str) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("-T").args(["-o", "BatchMode=yes"]);
+        cmd.arg("-o").arg(format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)));
+        if let Some(port) = self.port {
+            cmd.arg("-p").arg(port.to_string());
+        }
+        if let Some(identity) = &self.identity {
+            cmd.arg("-i").arg(identity).args(["-o", "IdentitiesOnly=yes"]);
+        }
+        if let Some(known) = &self.known_hosts {
+            cmd.arg("-o").arg(format!("UserKnownHostsFile={}", known.display()));
+        }
+        let policy: &[&str] = match self.host_key {
+            Some(HostKeyPolicy::Enforce) => &["-o", "StrictHostKeyChecking=yes"],
+            Some(HostKeyPolicy::AcceptNew) => &["-o", "StrictHostKeyChecking=accept-new"],
+            Some(HostKeyPolicy::Ignore) => &["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"],
+            None => &[],
+        };
+        cmd.args(policy);
+        cmd.args(&self.args).arg("--").arg(&self.destination).arg(remote);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    }
+}
+
+impl Method for OpenSsh {
+    fn target(&self) -> String {
+        match self.port {
+            Some(port) => format!("openssh {}:{port}", self.destination),
+            None => format!("openssh {}", self.destination),
+        }
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
+        Box::pin(async move {
+            let target = self.target();
+            let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let mut child = self.command(&stub::command(nonce, hash)).spawn().map_err(|e| BootError::Start {
+                target: target.clone(),
+                reason: format!("{}: {e}", self.program.display()),
+            })?;
+            let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+                (child.stdin.take(), child.stdout.take(), child.stderr.take())
+            else {
+                return Err(BootError::Start { target, reason: "the ssh client's stdio was not piped".into() });
+            };
+            let tail = StderrTail::collect(stderr);
+            let (outcome, rest) = match stub::run(&mut stdout, &mut stdin, nonce, &target, self.timeout).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let _ = child.start_kill();
+                    return Err(classify(with_stderr(e, Some(&tail)).await));
+                }
+            };
+            let mut transport = Transport::new(stdout, stdin, Some(child));
+            transport.read_ahead = rest;
+            transport.uploaded = outcome.uploaded;
+            transport.stderr = Some(tail);
+            Ok(transport)
+        })
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Name the cause when the ssh client said what went wrong before the stub could run.
+fn classify(err: BootError) -> BootError {
+    let BootError::Exited { target, output } = err else { return err };
+    let said = output.as_str();
+    let has = |needle: &str| said.contains(needle);
+    if has("Host key verification failed") || has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("host key for") {
+        BootError::HostKey { target, reason: output }
+    } else if has("Permission denied") || has("Too many authentication failures") {
+        BootError::Auth { target, reason: output }
+    } else if has("Connection timed out")
+        || has("Connection refused")
+        || has("No route to host")
+        || has("Network is unreachable")
+        || has("Could not resolve hostname")
+        || has("Operation timed out")
+    {
+        BootError::Unreachable { target, reason: output }
+    } else {
+        BootError::Exited { target, output }
+    }
+}

@@ -1,0 +1,144 @@
+//! SSH contexts against the lab's real sshd hosts.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use hypha::{BootError, HostKeyPolicy, State};
+use util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_contexts_serve_calls_like_local_ones() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let ctx = rt.spawn(lab.openssh("plain")).await.unwrap();
+    assert_eq!(ctx.hello().user, lab.user);
+    exercise(&ctx).await;
+    let pid = ctx.hello().pid;
+    match ctx.shutdown().await {
+        State::ShutDown { graceful: true, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let left = lab.sh("plain", &format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone"));
+    assert_eq!(left.trim(), "gone");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_second_start_uploads_nothing_and_login_noise_is_ignored() {
+    let Some(lab) = lab() else { return };
+    // `noisy` prints from .bashrc and .profile; only this test uses it, so its cache is ours.
+    lab.sh("noisy", "rm -rf ~/.cache/hypha");
+    let rt = runtime();
+    let first = rt.spawn(lab.openssh("noisy")).await.unwrap();
+    let size = hypha::bootstrap::stub::Payload::current().unwrap().gzip.len() as u64;
+    assert_eq!(first.uploaded(), Some(size));
+    let second = rt.spawn(lab.openssh("noisy")).await.unwrap();
+    assert_eq!(second.uploaded(), None);
+    let listing = lab.sh("noisy", "ls ~/.cache/hypha");
+    let cached = listing.lines().last().unwrap_or_default(); // after the .bashrc greeting
+    assert_eq!(cached, format!("hypha-{}", hypha::bootstrap::exe_hash().unwrap()), "only the agent: {listing}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_key_is_an_auth_error() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let mut m = lab.openssh("plain");
+    m.identity = Some(lab.stranger_key());
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::Auth { .. }), "{err}");
+    assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_host_key_is_refused() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let mut m = lab.openssh("plain");
+    m.known_hosts = Some(lab.wrong_known_hosts());
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_hosts_fail_fast() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let mut refused = lab.openssh("plain");
+    refused.port = Some(1);
+    let err = rt.spawn(refused).await.unwrap_err();
+    assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
+
+    // An address in the lab's network where no host answers: the connect deadline ends it.
+    let started = Instant::now();
+    let mut nobody = hypha::OpenSsh::new(format!("{}@10.213.0.99", lab.user));
+    nobody.connect_timeout = Duration::from_secs(1);
+    nobody.args = vec!["-F".into(), "/dev/null".into()];
+    let err = rt.spawn(nobody).await.unwrap_err();
+    assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_writable_executable_directory_is_named() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let err = rt.spawn(lab.openssh("locked")).await.unwrap_err();
+    let BootError::NoCacheDir { tried, .. } = &err else { panic!("{err}") };
+    assert!(tried.contains("/home/hypha/.cache/hypha") && tried.contains("/tmp/hypha-"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_architecture_is_refused_naming_both() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let err = rt.spawn(lab.openssh("arm")).await.unwrap_err();
+    let BootError::Arch { remote, local, .. } = &err else { panic!("{err}") };
+    assert_eq!(remote, "aarch64");
+    assert_eq!(local, std::env::consts::ARCH);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
+    let Some(lab) = lab() else { return };
+    // A "cached agent" that fails the way a loader does.
+    let hash = hypha::bootstrap::exe_hash().unwrap();
+    lab.sh(
+        "broken",
+        &format!(
+            "mkdir -p ~/.cache/hypha && printf '#!/bin/sh\\necho \"hypha-{hash}: error while loading shared libraries: libhypha.so.9: cannot open shared object file\" >&2\\nexit 127\\n' > ~/.cache/hypha/hypha-{hash} && chmod 700 ~/.cache/hypha/hypha-{hash}"
+        ),
+    );
+    let rt = runtime();
+    let err = rt.spawn(lab.openssh("broken")).await.unwrap_err();
+    assert!(matches!(err, BootError::Exited { .. }), "{err}");
+    assert!(err.to_string().contains("error while loading shared libraries: libhypha.so.9"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn accept_new_records_the_key() {
+    let Some(lab) = lab() else { return };
+    let file = std::env::temp_dir().join(format!("hypha-known-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let rt = runtime();
+    let mut m = lab.openssh("plain");
+    m.known_hosts = Some(file.clone());
+    m.host_key = Some(HostKeyPolicy::AcceptNew);
+    let ctx = rt.spawn(m).await.unwrap();
+    ctx.call(Echo("ok".into())).await.unwrap();
+    let recorded = std::fs::read_to_string(&file).unwrap();
+    assert!(recorded.contains(lab.host("plain")) && recorded.contains("ssh-ed25519"), "{recorded}");
+    std::fs::remove_file(&file).unwrap();
+    rt.shutdown().await;
+}
