@@ -53,17 +53,92 @@ async fn a_refused_key_is_an_auth_error() {
     assert!(matches!(err, BootError::Auth { .. }), "{err}");
     assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
     assert!(err.to_string().contains("Permission denied"), "{err}");
+
+    let mut m = lab.ssh("plain");
+    m.auth =
+        vec![hypha::Auth::Key { path: lab.stranger_key(), passphrase: None }, hypha::Auth::Password("wrong".into())];
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::Auth { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("ssh hypha@{}:22: authentication refused", lab.host("plain"))), "{text}");
+    assert!(text.contains("the server accepts: publickey,password") && !text.contains("wrong"), "{text}");
     rt.shutdown().await;
 }
 
 #[tokio::test]
-async fn a_wrong_host_key_is_refused() {
+async fn a_wrong_or_unknown_host_key_is_refused_before_anything_is_sent() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
     let mut m = lab.openssh("plain");
     m.known_hosts = Some(lab.wrong_known_hosts());
     let err = rt.spawn(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+
+    let mut m = lab.ssh("plain");
+    m.known_hosts = Some(lab.wrong_known_hosts());
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+    assert!(err.to_string().contains("possible man in the middle"), "{err}");
+    // Refused before authentication: the server logged no login attempt for it.
+    let mut m = lab.ssh("plain");
+    m.known_hosts = Some(std::path::PathBuf::from("/nonexistent/known_hosts"));
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(err.to_string().contains("no key for"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_contexts_serve_calls_like_local_ones() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let ctx = rt.spawn(lab.ssh("plain")).await.unwrap();
+    assert_eq!(ctx.hello().user, lab.user);
+    exercise(&ctx).await;
+    let pid = ctx.hello().pid;
+    assert!(matches!(ctx.shutdown().await, State::ShutDown { graceful: true, .. }));
+    let left = lab.sh("plain", &format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone"));
+    assert_eq!(left.trim(), "gone");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn ssh_authenticates_with_a_passphrase_key_and_with_a_password() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let mut m = lab.ssh("plain");
+    m.auth = vec![hypha::Auth::Key { path: lab.rsa_key(), passphrase: Some(lab.secret("rsa_passphrase")) }];
+    rt.spawn(m).await.unwrap().call(Echo("rsa".into())).await.unwrap();
+    let mut m = lab.ssh("plain");
+    m.auth = vec![hypha::Auth::Password(lab.secret("password"))];
+    rt.spawn(m).await.unwrap().call(Echo("password".into())).await.unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn ssh_authenticates_through_an_agent() {
+    let Some(lab) = lab() else { return };
+    let dir = std::env::temp_dir().join(format!("hypha-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn().unwrap();
+    for _ in 0..50 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add").arg(lab.key()).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // This test binary runs alone in its process under nextest; the variable is ours.
+    std::env::set_var("SSH_AUTH_SOCK", &sock);
+    let rt = runtime();
+    let mut m = lab.ssh("plain");
+    m.auth = vec![hypha::Auth::Agent];
+    let result = rt.spawn(m).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+    result.unwrap().call(Echo("agent".into())).await.unwrap();
     rt.shutdown().await;
 }
 
@@ -84,6 +159,17 @@ async fn unreachable_hosts_fail_fast() {
     let err = rt.spawn(nobody).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    let mut refused = lab.ssh("plain");
+    refused.port = 1;
+    let err = rt.spawn(refused).await.unwrap_err();
+    assert!(matches!(err, BootError::Unreachable { .. }) && err.to_string().contains("refused"), "{err}");
+    let started = Instant::now();
+    let mut nobody = hypha::Ssh::new(lab.user.clone(), "10.213.0.99");
+    nobody.connect_timeout = Duration::from_secs(1);
+    let err = rt.spawn(nobody).await.unwrap_err();
+    assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     rt.shutdown().await;
 }
 
@@ -91,9 +177,11 @@ async fn unreachable_hosts_fail_fast() {
 async fn no_writable_executable_directory_is_named() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let err = rt.spawn(lab.openssh("locked")).await.unwrap_err();
-    let BootError::NoCacheDir { tried, .. } = &err else { panic!("{err}") };
-    assert!(tried.contains("/home/hypha/.cache/hypha") && tried.contains("/tmp/hypha-"), "{err}");
+    for method in lab.both("locked") {
+        let err = rt.spawn(method).await.unwrap_err();
+        let BootError::NoCacheDir { tried, .. } = &err else { panic!("{err}") };
+        assert!(tried.contains("/home/hypha/.cache/hypha") && tried.contains("/tmp/hypha-"), "{err}");
+    }
     rt.shutdown().await;
 }
 
@@ -101,10 +189,13 @@ async fn no_writable_executable_directory_is_named() {
 async fn another_architecture_is_refused_naming_both() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let err = rt.spawn(lab.openssh("arm")).await.unwrap_err();
-    let BootError::Arch { remote, local, .. } = &err else { panic!("{err}") };
-    assert_eq!(remote, "aarch64");
-    assert_eq!(local, std::env::consts::ARCH);
+    for method in lab.both("arm") {
+        let err = rt.spawn(method).await.unwrap_err();
+        let BootError::Arch { remote, local, .. } = &err else { panic!("{err}") };
+        assert_eq!(remote, "aarch64");
+        assert_eq!(local, std::env::consts::ARCH);
+        assert!(err.to_string().contains("the host is aarch64, but this binary is built for x86_64"), "{err}");
+    }
     rt.shutdown().await;
 }
 
@@ -120,9 +211,11 @@ async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
         ),
     );
     let rt = runtime();
-    let err = rt.spawn(lab.openssh("broken")).await.unwrap_err();
-    assert!(matches!(err, BootError::Exited { .. }), "{err}");
-    assert!(err.to_string().contains("error while loading shared libraries: libhypha.so.9"), "{err}");
+    for method in lab.both("broken") {
+        let err = rt.spawn(method).await.unwrap_err();
+        assert!(matches!(err, BootError::Exited { .. }), "{err}");
+        assert!(err.to_string().contains("error while loading shared libraries: libhypha.so.9"), "{err}");
+    }
     rt.shutdown().await;
 }
 

@@ -30,6 +30,7 @@ mod identity;
 mod local;
 mod method;
 mod openssh;
+mod ssh;
 pub mod stub;
 
 pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
@@ -39,3 +40,4 @@ pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::{HostKeyPolicy, OpenSsh};
+pub use ssh::{Auth, Ssh, SshStream};

@@ -108,6 +108,20 @@ pub trait Method: Send + Sync + fmt::Debug {
     }
 }
 
+impl<M: Method + ?Sized> Method for Box<M> {
+    fn target(&self) -> String {
+        (**self).target()
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
+        (**self).start(nonce)
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        (**self).handshake_timeout()
+    }
+}
+
 /// An agent that finished its handshake.
 #[derive(Debug)]
 pub struct Booted {

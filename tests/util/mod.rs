@@ -206,6 +206,17 @@ impl Lab {
         m.args = vec!["-F".into(), "/dev/null".into()];
         m
     }
+    /// `ssh` (in process) to lab host `name` as the lab user, with the lab's ed25519 key.
+    pub fn ssh(&self, name: &str) -> hypha::Ssh {
+        let mut m = hypha::Ssh::new(self.user.clone(), self.host(name));
+        m.auth = vec![hypha::Auth::Key { path: self.key(), passphrase: None }];
+        m.known_hosts = Some(self.known_hosts());
+        m
+    }
+    /// Both SSH methods to lab host `name`, configured alike.
+    pub fn both(&self, name: &str) -> Vec<Box<dyn hypha::Method>> {
+        vec![Box::new(self.openssh(name)), Box::new(self.ssh(name))]
+    }
     /// Run a shell command on lab host `name` with the system ssh client; its stdout.
     pub fn sh(&self, name: &str, command: &str) -> String {
         let out = std::process::Command::new("ssh")
