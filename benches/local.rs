@@ -8,13 +8,15 @@
 //! The bench binary is its own agent: `main` serves as one when started as a context, or echoes
 //! 64-byte messages when started by the pipe floor bench.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{handlers, tokio_rt, Sink};
 use criterion::{Criterion, Throughput};
-use hypha::{ByteReceiver, Cx, HandlerError, Handlers, Ping, Request, Runtime};
-use serde::{Deserialize, Serialize};
+use hypha::{Ping, Runtime};
 use tokio::io::AsyncReadExt;
 
 /// Started with this variable set, the binary echoes 64-byte messages on stdin/stdout.
@@ -22,18 +24,6 @@ const ECHO_ENV: &str = "HYPHA_BENCH_ECHO";
 const MSG: usize = 64;
 /// Bytes per sample of the bulk bench.
 const BULK: u64 = 1 << 30;
-
-#[derive(Serialize, Deserialize)]
-struct Sink;
-impl Request for Sink {
-    type Response = u64;
-    const NAME: &'static str = "bench.sink";
-}
-
-fn handlers() -> Handlers {
-    Handlers::new()
-        .on_upload(|Sink, _: Cx, mut rx: ByteReceiver| async move { rx.drain().await.map_err(HandlerError::from) })
-}
 
 fn echo() -> ! {
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
@@ -44,15 +34,6 @@ fn echo() -> ! {
         }
     }
     std::process::exit(0)
-}
-
-/// The controller's runtime: multi-threaded like `#[tokio::main]`, or single-threaded with
-/// `HYPHA_BENCH_CURRENT_THREAD=1`.
-fn tokio_rt() -> tokio::runtime::Runtime {
-    if std::env::var_os("HYPHA_BENCH_CURRENT_THREAD").is_some() {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-    }
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio")
 }
 
 /// The floor: the same binary as a child, 64 bytes there and back over its stdin/stdout, with

@@ -4,8 +4,6 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hypha::{call_all, BootError, CallError, Local, Options, RemoteErrorKind, Runtime, State, Whoami};
@@ -197,24 +195,10 @@ async fn an_agent_stuck_past_its_grace_is_killed() {
     rt.shutdown().await;
 }
 
-#[test]
-fn agents_exit_when_their_controller_is_killed() {
-    let mut controller = Command::new(std::env::current_exe().unwrap())
-        .env(CONTROLLER_ENV, "3")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("controller starts");
-    let mut line = String::new();
-    BufReader::new(controller.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pids: Vec<u32> =
-        line.strip_prefix("PIDS ").expect("pid line").split_whitespace().map(|p| p.parse().unwrap()).collect();
-    assert_eq!(pids.len(), 3);
-    assert!(pids.iter().all(|&p| alive(p)));
-    controller.kill().unwrap();
-    controller.wait().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    for pid in pids {
-        assert!(rt.block_on(gone_within(pid, Duration::from_secs(5))), "agent {pid} outlived its controller");
+#[tokio::test]
+async fn agents_exit_when_their_controller_is_killed() {
+    for pid in orphaned_contexts(3, None) {
+        assert!(gone_within(pid, Duration::from_secs(5)).await, "agent {pid} outlived its controller");
     }
 }
 

@@ -235,3 +235,19 @@ async fn accept_new_records_the_key() {
     std::fs::remove_file(&file).unwrap();
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn ssh_agents_exit_when_their_controller_is_killed() {
+    let Some(lab) = lab() else { return };
+    let pids = orphaned_contexts(2, Some("plain"));
+    let check = pids.iter().map(|p| format!("kill -0 {p} 2>/dev/null && echo {p}")).collect::<Vec<_>>().join("; ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive = lab.sh("plain", &format!("{check}; true"));
+        if alive.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents still running on the host: {alive}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

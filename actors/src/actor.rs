@@ -72,12 +72,15 @@ pub(crate) struct ContextActor {
     pub(crate) binary_hash: &'static str,
     pub(crate) max_frame: usize,
     pub(crate) state: watch::Sender<State>,
-    pub(crate) ready: Option<oneshot::Sender<Result<(Hello, Option<u64>), BootError>>>,
+    pub(crate) ready: Option<oneshot::Sender<Result<Ready, BootError>>>,
     pub(crate) span: Span,
     pub(crate) process: Option<Child>,
     pub(crate) link: Option<LinkId>,
     pub(crate) stopping: Option<Duration>,
 }
+
+/// What a started context reports to whoever waits for it: its Hello, and the bytes uploaded.
+pub(crate) type Ready = (Hello, Option<u64>);
 
 type Started = Result<(Hello, Option<u64>, LinkHandle, Option<Child>), BootError>;
 

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, ArbiterHandle, System};
-use hypha_bootstrap::{BootError, Identity, Local, Method};
+use hypha_bootstrap::{BootError, Identity, Local, Method, Ssh};
 use hypha_runtime::frame::DEFAULT_MAX_FRAME;
 use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
 use tokio::sync::{oneshot, watch};
@@ -157,7 +157,12 @@ impl Runtime {
         self.spawn(Local::default()).await
     }
 
-    /// Start a context with any [`Method`].
+    /// Start a context on another host over SSH, in process (async-ssh2-lite).
+    pub async fn ssh(&self, opts: Ssh) -> Result<Context, BootError> {
+        self.spawn(opts).await
+    }
+
+    /// Start a context with any [`Method`] ([`Local`], [`Ssh`], `OpenSsh`, or one of your own).
     pub async fn spawn(&self, method: impl Method + 'static) -> Result<Context, BootError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{id}", method.target().split_whitespace().next().unwrap_or("context"));

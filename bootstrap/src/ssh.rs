@@ -128,7 +128,7 @@ impl Ssh {
             Err(_) => return Err(unreachable(format!("no connection within {deadline:?}"))),
         };
         let _ = tcp.set_nodelay(true);
-        let ssh_err = |what: &str, e: async_ssh2_lite::Error| format!("{what}: {e}");
+        let ssh_err = |what: &str, e: async_ssh2_lite::Error| format!("{what}: {}", describe(&e));
         let mut session = AsyncSession::new(SshStream(tcp), None).map_err(|e| unreachable(ssh_err("session", e)))?;
         for kind in [MethodType::CryptCs, MethodType::CryptSc] {
             let _ = session.method_pref(kind, CIPHERS).await;
@@ -204,7 +204,7 @@ impl Ssh {
             match result {
                 Ok(()) if session.authenticated() => return Ok(()),
                 Ok(()) => tried.push(format!("{auth:?}: not accepted")),
-                Err(e) => tried.push(format!("{auth:?}: {e}")),
+                Err(e) => tried.push(format!("{auth:?}: {}", describe(&e))),
             }
         }
         let allowed = session.auth_methods(user).await.map(str::to_owned).unwrap_or_else(|_| "?".into());
@@ -229,7 +229,7 @@ impl Method for Ssh {
                 self.authenticate(&session).await?;
                 let failed = |what: &str, e: async_ssh2_lite::Error| BootError::Start {
                     target: target.clone(),
-                    reason: format!("{what}: {e}"),
+                    reason: format!("{what}: {}", describe(&e)),
                 };
                 let mut channel = session
                     .channel_open("session", WINDOW, PACKET, None)
@@ -437,6 +437,15 @@ impl AsyncSessionStream for SshStream {
                 done => return Poll::Ready(done),
             }
         }
+    }
+}
+
+/// async-ssh2-lite's errors print as `Debug`; say just the message.
+fn describe(e: &async_ssh2_lite::Error) -> String {
+    match e {
+        async_ssh2_lite::Error::Ssh2(e) => e.message().to_owned(),
+        async_ssh2_lite::Error::Io(e) => e.to_string(),
+        async_ssh2_lite::Error::Other(e) => e.to_string(),
     }
 }
 

@@ -86,8 +86,31 @@ pub fn handlers() -> Handlers {
         .on(|Big(n), _: Cx| async move { Ok::<_, HandlerError>("x".repeat(n)) })
 }
 
-/// Environment variable that turns the test binary into a small controller (see `orphans`).
+/// Environment variable that turns the test binary into a small controller that starts this many
+/// contexts, prints their pids and waits to be killed.
 pub const CONTROLLER_ENV: &str = "HYPHA_TEST_CONTROLLER";
+/// With [`CONTROLLER_ENV`]: start the contexts over `ssh` on this lab host instead of locally.
+pub const CONTROLLER_SSH_ENV: &str = "HYPHA_TEST_CONTROLLER_SSH";
+
+/// Run this test binary as a controller of `n` contexts (over ssh to `ssh_host`, if given), kill it
+/// with SIGKILL once they are up, and return the pids of its contexts.
+pub fn orphaned_contexts(n: usize, ssh_host: Option<&str>) -> Vec<u32> {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.env(CONTROLLER_ENV, n.to_string()).stdout(std::process::Stdio::piped());
+    if let Some(host) = ssh_host {
+        cmd.env(CONTROLLER_SSH_ENV, host);
+    }
+    let mut controller = cmd.spawn().expect("controller starts");
+    let mut line = String::new();
+    std::io::BufReader::new(controller.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pids: Vec<u32> =
+        line.strip_prefix("PIDS ").expect("pid line").split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), n);
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    pids
+}
 
 /// Before libtest's main: serve as an agent, or as the controller of the orphan test.
 #[ctor::ctor]
@@ -114,7 +137,11 @@ fn controller(n: usize) -> anyhow::Result<()> {
         let hypha = Runtime::start(handlers())?;
         let mut pids = Vec::new();
         for _ in 0..n {
-            pids.push(hypha.local().await.context("start")?.hello().pid.to_string());
+            let ctx = match std::env::var(CONTROLLER_SSH_ENV) {
+                Ok(host) => hypha.spawn(lab().context("lab")?.ssh(&host)).await,
+                Err(_) => hypha.local().await,
+            };
+            pids.push(ctx.context("start")?.hello().pid.to_string());
         }
         println!("PIDS {}", pids.join(" "));
         use std::io::Write;

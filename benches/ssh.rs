@@ -1,0 +1,174 @@
+//! SSH contexts against the test lab's `plain` host: start time (agent cached, and with the
+//! upload), call round trip, bytes/s.
+//!
+//! ```text
+//! bash tests/lab/lab.sh up       # as root, once
+//! cargo bench --bench ssh
+//! ```
+//! Without the lab the benches are skipped. Peers on the same host: `benches/peers/openssh_baseline.sh`
+//! (`ssh host true`, `head -c 1G /dev/zero | ssh host 'cat >/dev/null'`) and
+//! `benches/peers/mitogen_ssh.py`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{handlers, tokio_rt, Sink};
+use criterion::{Criterion, Throughput};
+use hypha::{Auth, HostKeyPolicy, Method, OpenSsh, Ping, Runtime, Ssh};
+use tokio::io::AsyncReadExt;
+
+const BULK: u64 = 1 << 30;
+
+struct Lab {
+    dir: PathBuf,
+    user: String,
+    host: String,
+}
+
+impl Lab {
+    fn find() -> Option<Lab> {
+        let dir = PathBuf::from(std::env::var("HYPHA_LAB_DIR").unwrap_or_else(|_| "/run/hypha-lab".into()));
+        let env = std::fs::read_to_string(dir.join("env")).ok()?;
+        let get = |key: &str| env.lines().find_map(|l| l.strip_prefix(key)).map(str::to_owned);
+        Some(Lab { user: get("USER=")?, host: get("HOST_plain=")?, dir })
+    }
+
+    fn ssh(&self) -> Ssh {
+        let mut m = Ssh::new(self.user.clone(), self.host.clone());
+        m.auth = vec![Auth::Key { path: self.dir.join("keys/id_ed25519"), passphrase: None }];
+        m.known_hosts = Some(self.dir.join("known_hosts"));
+        m
+    }
+
+    fn openssh(&self) -> OpenSsh {
+        let mut m = OpenSsh::new(format!("{}@{}", self.user, self.host));
+        m.identity = Some(self.dir.join("keys/id_ed25519"));
+        m.known_hosts = Some(self.dir.join("known_hosts"));
+        m.host_key = Some(HostKeyPolicy::Enforce);
+        m.args = vec!["-F".into(), "/dev/null".into()];
+        m
+    }
+
+    /// Remove the cached agent from the host (not timed).
+    fn clear_cache(&self) {
+        let status = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-i"])
+            .arg(self.dir.join("keys/id_ed25519"))
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.dir.join("known_hosts").display()))
+            .arg(format!("{}@{}", self.user, self.host))
+            .arg("rm -rf ~/.cache/hypha")
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "clearing the agent cache");
+    }
+}
+
+fn start(c: &mut Criterion, lab: &Lab) {
+    let rt = tokio_rt();
+    let hypha = rt.block_on(async { Runtime::start(handlers()) }).expect("hypha");
+    // Make sure the agent is cached before measuring cached starts.
+    rt.block_on(async { hypha.spawn(lab.ssh()).await.expect("first start").shutdown().await });
+    let mut g = c.benchmark_group("ssh_start");
+    g.sample_size(20);
+    for name in ["ssh_cached", "openssh_cached"] {
+        let method = || -> Box<dyn Method> {
+            match name {
+                "ssh_cached" => Box::new(lab.ssh()),
+                _ => Box::new(lab.openssh()),
+            }
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let ctx = hypha.spawn(method()).await.expect("start");
+                        ctx.call(Ping).await.expect("ping");
+                        total += t.elapsed();
+                        ctx.shutdown().await;
+                    }
+                    total
+                })
+            })
+        });
+    }
+    g.sample_size(10);
+    g.bench_function("ssh_with_upload", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    lab.clear_cache();
+                    let t = Instant::now();
+                    let ctx = hypha.spawn(lab.ssh()).await.expect("start");
+                    ctx.call(Ping).await.expect("ping");
+                    total += t.elapsed();
+                    assert!(ctx.uploaded().is_some());
+                    ctx.shutdown().await;
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(hypha.shutdown());
+}
+
+fn calls(c: &mut Criterion, lab: &Lab) {
+    let rt = tokio_rt();
+    let (hypha, ctx) = rt.block_on(async {
+        let hypha = Runtime::start(handlers()).expect("hypha");
+        let ctx = hypha.spawn(lab.ssh()).await.expect("start");
+        (hypha, ctx)
+    });
+    c.bench_function("ssh_call_rtt", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        ctx.call(Ping).await.expect("ping");
+                    }
+                    t.elapsed()
+                })
+                .await
+                .expect("task")
+            })
+        })
+    });
+    let mut g = c.benchmark_group("ssh_bulk");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(30));
+    g.throughput(Throughput::Bytes(BULK));
+    g.bench_function("upload_1gib", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
+                    assert_eq!(n, BULK);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(hypha.shutdown());
+}
+
+fn main() {
+    hypha::run_if_agent(&handlers());
+    let Some(lab) = Lab::find() else {
+        eprintln!("ssh benches skipped: the lab is not up (run `bash tests/lab/lab.sh up` as root)");
+        return;
+    };
+    let mut c = Criterion::default().configure_from_args();
+    calls(&mut c, &lab);
+    start(&mut c, &lab);
+    c.final_summary();
+}
