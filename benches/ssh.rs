@@ -39,6 +39,9 @@ impl Lab {
         let mut m = Ssh::new(self.user.clone(), self.host.clone());
         m.auth = vec![Auth::Key { path: self.dir.join("keys/id_ed25519"), passphrase: None }];
         m.known_hosts = Some(self.dir.join("known_hosts"));
+        if let Ok(ciphers) = std::env::var("HYPHA_BENCH_CIPHERS") {
+            m.ciphers = ciphers;
+        }
         m
     }
 

@@ -112,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     hypha::run_if_agent(&Handlers::new());
+    hypha::bootstrap::init_logging(); // HYPHA_LOG=debug shows the SSH session's details
     let result = match parse() {
         Ok(args) => run(args).await,
         Err(e) => Err(e),

@@ -40,4 +40,4 @@ pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::{HostKeyPolicy, OpenSsh};
-pub use ssh::{Auth, Ssh, SshStream};
+pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};

@@ -34,8 +34,8 @@ const FALLBACK: Duration = Duration::from_millis(100);
 const WINDOW: u32 = 16 << 20;
 /// libssh2's largest channel packet.
 const PACKET: u32 = 32 << 10;
-/// Ciphers in order of preference: AES-GCM and AES-CTR run on AES-NI through OpenSSL.
-const CIPHERS: &str =
+/// Default ciphers, in order of preference: AES-GCM and AES-CTR run on AES-NI through OpenSSL.
+pub const DEFAULT_CIPHERS: &str =
     "aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,chacha20-poly1305@openssh.com";
 
 /// A credential to offer, in the order given.
@@ -87,6 +87,8 @@ pub struct Ssh {
     pub connect_timeout: Duration,
     /// Interval of SSH keepalives, `None` for none.
     pub keepalive: Option<Duration>,
+    /// Ciphers to offer, comma-separated, preferred first (like `ssh -c`).
+    pub ciphers: String,
     /// Deadline for authentication, the stub, the upload and the agent's handshake.
     pub timeout: Duration,
 }
@@ -108,6 +110,7 @@ impl Ssh {
             host_key: HostKeyPolicy::Enforce,
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(30)),
+            ciphers: DEFAULT_CIPHERS.to_owned(),
             timeout: Duration::from_secs(60),
         }
     }
@@ -131,10 +134,20 @@ impl Ssh {
         let ssh_err = |what: &str, e: async_ssh2_lite::Error| format!("{what}: {}", describe(&e));
         let mut session = AsyncSession::new(SshStream(tcp), None).map_err(|e| unreachable(ssh_err("session", e)))?;
         for kind in [MethodType::CryptCs, MethodType::CryptSc] {
-            let _ = session.method_pref(kind, CIPHERS).await;
+            if let Err(e) = session.method_pref(kind, &self.ciphers).await {
+                debug!(error = %describe(&e), "cipher preference not taken");
+            }
         }
         match tokio::time::timeout(deadline, session.handshake()).await {
-            Ok(Ok(())) => Ok(session),
+            Ok(Ok(())) => {
+                debug!(
+                    kex = session.methods(MethodType::Kex).unwrap_or("?"),
+                    cipher_out = session.methods(MethodType::CryptCs).unwrap_or("?"),
+                    cipher_in = session.methods(MethodType::CryptSc).unwrap_or("?"),
+                    "ssh session up"
+                );
+                Ok(session)
+            }
             Ok(Err(e)) => Err(unreachable(ssh_err("SSH handshake failed", e))),
             Err(_) => Err(unreachable(format!("no SSH handshake within {deadline:?}"))),
         }
