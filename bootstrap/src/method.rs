@@ -50,8 +50,18 @@ impl Transport {
 }
 
 /// The last few KiB a far side wrote to stderr (an ssh client's complaints, a loader's error).
-#[derive(Clone, Debug, Default)]
-pub struct StderrTail(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+#[derive(Clone, Debug)]
+pub struct StderrTail {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// True once the source has ended: everything it said is here.
+    done: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for StderrTail {
+    fn default() -> Self {
+        StderrTail { kept: Default::default(), done: std::sync::Arc::new(tokio::sync::watch::channel(false).0) }
+    }
+}
 
 impl StderrTail {
     const KEEP: usize = 8 << 10;
@@ -69,21 +79,29 @@ impl StderrTail {
                 }
                 sink.push(&buf[..n]);
             }
+            sink.finish();
         });
         tail
     }
 
     /// Append bytes, keeping only the last few KiB.
     pub fn push(&self, bytes: &[u8]) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.extend_from_slice(bytes);
         let excess = kept.len().saturating_sub(Self::KEEP);
         kept.drain(..excess);
     }
 
-    /// What was collected so far, as text.
-    pub fn text(&self) -> String {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// The source has ended.
+    pub fn finish(&self) {
+        self.done.send_replace(true);
+    }
+
+    /// What was collected, once the source has ended or `patience` has passed.
+    pub async fn text(&self, patience: Duration) -> String {
+        let mut done = self.done.subscribe();
+        let _ = tokio::time::timeout(patience, done.wait_for(|d| *d)).await;
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         String::from_utf8_lossy(&kept).trim().to_owned()
     }
 }
@@ -168,8 +186,7 @@ pub async fn boot(
 pub async fn with_stderr(err: BootError, stderr: Option<&StderrTail>) -> BootError {
     let Some(stderr) = stderr else { return err };
     // The stream usually ends a moment before the last of stderr has been read.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let said = stderr.text();
+    let said = stderr.text(Duration::from_secs(1)).await;
     if said.is_empty() {
         return err;
     }

@@ -352,6 +352,19 @@ async fn pump(
             }
         }
     }
+    // What the remote said on stderr last (a loader's error, say) may still be buffered.
+    if stderr_open {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(n) = stderr.read(&mut errbuf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.push(&errbuf[..n]);
+            }
+        })
+        .await;
+    }
+    tail.finish();
     let _ = link_out.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = channel.close().await;

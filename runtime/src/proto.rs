@@ -46,4 +46,19 @@ pub enum Control {
         /// How long calls in flight may take to finish.
         grace_ms: u64,
     },
+    /// Context `id` is now reachable through the link this arrived on (sent up the tree by the
+    /// context that started it, and by each ancestor in turn).
+    AddRoute {
+        /// The new context.
+        id: ContextId,
+    },
+    /// Context `id`, behind the link this arrived on, is gone because hop `lost` was lost.
+    DelRoute {
+        /// The context no longer reachable.
+        id: ContextId,
+        /// The hop whose loss cut it off (`id` itself, or an ancestor of it).
+        lost: ContextId,
+        /// Which hop, by name, and why.
+        reason: String,
+    },
 }

@@ -154,6 +154,8 @@ impl<R: Request> EncodedRequest<R> {
 
 struct Link {
     tx: mpsc::Sender<Frame>,
+    /// The child at the far end, if this link leads to one.
+    peer: Option<ContextId>,
     name: Arc<str>,
     closed: watch::Sender<Option<CloseReason>>,
     reader: Option<AbortHandle>,
@@ -197,6 +199,8 @@ struct Inner {
     pending: DashMap<u32, Pending>,
     /// Stream frames addressed to [`handles::STREAM`], by (peer, peer's reply handle).
     inbound: DashMap<(ContextId, u32), mpsc::UnboundedSender<StreamItem>>,
+    /// Who waits to hear that a context became unreachable.
+    watchers: DashMap<ContextId, watch::Sender<Option<String>>>,
     next_handle: AtomicU32,
     next_link: AtomicU64,
     accepting: AtomicBool,
@@ -217,6 +221,7 @@ impl Router {
                 parent: AtomicU64::new(0),
                 pending: DashMap::new(),
                 inbound: DashMap::new(),
+                watchers: DashMap::new(),
                 next_handle: AtomicU32::new(handles::FIRST_DYNAMIC),
                 next_link: AtomicU64::new(1),
                 accepting: AtomicBool::new(true),
@@ -264,11 +269,16 @@ impl Router {
             }
             .instrument(opts.span.clone()),
         );
+        let peer = match opts.role {
+            Role::Child(peer) => Some(peer),
+            Role::Parent => None,
+        };
         // The link and its route exist before the reader starts: a frame read at once must pass
         // the reverse-path check (regression: the first call into an agent was sometimes dropped).
-        self.inner
-            .links
-            .insert(id, Link { tx, name: opts.name.into(), closed: closed_tx, reader: None, writer: Some(writer) });
+        self.inner.links.insert(
+            id,
+            Link { tx, peer, name: opts.name.into(), closed: closed_tx, reader: None, writer: Some(writer) },
+        );
         match opts.role {
             Role::Parent => self.inner.parent.store(id, Ordering::Release),
             Role::Child(peer) => {
@@ -305,6 +315,7 @@ impl Router {
             reader.abort();
         }
         let _ = self.inner.parent.compare_exchange(link, 0, Ordering::AcqRel, Ordering::Acquire);
+        let gone: Vec<ContextId> = self.inner.routes.iter().filter(|r| *r.value() == link).map(|r| *r.key()).collect();
         self.inner.routes.retain(|_, via| *via != link);
 
         let failed: Vec<u32> = self.inner.pending.iter().filter(|p| p.via == link).map(|p| *p.key()).collect();
@@ -323,6 +334,21 @@ impl Router {
         }
         // Streams from contexts we can no longer reach end: dropping their sender ends the receiver.
         self.inner.inbound.retain(|(src, _), _| self.link_for(*src).is_some());
+        let why = format!("{} was lost: {reason}", entry.name);
+        for id in &gone {
+            if let Some((_, watch)) = self.inner.watchers.remove(id) {
+                let _ = watch.send(Some(why.clone()));
+            }
+        }
+        // Tell the ancestors which contexts went with this link, naming the hop that was lost.
+        if let (Some(lost), Ok(rt)) = (entry.peer, tokio::runtime::Handle::try_current()) {
+            let router = self.clone();
+            rt.spawn(async move {
+                for id in gone {
+                    router.announce(Control::DelRoute { id, lost, reason: why.clone() }).await;
+                }
+            });
+        }
         let _ = entry.closed.send(Some(reason));
         entry.writer.take()
     }
@@ -552,7 +578,7 @@ impl Router {
         }
         match h.handle {
             handles::CALL => self.dispatch(frame).await,
-            handles::CONTROL => self.control(frame),
+            handles::CONTROL => self.control(frame, from).await,
             handles::STREAM => {
                 if let Some(tx) = self.inner.inbound.get(&(h.src, h.reply_to)) {
                     let _ = tx.send(Ok(frame));
@@ -591,20 +617,85 @@ impl Router {
         self.inner.cfg.ancestors.contains(&id)
     }
 
-    fn control(&self, frame: Frame) {
-        if !self.is_ancestor(frame.header.auth) {
-            warn!(auth = frame.header.auth, "refused a control message from a context that is not an ancestor");
-            return;
-        }
-        match call::decode_value::<Control>(&frame.body) {
-            Ok(msg) => {
-                let guard = self.inner.control.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(tx) = guard.as_ref() {
-                    let _ = tx.send(msg);
+    async fn control(&self, frame: Frame, from: LinkId) {
+        let msg = match call::decode_value::<Control>(&frame.body) {
+            Ok(msg) => msg,
+            Err(e) => return warn!(error = %e, "dropped an undecodable control message"),
+        };
+        let from_parent = self.inner.parent.load(Ordering::Acquire) == from;
+        match msg {
+            // Routes are announced by descendants, up the tree, and apply to the link they came on.
+            Control::AddRoute { id } if !from_parent => {
+                if let Some(via) = self.inner.routes.get(&id).map(|v| *v) {
+                    if via != from {
+                        return warn!(id, "refused a route for a context already reachable another way");
+                    }
+                }
+                if id == self.id() || self.is_ancestor(id) {
+                    return warn!(id, "refused a route for this context or an ancestor");
+                }
+                self.inner.routes.insert(id, from);
+                self.announce(Control::AddRoute { id }).await;
+            }
+            Control::DelRoute { id, lost, reason } if !from_parent => {
+                if self.inner.routes.remove_if(&id, |_, via| *via == from).is_some() {
+                    self.route_lost(id, lost, &reason);
+                    self.announce(Control::DelRoute { id, lost, reason }).await;
                 }
             }
-            Err(e) => warn!(error = %e, "dropped an undecodable control message"),
+            Control::AddRoute { .. } | Control::DelRoute { .. } => {
+                warn!("dropped a route message that came down from the parent");
+            }
+            other => {
+                if !self.is_ancestor(frame.header.auth) {
+                    return warn!(
+                        auth = frame.header.auth,
+                        "refused a control message from a context that is not an ancestor"
+                    );
+                }
+                let guard = self.inner.control.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = guard.as_ref() {
+                    let _ = tx.send(other);
+                }
+            }
         }
+    }
+
+    /// Tell the parent, if any, about a route change below this context. Awaited, so it leaves
+    /// before any frame this context sends or forwards afterwards.
+    pub async fn announce(&self, msg: Control) {
+        if let Some(&parent) = self.inner.cfg.ancestors.first() {
+            if let Err(e) = self.send_control(parent, &msg).await {
+                debug!(error = %e, "could not tell the parent about a route change");
+            }
+        }
+    }
+
+    /// Context `id` is unreachable: fail the calls waiting on it and tell who watches it.
+    fn route_lost(&self, id: ContextId, lost: ContextId, reason: &str) {
+        let failed: Vec<u32> = self.inner.pending.iter().filter(|p| p.dst == id).map(|p| *p.key()).collect();
+        for handle in failed {
+            if let Some((_, p)) = self.inner.pending.remove(&handle) {
+                let err = CallError::Disconnected {
+                    context: id,
+                    name: format!("lost hop: context {lost}"),
+                    reason: reason.to_owned(),
+                };
+                match p.tx {
+                    PendingTx::Once(tx) => drop(tx.send(Err(err))),
+                    PendingTx::Stream(tx) => drop(tx.send(Err(err))),
+                }
+            }
+        }
+        if let Some((_, watch)) = self.inner.watchers.remove(&id) {
+            let _ = watch.send(Some(reason.to_owned()));
+        }
+    }
+
+    /// Resolves (to the reason) when context `id` becomes unreachable from here: its route is
+    /// deleted, or the link it was behind closes.
+    pub fn watch_route(&self, id: ContextId) -> watch::Receiver<Option<String>> {
+        self.inner.watchers.entry(id).or_insert_with(|| watch::channel(None).0).subscribe()
     }
 
     async fn dispatch(&self, frame: Frame) {

@@ -229,3 +229,56 @@ async fn a_call_read_with_the_handshake_is_answered() {
         assert_eq!(reply.header.flags, flags::REPLY);
     }
 }
+
+#[tokio::test]
+async fn routes_are_announced_up_and_withdrawn_when_a_hop_dies() {
+    use hypha_runtime::proto::Control;
+    // 0 — 1 — 2, as a via start would leave them: 1 announces 2 to its parent.
+    let (a, b) = tokio::io::duplex(64 << 10);
+    let (c, d) = tokio::io::duplex(64 << 10);
+    let zero = router(0, vec![]);
+    let one = router(1, vec![0]);
+    let two = router(2, vec![1, 0]);
+    let _l0 = attach(&zero, Role::Child(1), a, BytesMut::new());
+    let _l1 = attach(&one, Role::Parent, b, BytesMut::new());
+    let l2 = attach(&one, Role::Child(2), c, BytesMut::new());
+    let up = attach(&two, Role::Parent, d, BytesMut::new());
+    one.announce(Control::AddRoute { id: 2 }).await;
+    // Frames on one link stay in order: an answer from 1 comes after its announcement.
+    one.call(0, &Ping).await.unwrap_err(); // (refused: 1 may not call its parent, but the answer travels)
+    zero.call(1, &Ping).await.unwrap();
+    assert_eq!(zero.call(2, &Double(4)).await.unwrap(), 8);
+
+    // A route for an ancestor, or one that came down from a parent, is refused.
+    two.announce(Control::AddRoute { id: 0 }).await;
+    one.send_control(2, &Control::AddRoute { id: 9 }).await.unwrap();
+    two.call(1, &Ping).await.unwrap_err(); // after both have been handled
+    assert_eq!(zero.call(2, &Double(5)).await.unwrap(), 10, "routes unchanged");
+    assert!(
+        matches!(two.call(9, &Ping).await, Err(CallError::Remote(_))),
+        "9 is unknown below 1: up to the parent, refused"
+    );
+
+    // Hop 2 dies while a call waits on it: the call fails naming the lost hop, watchers hear it.
+    let mut watch = zero.watch_route(2);
+    let waiting = {
+        let zero = zero.clone();
+        tokio::spawn(async move { zero.call(2, &Hang).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    two.close(up.id(), CloseReason::Local("killed".into()));
+    let err = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("within 1 s").unwrap().unwrap_err();
+    match &err {
+        CallError::Disconnected { context: 2, name, reason } => {
+            assert!(name.contains("lost hop: context 2"), "{err}");
+            assert!(reason.contains("Child(2) pipe was lost"), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let why = watch.wait_for(Option::is_some).await.unwrap().clone().unwrap();
+    assert!(why.contains("Child(2) pipe was lost"), "{why}");
+    assert!(matches!(zero.call(2, &Ping).await, Err(CallError::NoRoute(2)) | Err(CallError::Disconnected { .. })));
+    // The rest of the tree keeps working.
+    assert_eq!(zero.call(1, &Double(1)).await.unwrap(), 2);
+    drop(l2);
+}
