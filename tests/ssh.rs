@@ -251,3 +251,35 @@ async fn ssh_agents_exit_when_their_controller_is_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_hop_ssh_chain_where_each_host_is_reachable_only_from_the_previous_one() {
+    let Some(lab) = lab() else { return };
+    // From here, only hop1 answers; the others are behind it, one namespace after another.
+    for far in ["hop2", "hop3", "hop4"] {
+        let mut direct = lab.ssh(far);
+        direct.connect_timeout = Duration::from_millis(500);
+        let rt = runtime();
+        let err = rt.spawn(direct).await.unwrap_err();
+        assert!(matches!(err, BootError::Unreachable { .. }), "{far} must not be reachable directly: {err}");
+        rt.shutdown().await;
+    }
+    let rt = runtime();
+    let mut hops = vec![rt.spawn(lab.ssh("hop1")).await.unwrap()];
+    for far in ["hop2", "hop3", "hop4"] {
+        let parent = hops.last().unwrap().clone();
+        let ctx = rt.spawn_via(&parent, lab.ssh(far)).await.unwrap();
+        // The parent served its own copy: the agent arrived from hop to hop, not from here.
+        assert_eq!(ctx.hello().binary_hash, hypha::bootstrap::exe_hash().unwrap());
+        hops.push(ctx);
+    }
+    let last = hops.last().unwrap();
+    exercise(last).await;
+    // No key was written on the hops: their caches hold only the agent.
+    for host in ["hop1", "hop2", "hop3"] {
+        let listing =
+            lab.sh_via_chain(host, "find ~ -type f | grep -v '/.cache/hypha/hypha-' | grep -v authorized_keys; true");
+        assert!(listing.trim().is_empty(), "{host} has unexpected files: {listing}");
+    }
+    rt.shutdown().await;
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use hypha_bootstrap::{boot, BootError, Method};
+use hypha_bootstrap::{boot, BootError, Method, MethodSpec, Spawn};
 use hypha_runtime::proto::{Control, Hello, Init};
 use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
 use tokio::process::Child;
@@ -66,7 +66,7 @@ impl Message for Shutdown {
 pub(crate) struct ContextActor {
     pub(crate) id: ContextId,
     pub(crate) name: String,
-    pub(crate) method: Option<Box<dyn Method>>,
+    pub(crate) start: Option<Start>,
     pub(crate) router: Router,
     pub(crate) io: tokio::runtime::Handle,
     pub(crate) binary_hash: &'static str,
@@ -82,34 +82,83 @@ pub(crate) struct ContextActor {
 /// What a started context reports to whoever waits for it: its Hello, and the bytes uploaded.
 pub(crate) type Ready = (Hello, Option<u64>);
 
-type Started = Result<(Hello, Option<u64>, LinkHandle, Option<Child>), BootError>;
+type Started = Result<(Hello, Option<u64>, Gone, Option<Child>), BootError>;
+
+/// How a context is started.
+pub(crate) enum Start {
+    /// By this process, with a method.
+    Direct(Box<dyn Method>),
+    /// By context `parent`, which runs the method from its host.
+    Via {
+        /// The parent context.
+        parent: ContextId,
+        /// The method, ready to travel.
+        spec: MethodSpec,
+    },
+}
+
+/// What tells that a context has gone: its own link, or (started via another context) the route
+/// to it.
+pub(crate) enum Gone {
+    Link(LinkHandle),
+    Route(watch::Receiver<Option<String>>),
+}
+
+impl Gone {
+    async fn wait(self) -> CloseReason {
+        match self {
+            Gone::Link(mut link) => link.closed().await,
+            Gone::Route(mut route) => match route.wait_for(Option::is_some).await {
+                Ok(reason) => CloseReason::Lost(reason.clone().unwrap_or_default()),
+                Err(_) => CloseReason::Local("the router stopped".into()),
+            },
+        }
+    }
+}
 
 impl Actor for ContextActor {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(method) = self.method.take() else {
+        let Some(start) = self.start.take() else {
             return;
         };
         let (router, hash, max_frame, id, span) =
             (self.router.clone(), self.binary_hash, self.max_frame, self.id, self.span.clone());
         let name = self.name.clone();
-        let job = self.io.spawn(async move {
-            let target = method.target();
-            let init =
-                |_: &Hello| Init { id, ancestors: vec![router.id()], name: name.clone(), max_frame: max_frame as u32 };
-            let booted = boot(&*method, hash, max_frame, init).await?;
-            let hello = booted.hello;
-            span.record("host", hello.host.as_str());
-            let opts = LinkOptions {
-                role: Role::Child(id),
-                name: format!("{name}: {target}, pid {}", hello.pid),
-                span: span.clone(),
-                initial: booted.leftover,
-            };
-            let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
-            Ok((hello, booted.transport.uploaded, link, booted.transport.process))
-        });
+        let job = match start {
+            Start::Direct(method) => self.io.spawn(async move {
+                let target = method.target();
+                let init = |_: &Hello| Init {
+                    id,
+                    ancestors: vec![router.id()],
+                    name: name.clone(),
+                    max_frame: max_frame as u32,
+                };
+                let booted = boot(&*method, hash, max_frame, init).await?;
+                let hello = booted.hello;
+                span.record("host", hello.host.as_str());
+                let opts = LinkOptions {
+                    role: Role::Child(id),
+                    name: format!("{name}: {target}, pid {}", hello.pid),
+                    span: span.clone(),
+                    initial: booted.leftover,
+                };
+                let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
+                Ok((hello, booted.transport.uploaded, Gone::Link(link), booted.transport.process))
+            }),
+            Start::Via { parent, spec } => self.io.spawn(async move {
+                // Watch before asking: a child that dies at once must still be noticed.
+                let gone = router.watch_route(id);
+                let target = format!("{} via context {parent}", spec.method().target());
+                let spawned = router
+                    .call(parent, &Spawn { id, name, method: spec })
+                    .await
+                    .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
+                span.record("host", spawned.hello.host.as_str());
+                Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
+            }),
+        };
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
             let res = res.unwrap_or_else(|e| {
@@ -124,17 +173,18 @@ impl ContextActor {
     fn on_started(&mut self, res: Started, ctx: &mut actix::Context<Self>) {
         let _enter = self.span.clone().entered();
         match res {
-            Ok((hello, uploaded, mut link, process)) => {
+            Ok((hello, uploaded, gone, process)) => {
                 info!(pid = hello.pid, user = %hello.user, arch = %hello.arch, "context ready");
-                self.link = Some(link.id());
+                if let Gone::Link(link) = &gone {
+                    self.link = Some(link.id());
+                }
                 self.process = process;
                 self.state.send_replace(State::Ready);
                 if let Some(tx) = self.ready.take() {
                     let _ = tx.send(Ok((hello, uploaded)));
                 }
                 ctx.spawn(
-                    actix::fut::wrap_future(async move { link.closed().await })
-                        .map(|reason, act: &mut Self, ctx| act.on_closed(reason, ctx)),
+                    actix::fut::wrap_future(gone.wait()).map(|reason, act: &mut Self, ctx| act.on_closed(reason, ctx)),
                 );
             }
             Err(e) => {
@@ -225,8 +275,16 @@ impl Handler<Shutdown> for ContextActor {
                     router.close(link, CloseReason::Local("the agent did not exit in time".into()));
                 }
             }
-            let end = state.wait_for(State::is_terminal).await.map(|s| s.clone());
-            end.unwrap_or_else(|_| State::Disconnected { reason: "the context's actor stopped".into(), exit: None })
+            // A context started via another one has no link here to cut: after the deadline, its
+            // state is what it is.
+            let end = tokio::time::timeout(Duration::from_secs(10), state.wait_for(State::is_terminal))
+                .await
+                .map(|end| end.map(|s| s.clone()));
+            match end {
+                Ok(Ok(end)) => end,
+                Ok(Err(_)) => State::Disconnected { reason: "the context's actor stopped".into(), exit: None },
+                Err(_) => state.borrow().clone(),
+            }
         })
     }
 }

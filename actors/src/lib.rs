@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, ArbiterHandle, System};
-use hypha_bootstrap::{BootError, Identity, Local, Method, Ssh};
+use hypha_bootstrap::{BootError, Identity, Local, Method, MethodSpec, Ssh};
 use hypha_runtime::frame::DEFAULT_MAX_FRAME;
 use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
 use tokio::sync::{oneshot, watch};
@@ -42,7 +42,7 @@ use tracing::info_span;
 pub use actor::{Exit, State};
 pub use context::{Context, DEFAULT_GRACE};
 
-use actor::{ContextActor, Shutdown};
+use actor::{ContextActor, Shutdown, Start};
 use registry::Registry;
 
 /// Settings of a [`Runtime`].
@@ -164,19 +164,33 @@ impl Runtime {
 
     /// Start a context with any [`Method`] ([`Local`], [`Ssh`], `OpenSsh`, or one of your own).
     pub async fn spawn(&self, method: impl Method + 'static) -> Result<Context, BootError> {
+        let kind = method.target();
+        self.launch(Start::Direct(Box::new(method)), &kind).await
+    }
+
+    /// Start a context *from* `parent` (Mitogen's `via=`): `parent` runs the method from its own
+    /// host and serves it its own binary; calls route through `parent`. Credentials and known hosts
+    /// for an ssh hop are read here and travel in memory.
+    pub async fn spawn_via(&self, parent: &Context, method: impl Into<MethodSpec>) -> Result<Context, BootError> {
+        let spec = method.into();
+        let kind = spec.method().target();
+        let spec = spec.for_remote().map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
+        self.launch(Start::Via { parent: parent.id(), spec }, &kind).await
+    }
+
+    async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}.{id}", method.target().split_whitespace().next().unwrap_or("context"));
+        let name = format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context"));
         let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (ready_tx, ready_rx) = oneshot::channel();
         let actor = {
             let (name, router, io) = (name.clone(), self.inner.router.clone(), self.inner.io.clone());
             let (hash, max_frame) = (self.inner.binary_hash, self.inner.max_frame);
-            let method: Box<dyn Method> = Box::new(method);
             ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
                 id,
                 name,
-                method: Some(method),
+                start: Some(start),
                 router,
                 io,
                 binary_hash: hash,

@@ -16,5 +16,5 @@ impl Request for Whoami {
 
 /// `handlers` plus the built-in ones.
 pub fn install(handlers: Handlers) -> Handlers {
-    handlers.on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) })
+    handlers.on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) }).on(crate::via::spawn)
 }

@@ -15,7 +15,7 @@ use crate::{agent, BootError, Identity};
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Start a context as a child process on this host.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Local {
     /// Executable to run; this process's own by default. Anything else must be a copy of it (the
     /// handshake checks the binary hash).

@@ -14,7 +14,7 @@ use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{exe_hash, stub, BootError};
 
 /// What to do with the host's key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum HostKeyPolicy {
     /// Refuse a host whose key is not on record (the default).
@@ -27,7 +27,7 @@ pub enum HostKeyPolicy {
 }
 
 /// Start a context over the system `ssh` client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OpenSsh {
     /// `[user@]host`, or an alias from `~/.ssh/config`.
     pub destination: String,

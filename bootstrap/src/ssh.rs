@@ -39,13 +39,20 @@ pub const DEFAULT_CIPHERS: &str =
     "aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,chacha20-poly1305@openssh.com";
 
 /// A credential to offer, in the order given.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Auth {
     /// A private key file (OpenSSH or PEM format; ed25519, ECDSA, RSA), with its passphrase if any.
     Key {
         /// The private key.
         path: PathBuf,
+        /// Its passphrase.
+        passphrase: Option<String>,
+    },
+    /// A private key held in memory (how a key travels to a via hop: never written to its disk).
+    KeyData {
+        /// The key, as its file would hold it.
+        private_key: String,
         /// Its passphrase.
         passphrase: Option<String>,
     },
@@ -62,6 +69,7 @@ impl fmt::Debug for Auth {
             Auth::Key { path, passphrase } => {
                 write!(f, "Key({}{})", path.display(), if passphrase.is_some() { ", with passphrase" } else { "" })
             }
+            Auth::KeyData { .. } => f.write_str("KeyData(..)"),
             Auth::Agent => f.write_str("Agent"),
             Auth::Password(_) => f.write_str("Password(..)"),
         }
@@ -69,7 +77,7 @@ impl fmt::Debug for Auth {
 }
 
 /// Start a context over SSH, in process.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ssh {
     /// Host name or address.
     pub host: String,
@@ -81,6 +89,9 @@ pub struct Ssh {
     pub auth: Vec<Auth>,
     /// known_hosts file (default `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
+    /// known_hosts lines to use instead of the file (how the controller's known hosts travel to
+    /// a via hop). With [`HostKeyPolicy::AcceptNew`], new keys are accepted but not recorded.
+    pub known_hosts_data: Option<String>,
     /// What to do with the host's key.
     pub host_key: HostKeyPolicy,
     /// Deadline for the TCP connection and the SSH handshake.
@@ -107,12 +118,40 @@ impl Ssh {
                 Auth::Key { path: home.join(".ssh/id_rsa"), passphrase: None },
             ],
             known_hosts: None,
+            known_hosts_data: None,
             host_key: HostKeyPolicy::Enforce,
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(30)),
             ciphers: DEFAULT_CIPHERS.to_owned(),
             timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Make this method runnable from another host: key files and known_hosts are read here and
+    /// travel in memory. ssh-agent identities stay here (not forwarded yet) and are dropped.
+    pub fn for_remote(mut self) -> std::io::Result<Ssh> {
+        let mut auth = Vec::with_capacity(self.auth.len());
+        for a in self.auth {
+            match a {
+                Auth::Key { path, passphrase } => match std::fs::read_to_string(&path) {
+                    Ok(private_key) => auth.push(Auth::KeyData { private_key, passphrase }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                },
+                Auth::Agent => {}
+                other => auth.push(other),
+            }
+        }
+        if auth.is_empty() {
+            return Err(std::io::Error::other(
+                "no credential can travel to a via hop (key files and passwords can; ssh-agent identities not yet)",
+            ));
+        }
+        self.auth = auth;
+        if self.known_hosts_data.is_none() {
+            self.known_hosts_data = Some(std::fs::read_to_string(self.known_hosts_path()).unwrap_or_default());
+        }
+        Ok(self)
     }
 
     fn known_hosts_path(&self) -> PathBuf {
@@ -163,7 +202,11 @@ impl Ssh {
         let (key, kind) = session.host_key().ok_or_else(|| refuse("the server presented no host key".into()))?;
         let path = self.known_hosts_path();
         let mut known = session.known_hosts().map_err(|e| refuse(e.to_string()))?;
-        if path.exists() {
+        if let Some(lines) = &self.known_hosts_data {
+            for line in lines.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                known.read_str(line, KnownHostFileKind::OpenSSH).map_err(|e| refuse(format!("known hosts: {e}")))?;
+            }
+        } else if path.exists() {
             known
                 .read_file(&path, KnownHostFileKind::OpenSSH)
                 .map_err(|e| refuse(format!("{}: {e}", path.display())))?;
@@ -176,6 +219,9 @@ impl Ssh {
                 path.display()
             ))),
             CheckResult::NotFound if self.host_key == HostKeyPolicy::AcceptNew => {
+                if self.known_hosts_data.is_some() {
+                    return Ok(());
+                }
                 record(&path, &self.known_host_name(), kind, key).map_err(|e| refuse(format!("recording it: {e}")))
             }
             CheckResult::NotFound => Err(refuse(format!(
@@ -205,6 +251,9 @@ impl Ssh {
                         continue;
                     }
                     session.userauth_pubkey_file(user, None, path, passphrase.as_deref()).await
+                }
+                Auth::KeyData { private_key, passphrase } => {
+                    session.userauth_pubkey_memory(user, None, private_key, passphrase.as_deref()).await
                 }
                 Auth::Agent => {
                     if std::env::var_os("SSH_AUTH_SOCK").is_none() {

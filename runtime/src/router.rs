@@ -92,6 +92,8 @@ pub enum CloseReason {
     Garbled(FrameError),
     /// This side closed the link.
     Local(String),
+    /// A context on the way lost its route to the context (a hop died, or the context did).
+    Lost(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -101,6 +103,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Garbled(e) => write!(f, "garbled stream: {e}"),
             CloseReason::Local(why) => write!(f, "closed here: {why}"),
+            CloseReason::Lost(why) => f.write_str(why),
         }
     }
 }

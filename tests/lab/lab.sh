@@ -13,13 +13,17 @@
 #   locked  10.213.0.13   no writable, executable directory for the agent cache
 #   arm     10.213.0.14   `uname -m` says aarch64 (a host of another architecture, as far as we can tell)
 #   broken  10.213.0.15   the cached agent is a program that fails like a loader error
+#   hop1    10.213.0.21   the first host of a chain; hop2 10.213.2.2 is reachable only from hop1,
+#   hop3 10.213.3.2 only from hop2, hop4 10.213.4.2 only from hop3 (each pair on its own veth)
 # Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password).
 set -euo pipefail
 
 LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
 LAB_NET=10.213.0
 BRIDGE=hyphabr0
-HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15"
+HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15 hop1:21"
+# Chain hosts: name:subnet:upstream (the host whose namespace alone reaches it).
+CHAIN="hop2:2:hop1 hop3:3:hop2 hop4:4:hop3"
 USER_NAME=hypha
 USER_PASSWORD=hypha-test-password
 RSA_PASSPHRASE=hypha-rsa-passphrase
@@ -106,13 +110,8 @@ EOF
     esac
 }
 
-start_host() {
-    local name="$1" octet="$2"
-    local ns="hypha-$name" ip="$LAB_NET.$octet" dir="$LAB/hosts/$name"
-    mkdir -p "$dir"
-    if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
-        return
-    fi
+bridge_host_net() {
+    local name="$1" ip="$2" ns="hypha-$1"
     ip netns add "$ns" 2>/dev/null || true
     if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
         ip link add "veth-$name" type veth peer name eth0 netns "$ns"
@@ -120,6 +119,29 @@ start_host() {
         ip -n "$ns" addr add "$ip/24" dev eth0
         ip -n "$ns" link set eth0 up
         ip -n "$ns" link set lo up
+    fi
+}
+
+chain_host_net() {
+    # A veth pair between the upstream host's namespace (.1) and this one's (.2): no other route.
+    local name="$1" subnet="$2" up="$3" ns="hypha-$1"
+    ip netns add "$ns" 2>/dev/null || true
+    if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
+        ip link add "up-$name" netns "hypha-$up" type veth peer name eth0 netns "$ns"
+        ip -n "hypha-$up" addr add "10.213.$subnet.1/24" dev "up-$name"
+        ip -n "hypha-$up" link set "up-$name" up
+        ip -n "$ns" addr add "10.213.$subnet.2/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    fi
+}
+
+start_host() {
+    local name="$1" ip="$2"
+    local ns="hypha-$name" dir="$LAB/hosts/$name"
+    mkdir -p "$dir"
+    if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
+        return
     fi
     [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$dir/ssh_host_ed25519_key"
     cat > "$dir/sshd_config" <<EOF
@@ -151,15 +173,19 @@ EOF
     [ -f "$dir/sshd.pid" ] || { echo "lab: sshd on $name did not start: $(cat "$dir/sshd.log" 2>/dev/null)" >&2; exit 1; }
 }
 
+host_addresses() {
+    for entry in $HOSTS; do echo "${entry%%:*} $LAB_NET.${entry##*:}"; done
+    for entry in $CHAIN; do IFS=: read -r name subnet _ <<< "$entry"; echo "$name 10.213.$subnet.2"; done
+}
+
 write_known_hosts() {
     : > "$LAB/known_hosts"
     : > "$LAB/wrong_known_hosts"
-    for entry in $HOSTS; do
-        local name="${entry%%:*}" octet="${entry##*:}"
+    host_addresses | while read -r name ip; do
         local dir="$LAB/hosts/$name"
-        echo "$LAB_NET.$octet $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$LAB/known_hosts"
+        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$LAB/known_hosts"
         # The same host with another key: what a man in the middle would present.
-        echo "$LAB_NET.$octet $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$LAB/wrong_known_hosts"
+        echo "$ip $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$LAB/wrong_known_hosts"
     done
 }
 
@@ -180,28 +206,35 @@ up() {
         ip link set "$BRIDGE" up
     fi
     for entry in $HOSTS; do
-        start_host "${entry%%:*}" "${entry##*:}"
+        bridge_host_net "${entry%%:*}" "$LAB_NET.${entry##*:}"
+        start_host "${entry%%:*}" "$LAB_NET.${entry##*:}"
+    done
+    for entry in $CHAIN; do
+        IFS=: read -r name subnet up <<< "$entry"
+        chain_host_net "$name" "$subnet" "$up"
+        start_host "$name" "10.213.$subnet.2"
     done
     write_known_hosts
     {
         echo "LAB=$LAB"
         echo "USER=$USER_NAME"
-        for entry in $HOSTS; do echo "HOST_${entry%%:*}=$LAB_NET.${entry##*:}"; done
+        host_addresses | while read -r name ip; do echo "HOST_$name=$ip"; done
     } > "$LAB/env"
     touch "$LAB/ready"
 }
 
 all_running() {
-    for entry in $HOSTS; do
-        local pidfile="$LAB/hosts/${entry%%:*}/sshd.pid"
+    local name
+    for name in $(host_addresses | cut -d' ' -f1); do
+        local pidfile="$LAB/hosts/$name/sshd.pid"
         [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || return 1
     done
 }
 
 down() {
     need_root
-    for entry in $HOSTS; do
-        local name="${entry%%:*}"
+    # Chain hosts first: their veths live in upstream namespaces.
+    for name in $(host_addresses | cut -d' ' -f1 | tac); do
         local pidfile="$LAB/hosts/$name/sshd.pid"
         if [ -f "$pidfile" ]; then
             kill "$(cat "$pidfile")" 2>/dev/null || true

@@ -34,6 +34,7 @@ request!(SinkThenFail(u64) => u64);
 request!(Source(u64) => u64);
 request!(Big(usize) => String);
 request!(NotRegistered => ());
+request!(CallContext(u32) => String);
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -84,6 +85,13 @@ pub fn handlers() -> Handlers {
             Ok::<_, HandlerError>(n)
         })
         .on(|Big(n), _: Cx| async move { Ok::<_, HandlerError>("x".repeat(n)) })
+        // Try to make another context run something: what a compromised agent would attempt.
+        .on(|CallContext(id), cx: Cx| async move {
+            Ok::<_, HandlerError>(match cx.router.call(id, &Echo("do my bidding".into())).await {
+                Ok(_) => "obeyed".to_owned(),
+                Err(e) => format!("refused: {e}"),
+            })
+        })
 }
 
 /// Environment variable that turns the test binary into a small controller that starts this many
@@ -244,6 +252,23 @@ impl Lab {
     pub fn both(&self, name: &str) -> Vec<Box<dyn hypha::Method>> {
         vec![Box::new(self.openssh(name)), Box::new(self.ssh(name))]
     }
+    /// Run a shell command on lab host `name`, which may be behind other hosts: inside its network
+    /// namespace (the lab's hosts share this machine). Its stdout.
+    pub fn sh_via_chain(&self, name: &str, command: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &format!("hypha-{name}"), "ssh", "-F", "/dev/null", "-T", "-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts().display()))
+            .arg("-i")
+            .arg(self.key())
+            .arg(format!("{}@{}", self.user, self.host(name)))
+            .arg(command)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Run a shell command on lab host `name` with the system ssh client; its stdout.
     pub fn sh(&self, name: &str, command: &str) -> String {
         let out = std::process::Command::new("ssh")
@@ -344,4 +369,11 @@ pub async fn exercise(ctx: &hypha::Context) {
     let mut got = Vec::new();
     assert_eq!(ctx.download(Source(3 << 20), &mut got).await.unwrap(), 3 << 20);
     assert_eq!(got.len(), 3 << 20);
+}
+
+/// The parent pid of `pid`, from /proc.
+pub fn ppid(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

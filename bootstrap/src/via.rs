@@ -1,0 +1,133 @@
+//! Starting a context *from* another context (Mitogen's `via=`).
+//!
+//! The controller sends `hypha.spawn` ([`Spawn`]) to the context that is to be the parent. That
+//! context runs the method from its own host, serves its own binary to the child (it is the same
+//! binary, so the child's cache key and the handshake's hash check agree), attaches the child's link,
+//! announces the new route to its ancestors (`Control::AddRoute`, before it answers, so the answer
+//! cannot overtake it), and answers with the child's Hello.
+//!
+//! Credentials for an ssh hop travel inside the request, in memory: [`MethodSpec::for_remote`] turns
+//! key files into [`Auth::KeyData`] and known_hosts into lines the hop checks against. The hop hands
+//! the key to libssh2 from memory (`userauth_pubkey_memory`); nothing is written to its disk.
+
+use std::time::Duration;
+
+use hypha_runtime::proto::{Control, Hello, Init};
+use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
+use serde::{Deserialize, Serialize};
+use tracing::info_span;
+
+use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh};
+
+#[cfg(doc)]
+use crate::Auth;
+
+/// A method that can be sent to another context to run there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MethodSpec {
+    /// A child process of the parent context.
+    Local(Local),
+    /// SSH from the parent context's host, in process.
+    Ssh(Ssh),
+    /// The system `ssh` client on the parent context's host.
+    OpenSsh(OpenSsh),
+}
+
+impl From<Local> for MethodSpec {
+    fn from(m: Local) -> Self {
+        MethodSpec::Local(m)
+    }
+}
+
+impl From<Ssh> for MethodSpec {
+    fn from(m: Ssh) -> Self {
+        MethodSpec::Ssh(m)
+    }
+}
+
+impl From<OpenSsh> for MethodSpec {
+    fn from(m: OpenSsh) -> Self {
+        MethodSpec::OpenSsh(m)
+    }
+}
+
+impl MethodSpec {
+    /// The method itself.
+    pub fn method(&self) -> &dyn Method {
+        match self {
+            MethodSpec::Local(m) => m,
+            MethodSpec::Ssh(m) => m,
+            MethodSpec::OpenSsh(m) => m,
+        }
+    }
+
+    /// Ready to run on another host: what this host holds (key files, known hosts) goes along in
+    /// memory.
+    pub fn for_remote(self) -> std::io::Result<MethodSpec> {
+        Ok(match self {
+            MethodSpec::Ssh(m) => MethodSpec::Ssh(m.for_remote()?),
+            other => other,
+        })
+    }
+}
+
+/// Ask a context to start a child with `method` (a builtin, served by every context).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spawn {
+    /// The child's id, allocated by the controller.
+    pub id: ContextId,
+    /// The child's name.
+    pub name: String,
+    /// How to start it.
+    pub method: MethodSpec,
+}
+
+/// The started child.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spawned {
+    /// What the child said about itself.
+    pub hello: Hello,
+    /// Bytes of agent uploaded to start it, if any.
+    pub uploaded: Option<u64>,
+}
+
+impl Request for Spawn {
+    type Response = Spawned;
+    const NAME: &'static str = "hypha.spawn";
+}
+
+/// The `hypha.spawn` handler.
+pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
+    let router = cx.router;
+    let cfg = router.config();
+    let ancestors: Vec<ContextId> = std::iter::once(router.id()).chain(cfg.ancestors.iter().copied()).collect();
+    let max_frame = cfg.max_frame;
+    let method = req.method.method();
+    let target = method.target();
+    let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+    let init = |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32 };
+    let booted = boot(method, hash, max_frame, init).await?;
+    let hello = booted.hello;
+    let span = info_span!("context", id = req.id, name = %req.name, host = %hello.host);
+    let opts = LinkOptions {
+        role: Role::Child(req.id),
+        name: format!("{}: {target}, pid {}", req.name, hello.pid),
+        span,
+        initial: booted.leftover,
+    };
+    let mut link = router.attach(booted.transport.reader, booted.transport.writer, opts);
+    // Announced before answering: the answer travels the same links and cannot overtake it.
+    router.announce(Control::AddRoute { id: req.id }).await;
+    let process = booted.transport.process;
+    tokio::spawn(async move {
+        link.closed().await;
+        // The link is gone: its process (a local child, or an ssh client) must not outlive it.
+        if let Some(mut process) = process {
+            if tokio::time::timeout(Duration::from_secs(1), process.wait()).await.is_err() {
+                let _ = process.start_kill();
+            }
+        }
+    });
+    Ok(Spawned { hello, uploaded: booted.transport.uploaded })
+}

@@ -1,0 +1,88 @@
+//! Contexts started from other contexts (via), routing through them, and losing a hop.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use hypha::{CallError, Context, Local, Runtime, State};
+use util::*;
+
+async fn chain(rt: &Runtime, hops: usize) -> Vec<Context> {
+    let mut contexts = vec![rt.local().await.unwrap()];
+    for _ in 1..hops {
+        let parent = contexts.last().unwrap().clone();
+        contexts.push(rt.spawn_via(&parent, Local::default()).await.unwrap());
+    }
+    contexts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_local_contexts_routes_calls_through_every_hop() {
+    let rt = runtime();
+    let hops = chain(&rt, 4).await;
+    // Each was started by the one before it, on its own host (here: as its child process).
+    for pair in hops.windows(2) {
+        assert_eq!(ppid(pair[1].hello().pid), pair[0].hello().pid, "{} started {}", pair[0].name(), pair[1].name());
+    }
+    let last = hops.last().unwrap();
+    exercise(last).await;
+    // Errors say where they happened, through the hops.
+    let err = last.call(Fail("x".into())).await.unwrap_err();
+    assert!(matches!(&err, CallError::Remote(r) if r.context == last.id()), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hop_fails_the_calls_behind_it_naming_it_and_the_rest_keeps_working() {
+    let rt = runtime();
+    let hops = chain(&rt, 4).await;
+    let (first, dead, behind) = (hops[0].clone(), hops[1].clone(), hops[2..].to_vec());
+    let waiting: Vec<_> = behind
+        .iter()
+        .map(|ctx| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.call(Sleep(60_000)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    kill9(dead.hello().pid);
+    for call in waiting {
+        let err =
+            tokio::time::timeout(Duration::from_secs(1), call).await.expect("fails within 1 s").unwrap().unwrap_err();
+        assert!(killed.elapsed() < Duration::from_secs(1));
+        assert!(matches!(err, CallError::Disconnected { .. }), "{err}");
+        assert!(err.to_string().contains(dead.name()), "names the lost hop {}: {err}", dead.name());
+    }
+    // Contexts behind the lost hop exit on their hosts; their handles say so.
+    for ctx in &behind {
+        assert!(gone_within(ctx.hello().pid, Duration::from_secs(5)).await, "{} still running", ctx.name());
+        assert!(matches!(ctx.closed().await, State::Disconnected { .. }));
+    }
+    assert!(matches!(dead.closed().await, State::Disconnected { .. }));
+    // The rest of the tree keeps working, and can grow again.
+    assert_eq!(first.call(Echo("still".into())).await.unwrap(), "still");
+    let again = rt.spawn_via(&first, Local::default()).await.unwrap();
+    assert_eq!(again.call(Echo("again".into())).await.unwrap(), "again");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_context_cannot_command_its_parent_a_sibling_or_the_controller() {
+    let rt = runtime();
+    let parent = rt.local().await.unwrap();
+    let child = rt.spawn_via(&parent, Local::default()).await.unwrap();
+    let sibling = rt.spawn_via(&parent, Local::default()).await.unwrap();
+    for target in [parent.id(), sibling.id(), 0] {
+        let answer = child.call(CallContext(target)).await.unwrap();
+        assert!(
+            answer.starts_with("refused:") && answer.contains("accepted only from ancestors"),
+            "{target}: {answer}"
+        );
+    }
+    // Ancestors may: the controller, and the parent itself.
+    assert_eq!(parent.call(CallContext(child.id())).await.unwrap(), "obeyed");
+    rt.shutdown().await;
+}
