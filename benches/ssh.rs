@@ -147,19 +147,22 @@ fn calls(c: &mut Criterion, lab: &Lab) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));
     g.throughput(Throughput::Bytes(BULK));
-    g.bench_function("upload_1gib", |b| {
-        b.iter_custom(|iters| {
-            let ctx = ctx.clone();
-            rt.block_on(async move {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
-                    assert_eq!(n, BULK);
-                }
-                t.elapsed()
+    let openssh = rt.block_on(hypha.spawn(lab.openssh())).expect("start");
+    for (name, ctx) in [("upload_1gib", &ctx), ("upload_1gib_openssh", &openssh)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let ctx = ctx.clone();
+                rt.block_on(async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
+                        assert_eq!(n, BULK);
+                    }
+                    t.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
     rt.block_on(hypha.shutdown());
 }
