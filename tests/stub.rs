@@ -22,7 +22,10 @@ async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha
         .spawn()
         .unwrap();
     let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
-    let (outcome, rest) = stub::run(&mut stdout, &mut stdin, nonce, "sh test", Duration::from_secs(60)).await.unwrap();
+    let (outcome, rest) =
+        stub::run(&mut stdout, &mut stdin, Default::default(), nonce, "sh test", Duration::from_secs(60))
+            .await
+            .unwrap();
     assert_eq!(outcome.dir, cache.join("hypha").display().to_string());
     let expect = handshake::Expect {
         nonce,

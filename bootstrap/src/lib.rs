@@ -32,6 +32,7 @@ mod method;
 mod openssh;
 mod ssh;
 pub mod stub;
+mod sudo;
 mod via;
 
 pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
@@ -42,4 +43,5 @@ pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
+pub use sudo::Sudo;
 pub use via::{MethodSpec, Spawn, Spawned};

@@ -30,6 +30,11 @@ pub fn command(nonce: &str, hash: &str) -> String {
     format!("sh -c '{STUB}' hypha {nonce} {hash}")
 }
 
+/// The stub as an argument vector, for methods that run it without a shell (sudo, su).
+pub fn argv(nonce: &str, hash: &str) -> [String; 6] {
+    ["sh".into(), "-c".into(), STUB.into(), "hypha".into(), nonce.into(), hash.into()]
+}
+
 /// This executable, ready to upload.
 #[derive(Debug)]
 pub struct Payload {
@@ -95,10 +100,12 @@ pub struct Outcome {
 }
 
 /// Talk to a running stub: read its report, refuse a host we cannot serve, send the agent if it is
-/// not cached. Returns what happened and any bytes read past the stub's line.
+/// not cached. `buf` holds bytes already read. Returns what happened and any bytes read past the
+/// stub's line.
 pub async fn run<R, W>(
     reader: &mut R,
     writer: &mut W,
+    mut buf: BytesMut,
     nonce: &str,
     target: &str,
     timeout: Duration,
@@ -109,7 +116,6 @@ where
 {
     let work = async {
         let prefix = format!("HYPHA-STUB {nonce} ");
-        let mut buf = BytesMut::with_capacity(4096);
         let line = loop {
             if let Some(start) = find(&buf, prefix.as_bytes()) {
                 if let Some(end) = buf[start..].iter().position(|&b| b == b'\n') {

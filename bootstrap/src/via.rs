@@ -17,7 +17,7 @@ use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
-use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh};
+use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Sudo};
 
 #[cfg(doc)]
 use crate::Auth;
@@ -32,6 +32,14 @@ pub enum MethodSpec {
     Ssh(Ssh),
     /// The system `ssh` client on the parent context's host.
     OpenSsh(OpenSsh),
+    /// Another user on the parent context's host.
+    Sudo(Sudo),
+}
+
+impl From<Sudo> for MethodSpec {
+    fn from(m: Sudo) -> Self {
+        MethodSpec::Sudo(m)
+    }
 }
 
 impl From<Local> for MethodSpec {
@@ -59,6 +67,7 @@ impl MethodSpec {
             MethodSpec::Local(m) => m,
             MethodSpec::Ssh(m) => m,
             MethodSpec::OpenSsh(m) => m,
+            MethodSpec::Sudo(m) => m,
         }
     }
 

@@ -15,7 +15,8 @@
 #   broken  10.213.0.15   the cached agent is a program that fails like a loader error
 #   hop1    10.213.0.21   the first host of a chain; hop2 10.213.2.2 is reachable only from hop1,
 #   hop3 10.213.3.2 only from hop2, hop4 10.213.4.2 only from hop3 (each pair on its own veth)
-# Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password).
+# Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password), who may sudo to
+# hypha-nopw without a password and to hypha-pw with it, and to nobody else.
 set -euo pipefail
 
 LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
@@ -51,10 +52,18 @@ install_packages() {
 }
 
 make_user() {
-    if ! id "$USER_NAME" >/dev/null 2>&1; then
-        useradd --create-home --shell /bin/bash "$USER_NAME"
-    fi
+    for user in "$USER_NAME" hypha-nopw hypha-pw; do
+        id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
+    done
     echo "$USER_NAME:$USER_PASSWORD" | chpasswd
+    # sudo from $USER_NAME: to hypha-nopw without a password, to hypha-pw with its own password,
+    # to nobody else. No cached credentials, so every test meets the prompt.
+    cat > /etc/sudoers.d/hypha-lab <<SUDOERS
+Defaults:$USER_NAME timestamp_timeout=0
+$USER_NAME ALL=(hypha-nopw) NOPASSWD: ALL
+$USER_NAME ALL=(hypha-pw) ALL
+SUDOERS
+    chmod 440 /etc/sudoers.d/hypha-lab
 }
 
 make_keys() {
@@ -165,7 +174,7 @@ Subsystem sftp internal-sftp
 EOF
     host_setup_script "$name" > "$dir/setup.sh"
     echo "exec /usr/sbin/sshd -f $dir/sshd_config -E $dir/sshd.log" >> "$dir/setup.sh"
-    ip netns exec "$ns" unshare --mount --propagation private sh "$dir/setup.sh"
+    ip netns exec "$ns" unshare --mount --uts --propagation private sh -c "hostname lab-$name && exec sh $dir/setup.sh"
     for _ in $(seq 50); do
         [ -f "$dir/sshd.pid" ] && break
         sleep 0.1
@@ -247,6 +256,13 @@ down() {
         ip link del "veth-$name" 2>/dev/null || true
     done
     ip link del "$BRIDGE" 2>/dev/null || true
+    rm -f /etc/sudoers.d/hypha-lab
+    # Agents cached by tests that ran as the lab users on this machine itself (sudo from root).
+    for user in "$USER_NAME" hypha-nopw hypha-pw; do
+        home=$(getent passwd "$user" | cut -d: -f6) || continue
+        uid=$(id -u "$user")
+        rm -rf "$home/.cache/hypha" "/tmp/hypha-$uid" "/dev/shm/hypha-$uid"
+    done
     rm -rf "$LAB"
 }
 

@@ -1,0 +1,192 @@
+//! The `sudo` method: a context as another user on the same host.
+//!
+//! `sudo -S -p <marker> -u USER -H -- sh -c <stub> ...`. The password, if one is given, is written
+//! only when sudo's prompt (the marker, on stderr) appears; with NOPASSWD no prompt comes and the
+//! password is never sent. Without a password, `-n` makes sudo fail at once where it would ask.
+//! A second prompt means the password was wrong: the attempt ends there, within seconds.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::method::{BoxFuture, Method, StderrTail, Transport};
+use crate::{exe_hash, stub, BootError, Identity};
+
+/// What sudo prints when it wants the password (on stderr, thanks to `-S`).
+const PROMPT: &str = "[hypha-sudo-password]";
+/// How long sudo may take to authenticate (a wrong password costs it about two seconds).
+const AUTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Start a context as `user` with sudo.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Sudo {
+    /// The user to become.
+    pub user: String,
+    /// The password sudo asks for (the invoking user's), if it asks.
+    pub password: Option<String>,
+    /// The sudo program.
+    pub program: PathBuf,
+    /// Deadline for the stub, the upload and the agent's handshake.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Sudo {
+    // Never print the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sudo")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("program", &self.program)
+            .finish()
+    }
+}
+
+impl Sudo {
+    /// Become `user`, without a password (NOPASSWD, or as root).
+    pub fn new(user: impl Into<String>) -> Self {
+        Sudo { user: user.into(), password: None, program: PathBuf::from("sudo"), timeout: Duration::from_secs(60) }
+    }
+
+    /// Become `user`, answering sudo's prompt with `password` if it asks.
+    pub fn with_password(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Sudo { password: Some(password.into()), ..Sudo::new(user) }
+    }
+}
+
+impl Method for Sudo {
+    fn target(&self) -> String {
+        format!("sudo {} on {}", self.user, Identity::current().host)
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
+        Box::pin(async move {
+            let target = self.target();
+            let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let mut cmd = Command::new(&self.program);
+            cmd.args(["-S", "-p", PROMPT, "-H", "-u", &self.user]);
+            if self.password.is_none() {
+                cmd.arg("-n");
+            }
+            cmd.arg("--").args(stub::argv(nonce, hash));
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+            let mut child = cmd.spawn().map_err(|e| BootError::Start {
+                target: target.clone(),
+                reason: format!("{}: {e}", self.program.display()),
+            })?;
+            let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+                (child.stdin.take(), child.stdout.take(), child.stderr.take())
+            else {
+                return Err(BootError::Start { target, reason: "sudo's stdio was not piped".into() });
+            };
+            let (tail, mut prompts) = watch_stderr(stderr);
+            let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
+
+            // Until the stub speaks on stdout, sudo is still deciding; answer its prompt once.
+            let mut buf = BytesMut::with_capacity(4096);
+            let deadline = tokio::time::sleep(AUTH_DEADLINE);
+            tokio::pin!(deadline);
+            let mut asked = 0;
+            loop {
+                tokio::select! {
+                    Some(()) = prompts.recv() => {
+                        asked += 1;
+                        match (&self.password, asked) {
+                            (Some(password), 1) => {
+                                let line = format!("{password}\n");
+                                let sent = stdin.write_all(line.as_bytes()).await.and(stdin.flush().await);
+                                sent.map_err(|source| BootError::Io { target: target.clone(), source })?;
+                            }
+                            (Some(_), _) => {
+                                let _ = child.start_kill();
+                                return Err(auth(format!("sudo refused the password for becoming {}", self.user)));
+                            }
+                            (None, _) => {
+                                let _ = child.start_kill();
+                                return Err(auth(format!("sudo wants a password to become {}, and none was given", self.user)));
+                            }
+                        }
+                    }
+                    read = stdout.read_buf(&mut buf) => match read {
+                        Ok(0) | Err(_) => {
+                            let said = tail.text(Duration::from_secs(1)).await;
+                            return Err(classify(&target, &self.user, said));
+                        }
+                        Ok(_) => break,
+                    },
+                    _ = &mut deadline => {
+                        let _ = child.start_kill();
+                        return Err(BootError::Timeout { target, stage: "sudo authentication", after: AUTH_DEADLINE });
+                    }
+                }
+            }
+            let (outcome, rest) = stub::run(&mut stdout, &mut stdin, buf, nonce, &target, self.timeout).await?;
+            let mut transport = Transport::new(stdout, stdin, Some(child));
+            transport.read_ahead = rest;
+            transport.uploaded = outcome.uploaded;
+            transport.stderr = Some(tail);
+            Ok(transport)
+        })
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Keep sudo's stderr, and say each time its prompt appears.
+fn watch_stderr(mut stderr: tokio::process::ChildStderr) -> (StderrTail, mpsc::UnboundedReceiver<()>) {
+    let tail = StderrTail::default();
+    let sink = tail.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(at) = seen.windows(PROMPT.len()).position(|w| w == PROMPT.as_bytes()) {
+                let _ = tx.send(());
+                seen.drain(..at + PROMPT.len());
+            }
+            // The prompt is not kept in the tail: only what sudo says about why.
+            sink.push(&buf[..n]);
+        }
+        sink.finish();
+    });
+    (tail, rx)
+}
+
+fn classify(target: &str, user: &str, said: String) -> BootError {
+    let said = said.replace(PROMPT, "");
+    let said = said.trim().to_owned();
+    let auth = |reason: String| BootError::Auth { target: target.into(), reason };
+    if said.contains("a password is required") {
+        auth(format!("sudo wants a password to become {user}, and none was given ({said})"))
+    } else if said.contains("not in the sudoers") || said.contains("not allowed") || said.contains("may not run sudo") {
+        auth(format!("may not sudo to {user}: {said}"))
+    } else if said.contains("incorrect password") || said.contains("Sorry, try again") {
+        auth(format!("sudo refused the password for becoming {user}: {said}"))
+    } else {
+        BootError::Exited { target: target.into(), output: said }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_prints() {
+        let sudo = Sudo::with_password("bob", "s3cret-pw");
+        assert!(!format!("{sudo:?}").contains("s3cret-pw"));
+    }
+}
