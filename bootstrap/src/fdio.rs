@@ -100,15 +100,33 @@ impl AsyncWrite for FdStream {
 
 /// Move the process's stdin and stdout to private descriptors for the protocol, and point fd 0 at
 /// `/dev/null` and fd 1 at stderr, so a stray `println!` in a handler cannot corrupt the stream.
+/// Where stderr is the protocol's own file too (a terminal, under su), it goes to `/dev/null`, or a
+/// panic message would land in the middle of a frame.
 pub fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: plain descriptor juggling at start-up; every result is checked.
     unsafe {
         let input = check(libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
         let output = check(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
-        let null = check(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) as isize)? as RawFd;
+        let null = check(libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) as isize)? as RawFd;
         check(libc::dup2(null, 0) as isize)?;
+        if same_file(1, 2) {
+            check(libc::dup2(null, 2) as isize)?;
+        }
         libc::close(null);
         check(libc::dup2(2, 1) as isize)?;
         Ok((OwnedFd::from_raw_fd(input), OwnedFd::from_raw_fd(output)))
+    }
+}
+
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    let mut sa = std::mem::MaybeUninit::<libc::stat>::uninit();
+    let mut sb = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the structs on success; they are read only then.
+    unsafe {
+        if libc::fstat(a, sa.as_mut_ptr()) != 0 || libc::fstat(b, sb.as_mut_ptr()) != 0 {
+            return false;
+        }
+        let (sa, sb) = (sa.assume_init(), sb.assume_init());
+        sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino && sa.st_rdev == sb.st_rdev
     }
 }

@@ -32,6 +32,7 @@ mod method;
 mod openssh;
 mod ssh;
 pub mod stub;
+mod su;
 mod sudo;
 mod via;
 
@@ -43,5 +44,6 @@ pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
+pub use su::Su;
 pub use sudo::Sudo;
 pub use via::{MethodSpec, Spawn, Spawned};

@@ -2,6 +2,8 @@
 # sent single-quoted on the remote command line.
 n=$1
 h=$2
+# On a terminal (su needs one): no echo, no line editing, no newline translation from here on.
+[ -t 0 ] && stty raw -echo 2>/dev/null
 uid=$(id -u 2>/dev/null || echo x)
 user=$(id -un 2>/dev/null || echo "uid$uid")
 arch=$(uname -m 2>/dev/null || echo unknown)

@@ -17,7 +17,7 @@ use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
-use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Sudo};
+use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
 
 #[cfg(doc)]
 use crate::Auth;
@@ -34,6 +34,14 @@ pub enum MethodSpec {
     OpenSsh(OpenSsh),
     /// Another user on the parent context's host.
     Sudo(Sudo),
+    /// Another user on the parent context's host, with that user's password.
+    Su(Su),
+}
+
+impl From<Su> for MethodSpec {
+    fn from(m: Su) -> Self {
+        MethodSpec::Su(m)
+    }
 }
 
 impl From<Sudo> for MethodSpec {
@@ -68,6 +76,7 @@ impl MethodSpec {
             MethodSpec::Ssh(m) => m,
             MethodSpec::OpenSsh(m) => m,
             MethodSpec::Sudo(m) => m,
+            MethodSpec::Su(m) => m,
         }
     }
 

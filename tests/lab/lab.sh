@@ -28,6 +28,7 @@ CHAIN="hop2:2:hop1 hop3:3:hop2 hop4:4:hop3"
 USER_NAME=hypha
 USER_PASSWORD=hypha-test-password
 RSA_PASSPHRASE=hypha-rsa-passphrase
+TARGET_PASSWORD=hypha-pw-password
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -56,6 +57,7 @@ make_user() {
         id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
     done
     echo "$USER_NAME:$USER_PASSWORD" | chpasswd
+    echo "hypha-pw:$TARGET_PASSWORD" | chpasswd
     # sudo from $USER_NAME: to hypha-nopw without a password, to hypha-pw with its own password,
     # to nobody else. No cached credentials, so every test meets the prompt.
     cat > /etc/sudoers.d/hypha-lab <<SUDOERS
@@ -75,6 +77,7 @@ make_keys() {
     cat "$k/id_ed25519.pub" "$k/id_rsa.pub" > "$k/authorized_keys"
     echo "$RSA_PASSPHRASE" > "$k/rsa_passphrase"
     echo "$USER_PASSWORD" > "$k/password"
+    echo "$TARGET_PASSWORD" > "$k/target_password"
 }
 
 host_setup_script() {

@@ -1,0 +1,47 @@
+//! su hops, through a pty: from a context running as an ordinary user, and from the controller.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use hypha::{Su, Whoami};
+use util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_sus_to_another_user_with_a_password() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let target = rt.spawn_via(&hypha, Su::new("hypha-pw", lab.secret("target_password"))).await.unwrap();
+    assert_eq!(target.call(Whoami).await.unwrap().user, "hypha-pw");
+    // Binary data (the upload, the 8 MiB streams) crossed the terminal unchanged.
+    exercise(&target).await;
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn su_with_a_wrong_password_is_a_clear_error_within_seconds() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let started = Instant::now();
+    let err = rt.spawn_via(&hypha, Su::new("hypha-pw", "not-the-password-42")).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let text = err.to_string();
+    assert!(text.contains("su refused the password for hypha-pw"), "{text}");
+    assert!(!text.contains("not-the-password-42"), "the password leaked: {text}");
+    assert_eq!(hypha.call(Echo("ok".into())).await.unwrap(), "ok");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_controller_sus_without_a_password_as_root() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let su = Su { password: None, ..Su::new(lab.user.clone(), "") };
+    let ctx = rt.spawn(su).await.unwrap();
+    assert_eq!(ctx.call(Whoami).await.unwrap().user, lab.user);
+    rt.shutdown().await;
+}
