@@ -283,3 +283,66 @@ async fn a_four_hop_ssh_chain_where_each_host_is_reachable_only_from_the_previou
     }
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    // hop2 through hop1; hop3 through hop1 and hop2. Neither jump host runs an agent.
+    let mut to_hop2 = lab.ssh("hop2");
+    to_hop2.jump = vec![lab.ssh("hop1")];
+    let ctx = rt.spawn(to_hop2).await.unwrap();
+    assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
+    let mut to_hop3 = lab.ssh("hop3");
+    to_hop3.jump = vec![lab.ssh("hop1"), lab.ssh("hop2")];
+    let ctx = rt.spawn(to_hop3).await.unwrap();
+    exercise(&ctx).await;
+    assert!(agents_in_namespace("hop1").is_empty(), "a jump host runs no agent");
+
+    // The host-key policy applies to every hop: a jump host with the wrong key is refused.
+    let mut bad = lab.ssh("hop2");
+    let mut jump = lab.ssh("hop1");
+    jump.known_hosts = Some(lab.wrong_known_hosts());
+    bad.jump = vec![jump];
+    let err = rt.spawn(bad).await.unwrap_err();
+    assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+    assert!(err.to_string().contains(lab.host("hop1")), "names the jump host: {err}");
+    rt.shutdown().await;
+}
+
+/// Agent processes running in lab host `name`'s network namespace.
+fn agents_in_namespace(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "pids", &format!("hypha-{name}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).replace('\0', " "))
+        .filter(|cmd| cmd.contains("hypha/hypha-") || cmd.contains("/hypha-") && cmd.contains("/tmp/"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ssh_hop_leaves_no_agent_behind_it_and_the_rest_keeps_working() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
+    let hop2 = rt.spawn_via(&hop1, lab.ssh("hop2")).await.unwrap();
+    let hop3 = rt.spawn_via(&hop2, lab.ssh("hop3")).await.unwrap();
+    assert_eq!(agents_in_namespace("hop3").len(), 1, "one agent runs on hop3");
+    let waiting = {
+        let hop3 = hop3.clone();
+        tokio::spawn(async move { hop3.call(Sleep(60_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The lab's hosts share this machine's pid space: the agent on hop2 can be killed from here.
+    kill9(hop2.hello().pid);
+    let err = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("within 1 s").unwrap().unwrap_err();
+    assert!(err.to_string().contains(hop2.name()), "names the lost hop {}: {err}", hop2.name());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agents_in_namespace("hop3").is_empty() {
+        assert!(Instant::now() < deadline, "left on hop3: {:?}", agents_in_namespace("hop3"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hop1.call(Echo("alive".into())).await.unwrap(), "alive");
+    rt.shutdown().await;
+}

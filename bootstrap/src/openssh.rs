@@ -44,7 +44,9 @@ pub struct OpenSsh {
     pub connect_timeout: Duration,
     /// Deadline for the stub, the upload and the agent's handshake.
     pub timeout: Duration,
-    /// Further arguments for `ssh`, before the destination (`-F`, `-o Cipher=...`, `-J`...).
+    /// Jump hosts, `[user@]host[:port]`, passed through in order (`-J`).
+    pub jump: Vec<String>,
+    /// Further arguments for `ssh`, before the destination (`-F`, `-o Cipher=...`...).
     pub args: Vec<String>,
     /// The client to run.
     pub program: PathBuf,
@@ -61,6 +63,7 @@ impl OpenSsh {
             host_key: None,
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
+            jump: Vec::new(),
             args: Vec::new(),
             program: PathBuf::from("ssh"),
         }
@@ -86,6 +89,9 @@ impl OpenSsh {
             None => &[],
         };
         cmd.args(policy);
+        if !self.jump.is_empty() {
+            cmd.arg("-J").arg(self.jump.join(","));
+        }
         cmd.args(&self.args).arg("--").arg(&self.destination).arg(remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd

@@ -20,8 +20,8 @@ use std::time::Duration;
 use async_ssh2_lite::ssh2::{self, BlockDirections, CheckResult, HostKeyType, KnownHostFileKind, MethodType};
 use async_ssh2_lite::{AsyncChannel, AsyncSession, AsyncSessionStream};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
 use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
@@ -102,6 +102,10 @@ pub struct Ssh {
     pub keepalive: Option<Duration>,
     /// Ciphers to offer, comma-separated, preferred first (like `ssh -c`).
     pub ciphers: String,
+    /// SSH servers to pass through first, in order, none of which runs an agent (like `ssh -J`):
+    /// each is reached through a `direct-tcpip` tunnel of the one before, and checked and
+    /// authenticated with its own settings.
+    pub jump: Vec<Ssh>,
     /// Deadline for authentication, the stub, the upload and the agent's handshake.
     pub timeout: Duration,
 }
@@ -125,6 +129,7 @@ impl Ssh {
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(30)),
             ciphers: DEFAULT_CIPHERS.to_owned(),
+            jump: Vec::new(),
             timeout: Duration::from_secs(60),
         }
     }
@@ -150,6 +155,7 @@ impl Ssh {
             ));
         }
         self.auth = auth;
+        self.jump = self.jump.into_iter().map(Ssh::for_remote).collect::<std::io::Result<_>>()?;
         if self.known_hosts_data.is_none() {
             self.known_hosts_data = Some(std::fs::read_to_string(self.known_hosts_path()).unwrap_or_default());
         }
@@ -162,18 +168,49 @@ impl Ssh {
             .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".ssh/known_hosts"))
     }
 
-    async fn connect(&self) -> Result<AsyncSession<SshStream>, BootError> {
+    /// An authenticated session: through the jump hosts, each reached through the one before and
+    /// checked and authenticated with its own settings, then to this host.
+    async fn session(&self) -> Result<AsyncSession<SshStream>, BootError> {
+        let mut tunnel = None;
+        for (i, jump) in self.jump.iter().enumerate() {
+            let session = jump.connect(tunnel.take()).await?;
+            jump.check_host_key(&session)?;
+            jump.authenticate(&session).await?;
+            let next = self.jump.get(i + 1).unwrap_or(self);
+            let channel = session.channel_direct_tcpip(&next.host, next.port, None).await.map_err(|e| {
+                BootError::Unreachable {
+                    target: next.target(),
+                    reason: format!("jump host {} could not open a tunnel: {}", jump.target(), describe(&e)),
+                }
+            })?;
+            let (near, far) = UnixStream::pair().map_err(|source| BootError::Io { target: jump.target(), source })?;
+            // The jump session lives in this pump for as long as the tunnel carries anything.
+            tokio::spawn(pump(session, channel, far, StderrTail::default(), jump.keepalive));
+            tunnel = Some(near);
+        }
+        let session = self.connect(tunnel).await?;
+        self.check_host_key(&session)?;
+        self.authenticate(&session).await?;
+        Ok(session)
+    }
+
+    async fn connect(&self, tunnel: Option<UnixStream>) -> Result<AsyncSession<SshStream>, BootError> {
         let target = self.target();
         let unreachable = |reason: String| BootError::Unreachable { target: target.clone(), reason };
         let deadline = self.connect_timeout;
-        let tcp = match tokio::time::timeout(deadline, TcpStream::connect((self.host.as_str(), self.port))).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Err(_) => return Err(unreachable(format!("no connection within {deadline:?}"))),
+        let stream = match tunnel {
+            Some(tunnel) => SshStream::Unix(tunnel),
+            None => match tokio::time::timeout(deadline, TcpStream::connect((self.host.as_str(), self.port))).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    SshStream::Tcp(tcp)
+                }
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable(format!("no connection within {deadline:?}"))),
+            },
         };
-        let _ = tcp.set_nodelay(true);
         let ssh_err = |what: &str, e: async_ssh2_lite::Error| format!("{what}: {}", describe(&e));
-        let mut session = AsyncSession::new(SshStream(tcp), None).map_err(|e| unreachable(ssh_err("session", e)))?;
+        let mut session = AsyncSession::new(stream, None).map_err(|e| unreachable(ssh_err("session", e)))?;
         for kind in [MethodType::CryptCs, MethodType::CryptSc] {
             if let Err(e) = session.method_pref(kind, &self.ciphers).await {
                 debug!(error = %describe(&e), "cipher preference not taken");
@@ -287,10 +324,8 @@ impl Method for Ssh {
             let target = self.target();
             let io = |source| BootError::Io { target: target.clone(), source };
             let hash = exe_hash().map_err(io)?;
-            let session = self.connect().await?;
-            self.check_host_key(&session)?;
             let start = async {
-                self.authenticate(&session).await?;
+                let session = self.session().await?;
                 let failed = |what: &str, e: async_ssh2_lite::Error| BootError::Start {
                     target: target.clone(),
                     reason: format!("{what}: {}", describe(&e)),
@@ -300,9 +335,9 @@ impl Method for Ssh {
                     .await
                     .map_err(|e| failed("opening a channel", e))?;
                 channel.exec(&stub::command(nonce, hash)).await.map_err(|e| failed("running the stub", e))?;
-                Ok::<_, BootError>(channel)
+                Ok::<_, BootError>((session, channel))
             };
-            let channel = match tokio::time::timeout(self.timeout, start).await {
+            let (session, channel) = match tokio::time::timeout(self.timeout, start).await {
                 Ok(result) => result?,
                 Err(_) => return Err(BootError::Timeout { target, stage: "authentication", after: self.timeout }),
             };
@@ -329,10 +364,10 @@ impl Method for Ssh {
 }
 
 /// Own the session: move bytes between the channel and the link until either side ends.
-async fn pump(
+async fn pump<L: AsyncRead + AsyncWrite>(
     session: AsyncSession<SshStream>,
     mut channel: AsyncChannel<SshStream>,
-    link: DuplexStream,
+    link: L,
     tail: StderrTail,
     keepalive: Option<Duration>,
 ) {
@@ -425,13 +460,51 @@ async fn pump(
     .await;
 }
 
-/// A TCP stream that waits for libssh2 the way tokio's readiness model needs.
+/// The socket under a libssh2 session, waiting for libssh2 the way tokio's readiness model needs.
 #[derive(Debug)]
-pub struct SshStream(TcpStream);
+pub enum SshStream {
+    /// A direct connection.
+    Tcp(TcpStream),
+    /// One end of a socketpair whose other end a jump host's tunnel feeds.
+    Unix(UnixStream),
+}
 
 impl AsRawFd for SshStream {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        match self {
+            SshStream::Tcp(s) => s.as_raw_fd(),
+            SshStream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl SshStream {
+    async fn ready(&self, interest: Interest) -> io::Result<tokio::io::Ready> {
+        match self {
+            SshStream::Tcp(s) => s.ready(interest).await,
+            SshStream::Unix(s) => s.ready(interest).await,
+        }
+    }
+
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        match self {
+            SshStream::Tcp(s) => s.try_io(interest, f),
+            SshStream::Unix(s) => s.try_io(interest, f),
+        }
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            SshStream::Tcp(s) => s.poll_read_ready(cx),
+            SshStream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            SshStream::Tcp(s) => s.poll_write_ready(cx),
+            SshStream::Unix(s) => s.poll_write_ready(cx),
+        }
     }
 }
 
@@ -463,13 +536,13 @@ impl AsyncSessionStream for SshStream {
         }
         loop {
             let interest = interest(sess.block_directions());
-            if tokio::time::timeout(FALLBACK, self.0.ready(interest)).await.is_err() {
+            if tokio::time::timeout(FALLBACK, self.ready(interest)).await.is_err() {
                 match op() {
                     Err(e) if would_block(&e) => continue,
                     done => return done.map_err(Into::into),
                 }
             }
-            let attempt = self.0.try_io(interest, || op().map_err(io::Error::from));
+            let attempt = self.try_io(interest, || op().map_err(io::Error::from));
             match attempt {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
@@ -494,14 +567,14 @@ impl AsyncSessionStream for SshStream {
             let interest = interest(sess.block_directions());
             let mut ready = false;
             if interest.is_readable() {
-                match self.0.poll_read_ready(cx) {
+                match self.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => ready = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
                 }
             }
             if !ready && interest.is_writable() {
-                match self.0.poll_write_ready(cx) {
+                match self.poll_write_ready(cx) {
                     Poll::Ready(Ok(())) => ready = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
@@ -510,7 +583,7 @@ impl AsyncSessionStream for SshStream {
             if !ready {
                 return Poll::Pending;
             }
-            match self.0.try_io(interest, &mut op) {
+            match self.try_io(interest, &mut op) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }
