@@ -93,7 +93,7 @@ pub(crate) enum Start {
         /// The parent context.
         parent: ContextId,
         /// The method, ready to travel.
-        spec: MethodSpec,
+        spec: Box<MethodSpec>,
     },
 }
 
@@ -152,7 +152,7 @@ impl Actor for ContextActor {
                 let gone = router.watch_route(id);
                 let target = format!("{} via context {parent}", spec.method().target());
                 let spawned = router
-                    .call(parent, &Spawn { id, name, method: spec })
+                    .call(parent, &Spawn { id, name, method: *spec })
                     .await
                     .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
                 span.record("host", spawned.hello.host.as_str());

@@ -175,7 +175,7 @@ impl Runtime {
         let spec = method.into();
         let kind = spec.method().target();
         let spec = spec.for_remote().map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
-        self.launch(Start::Via { parent: parent.id(), spec }, &kind).await
+        self.launch(Start::Via { parent: parent.id(), spec: Box::new(spec) }, &kind).await
     }
 
     async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {
