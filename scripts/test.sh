@@ -18,6 +18,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --locked --workspace --no-fail-fast
 else
-    cargo test --locked --workspace --no-fail-fast
+    # One test at a time: some lab tests look at which agents run on shared hosts.
+    cargo test --locked --workspace --no-fail-fast -- --test-threads=1
 fi
 cargo test --locked --workspace --doc

@@ -297,7 +297,7 @@ async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
     to_hop3.jump = vec![lab.ssh("hop1"), lab.ssh("hop2")];
     let ctx = rt.spawn(to_hop3).await.unwrap();
     exercise(&ctx).await;
-    assert!(agents_in_namespace("hop1").is_empty(), "a jump host runs no agent");
+    assert!(agent_pids_in_namespace("hop1").is_empty(), "a jump host runs no agent");
 
     // The host-key policy applies to every hop: a jump host with the wrong key is refused.
     let mut bad = lab.ssh("hop2");
@@ -310,14 +310,17 @@ async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
     rt.shutdown().await;
 }
 
-/// Agent processes running in lab host `name`'s network namespace.
-fn agents_in_namespace(name: &str) -> Vec<String> {
+/// Pids of the agent processes running in lab host `name`'s network namespace.
+fn agent_pids_in_namespace(name: &str) -> Vec<u32> {
     let out = std::process::Command::new("ip").args(["netns", "pids", &format!("hypha-{name}")]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|cmd| String::from_utf8_lossy(&cmd).replace('\0', " "))
-        .filter(|cmd| cmd.contains("hypha/hypha-") || cmd.contains("/hypha-") && cmd.contains("/tmp/"))
+        .filter_map(|pid| Some((pid.parse().ok()?, std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)))
+        .filter(|(_, cmd): &(u32, Vec<u8>)| {
+            let cmd = String::from_utf8_lossy(cmd);
+            cmd.contains("hypha/hypha-") || cmd.contains("/tmp/hypha-")
+        })
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -328,7 +331,8 @@ async fn a_dead_ssh_hop_leaves_no_agent_behind_it_and_the_rest_keeps_working() {
     let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
     let hop2 = rt.spawn_via(&hop1, lab.ssh("hop2")).await.unwrap();
     let hop3 = rt.spawn_via(&hop2, lab.ssh("hop3")).await.unwrap();
-    assert_eq!(agents_in_namespace("hop3").len(), 1, "one agent runs on hop3");
+    let on_hop3 = hop3.hello().pid;
+    assert!(agent_pids_in_namespace("hop3").contains(&on_hop3), "the agent runs in hop3's namespace");
     let waiting = {
         let hop3 = hop3.clone();
         tokio::spawn(async move { hop3.call(Sleep(60_000)).await })
@@ -339,8 +343,8 @@ async fn a_dead_ssh_hop_leaves_no_agent_behind_it_and_the_rest_keeps_working() {
     let err = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("within 1 s").unwrap().unwrap_err();
     assert!(err.to_string().contains(hop2.name()), "names the lost hop {}: {err}", hop2.name());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !agents_in_namespace("hop3").is_empty() {
-        assert!(Instant::now() < deadline, "left on hop3: {:?}", agents_in_namespace("hop3"));
+    while agent_pids_in_namespace("hop3").contains(&on_hop3) {
+        assert!(Instant::now() < deadline, "agent {on_hop3} is still running on hop3");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(hop1.call(Echo("alive".into())).await.unwrap(), "alive");

@@ -90,6 +90,20 @@ impl MethodSpec {
     }
 }
 
+impl Method for MethodSpec {
+    fn target(&self) -> String {
+        self.method().target()
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> crate::BoxFuture<'a, Result<crate::Transport, BootError>> {
+        self.method().start(nonce)
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.method().handshake_timeout()
+    }
+}
+
 /// Ask a context to start a child with `method` (a builtin, served by every context).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spawn {

@@ -1,0 +1,99 @@
+//! The ssh options shared by the `remote` and `chain` examples.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use hypha::{Auth, HostKeyPolicy, MethodSpec, OpenSsh, Ssh};
+
+/// `--method ssh|openssh`, `--port N`, `--identity FILE`, `--password-env VAR`,
+/// `--known-hosts FILE`, `--accept-new`, `--ignore-host-key`.
+#[derive(Debug, Default)]
+pub(crate) struct SshOptions {
+    method: Option<String>,
+    port: Option<u16>,
+    identity: Option<PathBuf>,
+    password_env: Option<String>,
+    known_hosts: Option<PathBuf>,
+    policy: Option<HostKeyPolicy>,
+}
+
+/// What the ssh options say about their flags.
+pub(crate) const SSH_USAGE: &str = "[--method ssh|openssh] [--port N] [--identity FILE] [--password-env VAR] \
+                             [--known-hosts FILE | --accept-new | --ignore-host-key]";
+
+impl SshOptions {
+    /// Take `arg` (and its value from `rest`) if it is one of the ssh options.
+    pub(crate) fn take(&mut self, arg: &str, rest: &mut impl Iterator<Item = String>) -> anyhow::Result<bool> {
+        let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
+        match arg {
+            "--method" => self.method = Some(value()?),
+            "--port" => self.port = Some(value()?.parse().context("--port")?),
+            "--identity" => self.identity = Some(value()?.into()),
+            "--password-env" => self.password_env = Some(value()?),
+            "--known-hosts" => self.known_hosts = Some(value()?.into()),
+            "--accept-new" => self.policy = Some(HostKeyPolicy::AcceptNew),
+            "--ignore-host-key" => self.policy = Some(HostKeyPolicy::Ignore),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The method for `[user@]host[:port]`, through `jump` hosts (each `[user@]host[:port]`).
+    pub(crate) fn method(&self, destination: &str, jump: &[String]) -> anyhow::Result<MethodSpec> {
+        match self.method.as_deref().unwrap_or("ssh") {
+            "ssh" => {
+                let mut m = self.ssh(destination)?;
+                m.jump = jump.iter().map(|j| self.ssh(j)).collect::<anyhow::Result<_>>()?;
+                Ok(m.into())
+            }
+            "openssh" => {
+                if self.password_env.is_some() {
+                    bail!("--password-env needs --method ssh: the openssh method runs ssh in BatchMode");
+                }
+                let (target, port) = split_port(destination)?;
+                let mut m = OpenSsh::new(target);
+                m.port = port.or(self.port);
+                m.identity = self.identity.clone();
+                m.known_hosts = self.known_hosts.clone();
+                m.host_key = self.policy.clone().or(self.known_hosts.as_ref().map(|_| HostKeyPolicy::Enforce));
+                m.jump = jump.to_vec();
+                Ok(m.into())
+            }
+            other => bail!("unknown method {other} (ssh or openssh)"),
+        }
+    }
+
+    fn ssh(&self, destination: &str) -> anyhow::Result<Ssh> {
+        let (target, port) = split_port(destination)?;
+        let (user, host) = match target.split_once('@') {
+            Some((user, host)) => (user.to_owned(), host.to_owned()),
+            None => (std::env::var("USER").unwrap_or_else(|_| "root".into()), target),
+        };
+        let mut m = Ssh::new(user, host);
+        if let Some(port) = port.or(self.port) {
+            m.port = port;
+        }
+        if let Some(path) = &self.identity {
+            m.auth = vec![Auth::Key { path: path.clone(), passphrase: None }];
+        }
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var).with_context(|| format!("${var} is not set"))?;
+            m.auth.push(Auth::Password(password));
+        }
+        m.known_hosts = self.known_hosts.clone();
+        if let Some(policy) = &self.policy {
+            m.host_key = policy.clone();
+        }
+        Ok(m)
+    }
+}
+
+/// `[user@]host[:port]` (or `[user@][v6addr]:port`) → (`[user@]host`, port).
+fn split_port(destination: &str) -> anyhow::Result<(String, Option<u16>)> {
+    match destination.rsplit_once(':') {
+        Some((target, port)) if !target.contains(':') || target.ends_with(']') => {
+            Ok((target.replace(['[', ']'], ""), Some(port.parse().context("port")?)))
+        }
+        _ => Ok((destination.to_owned(), None)),
+    }
+}
