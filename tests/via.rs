@@ -86,3 +86,47 @@ async fn a_context_cannot_command_its_parent_a_sibling_or_the_controller() {
     assert_eq!(parent.call(CallContext(child.id())).await.unwrap(), "obeyed");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_parent_does_not_make_its_child_buffer_without_bound() {
+    const SIZE: u64 = 1 << 30;
+    let rt = runtime();
+    let parent = rt.local().await.unwrap();
+    let child = rt.spawn_via(&parent, Local::default()).await.unwrap();
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    // The child streams to the controller through its parent...
+    let download = {
+        let child = child.clone();
+        tokio::spawn(async move { child.download(Source(SIZE), tokio::io::sink()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and the parent stops reading.
+    let (parent_pid, child_pid) = (parent.hello().pid, child.hello().pid);
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(parent_pid as i32, libc::SIGSTOP) };
+    let before = rss(child_pid);
+    let mut peak = before;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss(child_pid));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(parent_pid as i32, libc::SIGCONT) };
+    assert!(
+        peak.saturating_sub(before) < 16 << 20,
+        "the child grew by {} MiB while its parent was stalled",
+        (peak - before) >> 20
+    );
+    assert!(!download.is_finished(), "the stream waited for the stalled parent");
+    // Once the parent reads again, the stream finishes.
+    assert_eq!(tokio::time::timeout(Duration::from_secs(60), download).await.unwrap().unwrap().unwrap(), SIZE);
+    rt.shutdown().await;
+}
