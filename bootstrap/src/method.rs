@@ -47,6 +47,15 @@ impl Transport {
             stderr: None,
         }
     }
+
+    /// The stream once a bootstrap stub has run on it: the bytes it read past the stub's report,
+    /// whether it uploaded the agent, and the far side's stderr if it was collected.
+    pub fn after_stub(mut self, (outcome, rest): (crate::stub::Outcome, BytesMut), stderr: Option<StderrTail>) -> Self {
+        self.read_ahead = rest;
+        self.uploaded = outcome.uploaded;
+        self.stderr = stderr;
+        self
+    }
 }
 
 /// The last few KiB a far side wrote to stderr (an ssh client's complaints, a loader's error).

@@ -120,19 +120,15 @@ impl Method for OpenSsh {
                 return Err(BootError::Start { target, reason: "the ssh client's stdio was not piped".into() });
             };
             let tail = StderrTail::collect(stderr);
-            let (outcome, rest) =
-                match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let _ = child.start_kill();
-                        return Err(classify(with_stderr(e, Some(&tail)).await));
-                    }
-                };
-            let mut transport = Transport::new(stdout, stdin, Some(child));
-            transport.read_ahead = rest;
-            transport.uploaded = outcome.uploaded;
-            transport.stderr = Some(tail);
-            Ok(transport)
+            let done = match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    let _ = child.start_kill();
+                    return Err(classify(with_stderr(e, Some(&tail)).await));
+                }
+            };
+            Ok(Transport::new(stdout, stdin, Some(child)).after_stub(done, Some(tail)))
         })
     }
 

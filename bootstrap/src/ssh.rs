@@ -345,16 +345,12 @@ impl Method for Ssh {
             let tail = StderrTail::default();
             tokio::spawn(pump(session, channel, far, tail.clone(), self.keepalive));
             let (mut reader, mut writer) = tokio::io::split(near);
-            let (outcome, rest) =
-                match stub::run(&mut reader, &mut writer, Default::default(), nonce, &target, self.timeout).await {
-                    Ok(done) => done,
-                    Err(e) => return Err(with_stderr(e, Some(&tail)).await),
-                };
-            let mut transport = Transport::new(reader, writer, None);
-            transport.read_ahead = rest;
-            transport.uploaded = outcome.uploaded;
-            transport.stderr = Some(tail);
-            Ok(transport)
+            let done = match stub::run(&mut reader, &mut writer, Default::default(), nonce, &target, self.timeout).await
+            {
+                Ok(done) => done,
+                Err(e) => return Err(with_stderr(e, Some(&tail)).await),
+            };
+            Ok(Transport::new(reader, writer, None).after_stub(done, Some(tail)))
         })
     }
 

@@ -145,11 +145,8 @@ impl Method for Su {
             // Everything before the stub's report (the prompt, su's noise) is not ours.
             let at = buf.windows(prefix.len()).position(|w| w == prefix.as_bytes()).unwrap_or(0);
             let _ = buf.split_to(at);
-            let (outcome, rest) = stub::run(&mut reader, &mut output, buf, nonce, &target, self.timeout).await?;
-            let mut transport = Transport::new(reader, output, Some(child));
-            transport.read_ahead = rest;
-            transport.uploaded = outcome.uploaded;
-            Ok(transport)
+            let done = stub::run(&mut reader, &mut output, buf, nonce, &target, self.timeout).await?;
+            Ok(Transport::new(reader, output, Some(child)).after_stub(done, None))
         })
     }
 

@@ -126,12 +126,8 @@ impl Method for Sudo {
                     }
                 }
             }
-            let (outcome, rest) = stub::run(&mut stdout, &mut stdin, buf, nonce, &target, self.timeout).await?;
-            let mut transport = Transport::new(stdout, stdin, Some(child));
-            transport.read_ahead = rest;
-            transport.uploaded = outcome.uploaded;
-            transport.stderr = Some(tail);
-            Ok(transport)
+            let done = stub::run(&mut stdout, &mut stdin, buf, nonce, &target, self.timeout).await?;
+            Ok(Transport::new(stdout, stdin, Some(child)).after_stub(done, Some(tail)))
         })
     }
 

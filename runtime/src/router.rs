@@ -408,17 +408,7 @@ impl Router {
         R: Request,
         S: AsyncRead + Unpin,
     {
-        let body = call::encode_call(req)?;
-        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
-        self.send_call(dst, body, handle, flags::UPLOAD).await?;
-        let data = Header {
-            dst,
-            src: self.id(),
-            auth: self.id(),
-            handle: handles::STREAM,
-            reply_to: handle,
-            flags: flags::DATA,
-        };
+        let (data, rx, _guard) = self.stream_call(dst, req, flags::UPLOAD, flags::DATA).await?;
         let mut tx = ByteSender::new(self.clone(), data, rx, WINDOW);
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         loop {
@@ -445,17 +435,7 @@ impl Router {
         R: Request,
         W: AsyncWrite + Unpin,
     {
-        let body = call::encode_call(req)?;
-        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
-        self.send_call(dst, body, handle, flags::DOWNLOAD).await?;
-        let credit = Header {
-            dst,
-            src: self.id(),
-            auth: self.id(),
-            handle: handles::STREAM,
-            reply_to: handle,
-            flags: flags::CREDIT,
-        };
+        let (credit, rx, _guard) = self.stream_call(dst, req, flags::DOWNLOAD, flags::CREDIT).await?;
         let mut rx = ByteReceiver::new(self.clone(), credit, rx);
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         while let Some(chunk) = rx.recv().await.map_err(|e| e.into_call_error(R::NAME))? {
@@ -473,6 +453,24 @@ impl Router {
         let id = self.id();
         let header = Header { dst, src: id, auth: id, handle: handles::CONTROL, reply_to: 0, flags: 0 };
         self.send_frame(Frame { header, body }).await
+    }
+
+    /// Send a call that comes with a stream (`kind`: UPLOAD or DOWNLOAD). Returns the header this
+    /// side's stream frames (`frames`: DATA or CREDIT) carry to the callee, and where its answers
+    /// arrive.
+    async fn stream_call<R: Request>(
+        &self,
+        dst: ContextId,
+        req: &R,
+        kind: u32,
+        frames: u32,
+    ) -> Result<(Header, mpsc::UnboundedReceiver<StreamItem>, PendingGuard<'_>), CallError> {
+        let body = call::encode_call(req)?;
+        let (handle, rx, guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
+        self.send_call(dst, body, handle, kind).await?;
+        let id = self.id();
+        let header = Header { dst, src: id, auth: id, handle: handles::STREAM, reply_to: handle, flags: frames };
+        Ok((header, rx, guard))
     }
 
     /// Queue `frame` on the link towards its destination.

@@ -252,26 +252,21 @@ impl Lab {
     pub fn both(&self, name: &str) -> Vec<Box<dyn hypha::Method>> {
         vec![Box::new(self.openssh(name)), Box::new(self.ssh(name))]
     }
-    /// Run a shell command on lab host `name`, which may be behind other hosts: inside its network
-    /// namespace (the lab's hosts share this machine). Its stdout.
+    /// Run a shell command on lab host `name`, which may be behind other hosts: from inside its
+    /// network namespace (the lab's hosts share this machine). Its stdout.
     pub fn sh_via_chain(&self, name: &str, command: &str) -> String {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &format!("hypha-{name}"), "ssh", "-F", "/dev/null", "-T", "-o", "BatchMode=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts().display()))
-            .arg("-i")
-            .arg(self.key())
-            .arg(format!("{}@{}", self.user, self.host(name)))
-            .arg(command)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut ssh = std::process::Command::new("ip");
+        ssh.args(["netns", "exec", &format!("hypha-{name}"), "ssh"]);
+        self.run_ssh(ssh, name, command)
     }
 
     /// Run a shell command on lab host `name` with the system ssh client; its stdout.
     pub fn sh(&self, name: &str, command: &str) -> String {
-        let out = std::process::Command::new("ssh")
+        self.run_ssh(std::process::Command::new("ssh"), name, command)
+    }
+
+    fn run_ssh(&self, mut ssh: std::process::Command, name: &str, command: &str) -> String {
+        let out = ssh
             .args(["-F", "/dev/null", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts().display()))
