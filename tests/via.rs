@@ -130,3 +130,24 @@ async fn a_stalled_parent_does_not_make_its_child_buffer_without_bound() {
     assert_eq!(tokio::time::timeout(Duration::from_secs(60), download).await.unwrap().unwrap().unwrap(), SIZE);
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_context_starts_children_by_itself_with_ids_from_its_block() {
+    let rt = runtime();
+    let parent = rt.local().await.unwrap();
+    let first = parent.call(StartChild).await.unwrap();
+    assert!(first >= 1 << 24, "an id from a block, not one of the controller's own: {first}");
+    // The route came up the tree: the controller reaches the new context by its id.
+    let who = rt.router().call(first, &hypha::Whoami).await.unwrap();
+    assert_eq!(ppid(who.pid), parent.hello().pid, "started by its parent, on the parent's host");
+    // The next child takes the next id of the block, after the first child's own sub-block.
+    let second = parent.call(StartChild).await.unwrap();
+    assert_eq!(second, first + 1 + 64);
+    // Another context gives out ids from a block of its own.
+    let other = rt.local().await.unwrap();
+    let third = other.call(StartChild).await.unwrap();
+    assert_ne!(third >> 12, first >> 12, "blocks do not overlap: {first} and {third}");
+    assert_eq!(rt.router().call(third, &Echo("hi".into())).await.unwrap(), "hi");
+    rt.shutdown().await;
+    assert!(gone_within(who.pid, Duration::from_secs(5)).await, "a child started by its parent ends with it");
+}

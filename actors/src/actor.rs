@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use hypha_bootstrap::{boot, BootError, Method, MethodSpec, Spawn};
-use hypha_runtime::proto::{Control, Hello, Init};
+use hypha_runtime::proto::{Control, Hello, IdBlock, Init};
 use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
 use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
@@ -67,6 +67,8 @@ pub(crate) struct ContextActor {
     pub(crate) id: ContextId,
     pub(crate) name: String,
     pub(crate) start: Option<Start>,
+    /// Ids the context may give to children it starts by itself.
+    pub(crate) ids: IdBlock,
     pub(crate) router: Router,
     pub(crate) io: tokio::runtime::Handle,
     pub(crate) binary_hash: &'static str,
@@ -125,7 +127,7 @@ impl Actor for ContextActor {
         };
         let (router, hash, max_frame, id, span) =
             (self.router.clone(), self.binary_hash, self.max_frame, self.id, self.span.clone());
-        let name = self.name.clone();
+        let (name, ids) = (self.name.clone(), self.ids);
         let job = match start {
             Start::Direct(method) => self.io.spawn(async move {
                 let target = method.target();
@@ -134,6 +136,7 @@ impl Actor for ContextActor {
                     ancestors: vec![router.id()],
                     name: name.clone(),
                     max_frame: max_frame as u32,
+                    ids,
                 };
                 let booted = boot(&*method, hash, max_frame, init).await?;
                 let hello = booted.hello;
@@ -152,7 +155,7 @@ impl Actor for ContextActor {
                 let gone = router.watch_route(id);
                 let target = format!("{} via context {parent}", spec.method().target());
                 let spawned = router
-                    .call(parent, &Spawn { id, name, method: *spec })
+                    .call(parent, &Spawn { id, name, method: *spec, ids })
                     .await
                     .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
                 span.record("host", spawned.hello.host.as_str());

@@ -45,6 +45,12 @@ pub use context::{Context, DEFAULT_GRACE};
 use actor::{ContextActor, Shutdown, Start};
 use registry::Registry;
 
+/// Ids the controller gives out itself lie below this; above it, blocks for the contexts to give to
+/// children they start by themselves.
+const FIRST_BLOCK: u32 = 1 << 24;
+/// Ids in each context's block.
+const ID_BLOCK: u32 = 1 << 12;
+
 /// Settings of a [`Runtime`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -98,6 +104,7 @@ struct Inner {
     binary_hash: &'static str,
     max_frame: usize,
     next_id: AtomicU32,
+    next_block: AtomicU32,
     contexts: Registry,
 }
 
@@ -142,6 +149,7 @@ impl Runtime {
                 binary_hash,
                 max_frame: options.max_frame,
                 next_id: AtomicU32::new(1),
+                next_block: AtomicU32::new(FIRST_BLOCK),
                 contexts: Registry::default(),
             }),
         })
@@ -180,6 +188,9 @@ impl Runtime {
 
     async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Every context gets a block of ids for children it may start by itself.
+        let first = self.inner.next_block.fetch_add(ID_BLOCK, Ordering::Relaxed);
+        let ids = (first, first.saturating_add(ID_BLOCK));
         let name = format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context"));
         let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
@@ -191,6 +202,7 @@ impl Runtime {
                 id,
                 name,
                 start: Some(start),
+                ids,
                 router,
                 io,
                 binary_hash: hash,

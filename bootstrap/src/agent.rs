@@ -90,6 +90,7 @@ async fn serve(
         },
         handlers,
     );
+    router.grant_ids(init.ids);
     let (control_tx, mut control) = mpsc::unbounded_channel();
     router.set_control(control_tx);
     let opts =

@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn init(_: &Hello) -> Init {
-        Init { id: 9, ancestors: vec![0], name: "t".into(), max_frame: 1 << 20 }
+        Init { id: 9, ancestors: vec![0], name: "t".into(), max_frame: 1 << 20, ids: (0, 0) }
     }
 
     async fn run(agent_says: Vec<u8>, hash: &str) -> Result<(Hello, BytesMut), BootError> {

@@ -15,7 +15,7 @@
 //!
 //! let hash = exe_hash().expect("readable executable");
 //! let booted = boot(&Local::default(), hash, 1 << 20, |_hello| Init {
-//!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20,
+//!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20, ids: (0, 0),
 //! }).await?;
 //! println!("agent pid {}", booted.hello.pid);
 //! # Ok(()) }
@@ -46,4 +46,4 @@ pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
-pub use via::{MethodSpec, Spawn, Spawned};
+pub use via::{spawn_child, MethodSpec, Spawn, Spawned};

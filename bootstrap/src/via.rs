@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use hypha_runtime::proto::{Control, Hello, Init};
+use hypha_runtime::proto::{Control, Hello, IdBlock, Init};
 use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
@@ -113,6 +113,8 @@ pub struct Spawn {
     pub name: String,
     /// How to start it.
     pub method: MethodSpec,
+    /// Ids the child may give to children it starts by itself.
+    pub ids: IdBlock,
 }
 
 /// The started child.
@@ -129,6 +131,23 @@ impl Request for Spawn {
     const NAME: &'static str = "hypha.spawn";
 }
 
+/// Ids given to each child a context starts by itself, out of its own block.
+const CHILD_IDS: ContextId = 64;
+
+/// Start a child of the context a handler runs in, from handler code: the child's id (and a smaller
+/// block for its own children) come from this context's block, which the controller allocated, and
+/// its route is announced up to the controller like any other. Returns the child's id and Hello.
+pub async fn spawn_child(cx: &Cx, method: MethodSpec, name: &str) -> Result<(ContextId, Spawned), BootError> {
+    let no_ids = || BootError::Start {
+        target: method.method().target(),
+        reason: format!("context {} has no ids left to give to a child", cx.router.id()),
+    };
+    let (id, _) = cx.router.allocate_ids(1).ok_or_else(no_ids)?;
+    let ids = cx.router.allocate_ids(CHILD_IDS).unwrap_or((0, 0));
+    let spawned = spawn(Spawn { id, name: name.to_owned(), method, ids }, cx.clone()).await?;
+    Ok((id, spawned))
+}
+
 /// The `hypha.spawn` handler.
 pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let router = cx.router;
@@ -138,7 +157,8 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let method = req.method.method();
     let target = method.target();
     let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
-    let init = |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32 };
+    let init =
+        |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32, ids: req.ids };
     let booted = boot(method, hash, max_frame, init).await?;
     let hello = booted.hello;
     let span = info_span!("context", id = req.id, name = %req.name, host = %hello.host);

@@ -24,6 +24,9 @@ pub struct Hello {
     pub arch: String,
 }
 
+/// Context ids `[start, end)` a context may give to the children it starts by itself.
+pub type IdBlock = (ContextId, ContextId);
+
 /// The parent's answer to [`Hello`]: who the agent is in the tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Init {
@@ -35,6 +38,8 @@ pub struct Init {
     pub name: String,
     /// Largest frame the agent may send or accept.
     pub max_frame: u32,
+    /// Ids for children the agent starts by itself, allocated by the controller.
+    pub ids: IdBlock,
 }
 
 /// Control messages, sent to [`crate::frame::handles::CONTROL`].

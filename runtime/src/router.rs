@@ -210,6 +210,8 @@ struct Inner {
     in_flight: AtomicUsize,
     idle: Notify,
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
+    /// Ids this context may give to children it starts by itself.
+    ids: Mutex<crate::proto::IdBlock>,
 }
 
 impl Router {
@@ -231,6 +233,7 @@ impl Router {
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 control: Mutex::new(None),
+                ids: Mutex::new((0, 0)),
             }),
         }
     }
@@ -354,6 +357,22 @@ impl Router {
         }
         let _ = entry.closed.send(Some(reason));
         entry.writer.take()
+    }
+
+    /// The ids this context may give to the children it starts by itself (from its Init).
+    pub fn grant_ids(&self, block: crate::proto::IdBlock) {
+        *self.inner.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
+    }
+
+    /// Take `n` ids from this context's block, if it has that many left.
+    pub fn allocate_ids(&self, n: ContextId) -> Option<crate::proto::IdBlock> {
+        let mut ids = self.inner.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, end) = *ids;
+        if end.saturating_sub(start) < n {
+            return None;
+        }
+        ids.0 = start + n;
+        Some((start, start + n))
     }
 
     /// Deliver [`Control`] messages from ancestors to `tx`.

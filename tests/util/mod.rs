@@ -35,6 +35,7 @@ request!(Source(u64) => u64);
 request!(Big(usize) => String);
 request!(NotRegistered => ());
 request!(CallContext(u32) => String);
+request!(StartChild => u32);
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -85,6 +86,11 @@ pub fn handlers() -> Handlers {
             Ok::<_, HandlerError>(n)
         })
         .on(|Big(n), _: Cx| async move { Ok::<_, HandlerError>("x".repeat(n)) })
+        // Start a child from handler code: its id comes from this context's block.
+        .on(|StartChild, cx: Cx| async move {
+            let method = hypha::Local::default().into();
+            hypha::bootstrap::spawn_child(&cx, method, "grandchild").await.map(|(id, _)| id).map_err(HandlerError::from)
+        })
         // Try to make another context run something: what a compromised agent would attempt.
         .on(|CallContext(id), cx: Cx| async move {
             Ok::<_, HandlerError>(match cx.router.call(id, &Echo("do my bidding".into())).await {
