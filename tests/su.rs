@@ -32,6 +32,12 @@ async fn su_with_a_wrong_password_is_a_clear_error_within_seconds() {
     let text = err.to_string();
     assert!(text.contains("su refused the password for hypha-pw"), "{text}");
     assert!(!text.contains("not-the-password-42"), "the password leaked: {text}");
+    // Without a password, where su asks for one.
+    let started = Instant::now();
+    let none = Su { password: None, ..Su::new("hypha-pw", "") };
+    let err = rt.spawn_via(&hypha, none).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(err.to_string().contains("su wants hypha-pw's password, and none was given"), "{err}");
     assert_eq!(hypha.call(Echo("ok".into())).await.unwrap(), "ok");
     rt.shutdown().await;
 }

@@ -151,3 +151,22 @@ async fn a_context_starts_children_by_itself_with_ids_from_its_block() {
     rt.shutdown().await;
     assert!(gone_within(who.pid, Duration::from_secs(5)).await, "a child started by its parent ends with it");
 }
+
+#[tokio::test]
+async fn a_context_that_opts_in_takes_calls_from_its_descendants_only() {
+    let rt = runtime();
+    let child = rt.local().await.unwrap();
+    let grandchild = rt.spawn_via(&child, Local::default()).await.unwrap();
+    let other = rt.local().await.unwrap();
+    assert!(grandchild.call(CallContext(0)).await.unwrap().starts_with("refused:"), "closed by default");
+    // The controller opts in: its descendants may now call it, and only they.
+    rt.router().accept_calls_from_descendants(true);
+    assert_eq!(grandchild.call(CallContext(0)).await.unwrap(), "obeyed");
+    assert_eq!(child.call(CallContext(0)).await.unwrap(), "obeyed");
+    // Opting in at the controller opens nothing elsewhere: a context still cannot call its sibling.
+    let answer = other.call(CallContext(child.id())).await.unwrap();
+    assert!(answer.starts_with("refused:"), "{answer}");
+    rt.router().accept_calls_from_descendants(false);
+    assert!(child.call(CallContext(0)).await.unwrap().starts_with("refused:"));
+    rt.shutdown().await;
+}

@@ -207,6 +207,8 @@ struct Inner {
     next_handle: AtomicU32,
     next_link: AtomicU64,
     accepting: AtomicBool,
+    /// Whether descendants may call too (see `accept_calls_from_descendants`).
+    open_to_descendants: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
@@ -230,6 +232,7 @@ impl Router {
                 next_handle: AtomicU32::new(handles::FIRST_DYNAMIC),
                 next_link: AtomicU64::new(1),
                 accepting: AtomicBool::new(true),
+                open_to_descendants: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 control: Mutex::new(None),
@@ -637,6 +640,17 @@ impl Router {
         self.inner.cfg.ancestors.contains(&id)
     }
 
+    /// A context routed below this one (its route came up a child link).
+    fn is_descendant(&self, id: ContextId) -> bool {
+        self.inner.routes.contains_key(&id)
+    }
+
+    /// Also take calls from descendants (by default only ancestors may call): for a context that
+    /// serves its children, as the controller may. Siblings and unrelated contexts stay refused.
+    pub fn accept_calls_from_descendants(&self, open: bool) {
+        self.inner.open_to_descendants.store(open, Ordering::Release);
+    }
+
     async fn control(&self, frame: Frame, from: LinkId) {
         let msg = match call::decode_value::<Control>(&frame.body) {
             Ok(msg) => msg,
@@ -726,7 +740,9 @@ impl Router {
                 .await;
         };
         let refuse = |kind, msg: String| Err(Failure::new(kind, msg));
-        if !self.is_ancestor(h.auth) {
+        if !self.is_ancestor(h.auth)
+            && !(self.inner.open_to_descendants.load(Ordering::Acquire) && self.is_descendant(h.auth))
+        {
             let msg = format!(
                 "calls are accepted only from ancestors {:?}, not from context {}",
                 self.inner.cfg.ancestors, h.auth
