@@ -640,6 +640,11 @@ impl Router {
         self.inner.cfg.ancestors.contains(&id)
     }
 
+    /// Whether context `auth` may call into this one: an ancestor, or a descendant after opting in.
+    fn may_call(&self, auth: ContextId) -> bool {
+        self.is_ancestor(auth) || (self.inner.open_to_descendants.load(Ordering::Acquire) && self.is_descendant(auth))
+    }
+
     /// A context routed below this one (its route came up a child link).
     fn is_descendant(&self, id: ContextId) -> bool {
         self.inner.routes.contains_key(&id)
@@ -740,9 +745,7 @@ impl Router {
                 .await;
         };
         let refuse = |kind, msg: String| Err(Failure::new(kind, msg));
-        if !self.is_ancestor(h.auth)
-            && !(self.inner.open_to_descendants.load(Ordering::Acquire) && self.is_descendant(h.auth))
-        {
+        if !self.may_call(h.auth) {
             let msg = format!(
                 "calls are accepted only from ancestors {:?}, not from context {}",
                 self.inner.cfg.ancestors, h.auth
