@@ -14,10 +14,9 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{handlers, tokio_rt, Sink};
+use common::{bench_call_rtt, bench_upload, handlers, tokio_rt};
 use criterion::{Criterion, Throughput};
 use hypha::{Ping, Runtime};
-use tokio::io::AsyncReadExt;
 
 /// Started with this variable set, the binary echoes 64-byte messages on stdin/stdout.
 const ECHO_ENV: &str = "HYPHA_BENCH_ECHO";
@@ -118,23 +117,7 @@ fn calls(c: &mut Criterion) {
         let ctx = hypha.local().await.expect("start");
         (hypha, ctx)
     });
-    c.bench_function("call_rtt", |b| {
-        b.iter_custom(|iters| {
-            let ctx = ctx.clone();
-            // Run the loop as a task so the caller and the link's reader share a worker thread.
-            rt.block_on(async move {
-                tokio::spawn(async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        ctx.call(Ping).await.expect("ping");
-                    }
-                    t.elapsed()
-                })
-                .await
-                .expect("task")
-            })
-        })
-    });
+    bench_call_rtt(c, "call_rtt", &rt, &ctx);
 
     const IN_FLIGHT: u64 = 1000;
     let mut g = c.benchmark_group("calls_in_flight");
@@ -162,19 +145,7 @@ fn calls(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Bytes(BULK));
-    g.bench_function("upload_1gib", |b| {
-        b.iter_custom(|iters| {
-            let ctx = ctx.clone();
-            rt.block_on(async move {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
-                    assert_eq!(n, BULK);
-                }
-                t.elapsed()
-            })
-        })
-    });
+    bench_upload(&mut g, "upload_1gib", &rt, &ctx, BULK);
     g.finish();
     rt.block_on(hypha.shutdown());
 }

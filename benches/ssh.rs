@@ -14,10 +14,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{handlers, tokio_rt, Sink};
+use common::{bench_call_rtt, bench_upload, handlers, tokio_rt};
 use criterion::{Criterion, Throughput};
 use hypha::{Auth, HostKeyPolicy, Method, OpenSsh, Ping, Runtime, Ssh};
-use tokio::io::AsyncReadExt;
 
 const BULK: u64 = 1 << 30;
 
@@ -127,41 +126,14 @@ fn calls(c: &mut Criterion, lab: &Lab) {
         let ctx = hypha.spawn(lab.ssh()).await.expect("start");
         (hypha, ctx)
     });
-    c.bench_function("ssh_call_rtt", |b| {
-        b.iter_custom(|iters| {
-            let ctx = ctx.clone();
-            rt.block_on(async move {
-                tokio::spawn(async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        ctx.call(Ping).await.expect("ping");
-                    }
-                    t.elapsed()
-                })
-                .await
-                .expect("task")
-            })
-        })
-    });
+    bench_call_rtt(c, "ssh_call_rtt", &rt, &ctx);
     let mut g = c.benchmark_group("ssh_bulk");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));
     g.throughput(Throughput::Bytes(BULK));
     let openssh = rt.block_on(hypha.spawn(lab.openssh())).expect("start");
     for (name, ctx) in [("upload_1gib", &ctx), ("upload_1gib_openssh", &openssh)] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let ctx = ctx.clone();
-                rt.block_on(async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        let n = ctx.upload(Sink, tokio::io::repeat(0).take(BULK)).await.expect("upload");
-                        assert_eq!(n, BULK);
-                    }
-                    t.elapsed()
-                })
-            })
-        });
+        bench_upload(&mut g, name, &rt, ctx, BULK);
     }
     g.finish();
     rt.block_on(hypha.shutdown());

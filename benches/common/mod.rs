@@ -2,8 +2,13 @@
 
 #![allow(dead_code)]
 
-use hypha::{ByteReceiver, Cx, HandlerError, Handlers, Request};
+use std::time::Instant;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+use hypha::{ByteReceiver, Context, Cx, HandlerError, Handlers, Ping, Request};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 
 /// Upload handler that discards what it gets and says how much it got.
 #[derive(Serialize, Deserialize)]
@@ -26,4 +31,48 @@ pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
         return tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     }
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio")
+}
+
+/// Round trip of one `Ping` on `ctx`, calls one after another.
+pub(crate) fn bench_call_rtt(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, ctx: &Context) {
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            // Run the loop as a task so the caller and the link's reader share a worker thread.
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        ctx.call(Ping).await.expect("ping");
+                    }
+                    t.elapsed()
+                })
+                .await
+                .expect("task")
+            })
+        })
+    });
+}
+
+/// `bytes` of zeros uploaded to `ctx`'s [`Sink`] per iteration.
+pub(crate) fn bench_upload(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    ctx: &Context,
+    bytes: u64,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let n = ctx.upload(Sink, tokio::io::repeat(0).take(bytes)).await.expect("upload");
+                    assert_eq!(n, bytes);
+                }
+                t.elapsed()
+            })
+        })
+    });
 }

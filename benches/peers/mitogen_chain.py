@@ -69,7 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # keep benches/peers/ free of __pycache__
 
 from mitogen_local import emit, now, summary  # also checks for mitogen
-from mitogen_ssh import CIPHER
+from mitogen_ssh import CIPHER, read_lab_env
 import mitogen.master
 
 import mitogen_funcs as funcs
@@ -83,17 +83,7 @@ def log(msg):
 
 
 def lab_facts():
-    lab_env = os.path.join(os.environ.get('HYPHA_LAB_DIR', '/run/hypha-lab'),
-                           'env')
-    facts = {}
-    try:
-        with open(lab_env) as f:
-            for line in f:
-                key, sep, value = line.strip().partition('=')
-                if sep:
-                    facts[key] = value
-    except OSError:
-        pass
+    facts = read_lab_env()
     lab = facts.get('LAB', '')
     hops = [facts['HOST_hop%d' % i] for i in range(1, 5)
             if 'HOST_hop%d' % i in facts]

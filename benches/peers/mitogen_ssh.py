@@ -63,7 +63,8 @@ def log(msg):
     print('[mitogen_ssh] ' + msg, file=sys.stderr, flush=True)
 
 
-def lab_facts():
+def read_lab_env():
+    """The lab's facts (tests/lab/lab.sh writes them as KEY=value lines), or {}."""
     lab_env = os.path.join(os.environ.get('HYPHA_LAB_DIR', '/run/hypha-lab'),
                            'env')
     facts = {}
@@ -75,6 +76,11 @@ def lab_facts():
                     facts[key] = value
     except OSError:
         pass
+    return facts
+
+
+def lab_facts():
+    facts = read_lab_env()
     lab = facts.get('LAB', '')
     return {
         'host': facts.get('HOST_plain'),

@@ -3,11 +3,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use hypha_runtime::proto::{Hello, Init};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 
 use crate::{handshake, BootError};
 
@@ -188,6 +190,22 @@ pub async fn boot(
             }
             Err(with_stderr(e, transport.stderr.as_ref()).await)
         }
+    }
+}
+
+/// Spawn `cmd` with stdin, stdout and stderr piped (killed if dropped), for a method that talks to
+/// the program over them.
+pub(crate) fn spawn_piped(
+    mut cmd: tokio::process::Command,
+    target: &str,
+) -> Result<(tokio::process::Child, ChildStdin, ChildStdout, ChildStderr), BootError> {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child =
+        cmd.spawn().map_err(|e| BootError::Start { target: target.into(), reason: format!("{program}: {e}") })?;
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Ok((child, stdin, stdout, stderr)),
+        _ => Err(BootError::Start { target: target.into(), reason: format!("{program}'s stdio was not piped") }),
     }
 }
 

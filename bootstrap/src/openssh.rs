@@ -5,12 +5,11 @@
 //! means no prompts: keys and agents work, passwords do not (use the `ssh` method for those).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
+use crate::method::{spawn_piped, with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{exe_hash, stub, BootError};
 
 /// What to do with the host's key.
@@ -93,7 +92,6 @@ impl OpenSsh {
             cmd.arg("-J").arg(self.jump.join(","));
         }
         cmd.args(&self.args).arg("--").arg(&self.destination).arg(remote);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd
     }
 }
@@ -110,15 +108,8 @@ impl Method for OpenSsh {
         Box::pin(async move {
             let target = self.target();
             let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
-            let mut child = self.command(&stub::command(nonce, hash)).spawn().map_err(|e| BootError::Start {
-                target: target.clone(),
-                reason: format!("{}: {e}", self.program.display()),
-            })?;
-            let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-                (child.stdin.take(), child.stdout.take(), child.stderr.take())
-            else {
-                return Err(BootError::Start { target, reason: "the ssh client's stdio was not piped".into() });
-            };
+            let (mut child, mut stdin, mut stdout, stderr) =
+                spawn_piped(self.command(&stub::command(nonce, hash)), &target)?;
             let tail = StderrTail::collect(stderr);
             let done = match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await
             {

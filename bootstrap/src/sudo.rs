@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -16,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::method::{BoxFuture, Method, StderrTail, Transport};
+use crate::method::{spawn_piped, BoxFuture, Method, StderrTail, Transport};
 use crate::{exe_hash, stub, BootError, Identity};
 
 /// What sudo prints when it wants the password (on stderr, thanks to `-S`).
@@ -75,16 +74,7 @@ impl Method for Sudo {
                 cmd.arg("-n");
             }
             cmd.arg("--").args(stub::argv(nonce, hash));
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-            let mut child = cmd.spawn().map_err(|e| BootError::Start {
-                target: target.clone(),
-                reason: format!("{}: {e}", self.program.display()),
-            })?;
-            let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-                (child.stdin.take(), child.stdout.take(), child.stderr.take())
-            else {
-                return Err(BootError::Start { target, reason: "sudo's stdio was not piped".into() });
-            };
+            let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, &target)?;
             let (tail, mut prompts) = watch_stderr(stderr);
             let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
 
