@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bench_call_rtt, bench_upload, handlers, tokio_rt};
+use common::{bench_call_rtt, bench_upload, handlers, timed_start, tokio_rt};
 use criterion::{Criterion, Throughput};
 use hypha::{Ping, Runtime};
 
@@ -64,10 +64,8 @@ fn start(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let t = Instant::now();
-                    let ctx = hypha.local().await.expect("start");
-                    ctx.call(Ping).await.expect("ping");
-                    total += t.elapsed();
+                    let (took, ctx) = timed_start(hypha.local()).await;
+                    total += took;
                     ctx.shutdown().await;
                 }
                 total

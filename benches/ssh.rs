@@ -12,11 +12,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bench_call_rtt, bench_upload, handlers, tokio_rt};
+use common::{bench_call_rtt, bench_upload, handlers, timed_start, tokio_rt};
 use criterion::{Criterion, Throughput};
-use hypha::{Auth, HostKeyPolicy, Method, OpenSsh, Ping, Runtime, Ssh};
+use hypha::{Auth, HostKeyPolicy, Method, OpenSsh, Runtime, Ssh};
 
 const BULK: u64 = 1 << 30;
 
@@ -86,10 +86,8 @@ fn start(c: &mut Criterion, lab: &Lab) {
                 rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let t = Instant::now();
-                        let ctx = hypha.spawn(method()).await.expect("start");
-                        ctx.call(Ping).await.expect("ping");
-                        total += t.elapsed();
+                        let (took, ctx) = timed_start(hypha.spawn(method())).await;
+                        total += took;
                         ctx.shutdown().await;
                     }
                     total
@@ -104,10 +102,8 @@ fn start(c: &mut Criterion, lab: &Lab) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     lab.clear_cache();
-                    let t = Instant::now();
-                    let ctx = hypha.spawn(lab.ssh()).await.expect("start");
-                    ctx.call(Ping).await.expect("ping");
-                    total += t.elapsed();
+                    let (took, ctx) = timed_start(hypha.spawn(lab.ssh())).await;
+                    total += took;
                     assert!(ctx.uploaded().is_some());
                     ctx.shutdown().await;
                 }

@@ -2,11 +2,12 @@
 
 #![allow(dead_code)]
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
-use hypha::{ByteReceiver, Context, Cx, HandlerError, Handlers, Ping, Request};
+use hypha::{BootError, ByteReceiver, Context, Cx, HandlerError, Handlers, Ping, Request};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
@@ -31,6 +32,14 @@ pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
         return tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     }
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio")
+}
+
+/// Time from starting a context (awaiting `start`) to its first answered call.
+pub(crate) async fn timed_start(start: impl Future<Output = Result<Context, BootError>>) -> (Duration, Context) {
+    let t = Instant::now();
+    let ctx = start.await.expect("start");
+    ctx.call(Ping).await.expect("ping");
+    (t.elapsed(), ctx)
 }
 
 /// Round trip of one `Ping` on `ctx`, calls one after another.

@@ -68,7 +68,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # keep benches/peers/ free of __pycache__
 
-from mitogen_local import emit, now, summary  # also checks for mitogen
+from mitogen_local import emit, emit_rtt, now, ping_batch  # also checks for mitogen
 from mitogen_ssh import CIPHER, read_lab_env
 import mitogen.master
 
@@ -153,17 +153,12 @@ def chain_rtt(router, chain, batches, calls):
     ctxs = chain.start(router, len(chain.hosts))
     for ctx, host in zip(ctxs, chain.hosts):
         log('  %s answers as %s' % (host, ctx.call(socket.gethostname)))
-        for _ in range(200):  # warm-up
-            ctx.call(funcs.ping)
+        ping_batch(ctx, 200)  # warm-up
     batch_means = [[] for _ in ctxs]
     per_call = [[] for _ in ctxs]
     for b in range(batches):
         for i, ctx in enumerate(ctxs):  # interleaved: drift hits all hops
-            times = []
-            for _ in range(calls):
-                t0 = now()
-                ctx.call(funcs.ping)
-                times.append((now() - t0) * 1e6)
+            times = ping_batch(ctx, calls)
             batch_means[i].append(statistics.fmean(times))
             per_call[i].extend(times)
         log('  batch %d/%d: %s us' % (b + 1, batches, ' '.join(
@@ -171,11 +166,9 @@ def chain_rtt(router, chain, batches, calls):
     shutdown(ctxs)
     medians, pc_medians = [], []
     for i, host in enumerate(chain.hosts):
-        pc = summary(per_call[i])
-        emit('chain_rtt_us_%d' % (i + 1), batch_means[i], unit='us',
-             hops=i + 1, host=host, calls_per_batch=calls,
-             per_call_median=pc['median'], per_call_p10=pc['p10'],
-             per_call_p90=pc['p90'], **chain.extra)
+        pc = emit_rtt('chain_rtt_us_%d' % (i + 1), batch_means[i],
+                      per_call[i], calls, hops=i + 1, host=host,
+                      **chain.extra)
         medians.append(statistics.median(batch_means[i]))
         pc_medians.append(pc['median'])
     if len(medians) > 1:

@@ -101,24 +101,41 @@ def local_start(router, runs):
     emit('local_start_ms', samples, unit='ms')
 
 
-def call_rtt(router, batches=5, calls=2000):
-    ctx = start_and_ping(router)
-    for _ in range(200):  # warm-up
+def ping_batch(ctx, calls):
+    """Round trips of `calls` pings on `ctx`, one after another, in us."""
+    times = []
+    for _ in range(calls):
+        t0 = now()
         ctx.call(funcs.ping)
+        times.append((now() - t0) * 1e6)
+    return times
+
+
+def measure_rtt(ctx, batches, calls):
+    """Warm up, then `batches` batches: (batch means, every call), in us."""
+    ping_batch(ctx, 200)
     batch_means, per_call = [], []
     for _ in range(batches):
-        times = []
-        for _ in range(calls):
-            t0 = now()
-            ctx.call(funcs.ping)
-            times.append((now() - t0) * 1e6)
+        times = ping_batch(ctx, calls)
         batch_means.append(statistics.fmean(times))
         per_call.extend(times)
-    ctx.shutdown(wait=True)
+    return batch_means, per_call
+
+
+def emit_rtt(figure, batch_means, per_call, calls, **extra):
+    """One round-trip figure: batch means, with the per-call median and spread."""
     pc = summary(per_call)
-    emit('call_rtt_us', batch_means, unit='us', calls_per_batch=calls,
+    emit(figure, batch_means, unit='us', calls_per_batch=calls,
          per_call_median=pc['median'], per_call_p10=pc['p10'],
-         per_call_p90=pc['p90'])
+         per_call_p90=pc['p90'], **extra)
+    return pc
+
+
+def call_rtt(router, batches=5, calls=2000):
+    ctx = start_and_ping(router)
+    batch_means, per_call = measure_rtt(ctx, batches, calls)
+    ctx.shutdown(wait=True)
+    emit_rtt('call_rtt_us', batch_means, per_call, calls)
 
 
 def hundred_contexts(router, count=100, repeats=3):

@@ -41,7 +41,6 @@ Run ``benches/peers/setup.sh`` once, start the lab (tests/lab/lab.sh up), then
 """
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # keep benches/peers/ free of __pycache__
 
-from mitogen_local import MIB, emit, now, summary  # also checks for mitogen
+from mitogen_local import MIB, emit, emit_rtt, measure_rtt, now  # also checks for mitogen
 import mitogen.master
 import mitogen.service
 
@@ -129,22 +128,9 @@ def ssh_start(router, target, runs):
 
 def ssh_call_rtt(router, target, batches=5, calls=2000):
     ctx = target.start(router)
-    for _ in range(200):  # warm-up
-        ctx.call(funcs.ping)
-    batch_means, per_call = [], []
-    for _ in range(batches):
-        times = []
-        for _ in range(calls):
-            t0 = now()
-            ctx.call(funcs.ping)
-            times.append((now() - t0) * 1e6)
-        batch_means.append(statistics.fmean(times))
-        per_call.extend(times)
+    batch_means, per_call = measure_rtt(ctx, batches, calls)
     ctx.shutdown(wait=True)
-    pc = summary(per_call)
-    emit('ssh_call_rtt_us', batch_means, unit='us', calls_per_batch=calls,
-         per_call_median=pc['median'], per_call_p10=pc['p10'],
-         per_call_p90=pc['p90'], **target.extra)
+    emit_rtt('ssh_call_rtt_us', batch_means, per_call, calls, **target.extra)
 
 
 def ssh_bytes(router, target, mib, repeats=3):
