@@ -117,28 +117,21 @@ async fn ssh_authenticates_with_a_passphrase_key_and_with_a_password() {
 #[tokio::test]
 async fn ssh_authenticates_through_an_agent() {
     let Some(lab) = lab() else { return };
-    let dir = std::env::temp_dir().join(format!("hypha-agent-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("agent.sock");
-    let mut agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn().unwrap();
-    for _ in 0..50 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let added = std::process::Command::new("ssh-add").arg(lab.key()).env("SSH_AUTH_SOCK", &sock).output().unwrap();
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let agent = SshAgent::start(&[lab.key()]);
     // This test binary runs alone in its process under nextest; the variable is ours.
-    std::env::set_var("SSH_AUTH_SOCK", &sock);
+    std::env::set_var("SSH_AUTH_SOCK", &agent.socket);
     let rt = runtime();
     let mut m = lab.ssh("plain");
-    m.auth = vec![hypha::Auth::Agent];
-    let result = rt.spawn(m).await;
-    let _ = agent.kill();
-    let _ = agent.wait();
-    std::fs::remove_dir_all(&dir).unwrap();
-    result.unwrap().call(Echo("agent".into())).await.unwrap();
+    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Env)];
+    rt.spawn(m).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    // An agent named by its socket; one holding no key is a clear error.
+    let mut m = lab.ssh("plain");
+    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(agent.socket.clone()))];
+    rt.spawn(m.clone()).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    let empty = SshAgent::start(&[]);
+    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(empty.socket.clone()))];
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::Auth { .. }) && err.to_string().contains("holds no identities"), "{err}");
     rt.shutdown().await;
 }
 
@@ -281,6 +274,55 @@ async fn a_four_hop_ssh_chain_where_each_host_is_reachable_only_from_the_previou
             lab.sh_via_chain(host, "find ~ -type f | grep -v '/.cache/hypha/hypha-' | grep -v authorized_keys; true");
         assert!(listing.trim().is_empty(), "{host} has unexpected files: {listing}");
     }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
+    let Some(lab) = lab() else { return };
+    let agent = SshAgent::start(&[lab.key()]);
+    let with_agent = |name: &str, socket: &std::path::Path| {
+        let mut m = lab.ssh(name);
+        m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(socket.to_owned()))];
+        m
+    };
+    let rt = runtime();
+    let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
+    // hop2, reachable only from hop1, started by hop1 and signed for by the agent here.
+    let hop2 = rt.spawn_via(&hop1, with_agent("hop2", &agent.socket)).await.unwrap();
+    assert_eq!(hop2.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
+    // The jump hosts of a via hop sign with it too: hop3 from hop1, through hop2.
+    let mut to_hop3 = with_agent("hop3", &agent.socket);
+    to_hop3.jump = vec![with_agent("hop2", &agent.socket)];
+    let hop3 = rt.spawn_via(&hop1, to_hop3).await.unwrap();
+    exercise(&hop3).await;
+    // The system ssh client on hop1 signs with it as well (hop1 has no key the lab user may read).
+    let openssh = |socket: &std::path::Path| {
+        let mut m = lab.openssh("hop2");
+        m.identity = None;
+        m.agent = hypha::Agent::Socket(socket.to_owned());
+        m
+    };
+    let ctx = rt.spawn_via(&hop1, openssh(&agent.socket)).await.unwrap();
+    assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
+    // hop1 keeps nothing: no key, no relay socket, no relay directory.
+    let left = lab.sh_via_chain(
+        "hop1",
+        "ls -d /tmp/hypha-agent.* 2>/dev/null; find ~ -type f | grep -v '/.cache/hypha/hypha-' | grep -v authorized_keys; true",
+    );
+    assert!(left.trim().is_empty(), "hop1 has unexpected files: {left}");
+    // An agent holding no key, or none at all: a clear error naming the hop, and the tree goes on.
+    let empty = SshAgent::start(&[]);
+    let err = rt.spawn_via(&hop1, with_agent("hop2", &empty.socket)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("holds no identities") && text.contains(lab.host("hop2")), "{text}");
+    let err = rt.spawn_via(&hop1, openssh(&empty.socket)).await.unwrap_err();
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    let missing = agent.socket.with_file_name("no-such-agent");
+    let err = rt.spawn_via(&hop1, with_agent("hop2", &missing)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("the lent ssh-agent") && text.contains("no-such-agent"), "{text}");
+    assert_eq!(hop2.call(Echo("still here".into())).await.unwrap(), "still here");
     rt.shutdown().await;
 }
 

@@ -168,5 +168,12 @@ async fn a_context_that_opts_in_takes_calls_from_its_descendants_only() {
     assert!(answer.starts_with("refused:"), "{answer}");
     rt.router().accept_calls_from_descendants(false);
     assert!(child.call(CallContext(0)).await.unwrap().starts_with("refused:"));
+    // Opening one handler opens that one only.
+    rt.router().open_handler_to_descendants("test.Count");
+    assert!(child.call(CallContext(0)).await.unwrap().starts_with("refused:"), "test.Echo is still closed");
+    rt.router().open_handler_to_descendants("test.Echo");
+    assert_eq!(grandchild.call(CallContext(0)).await.unwrap(), "obeyed");
+    let answer = other.call(CallContext(child.id())).await.unwrap();
+    assert!(answer.starts_with("refused:"), "{answer}");
     rt.shutdown().await;
 }

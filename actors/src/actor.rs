@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use hypha_bootstrap::{boot, BootError, Method, MethodSpec, Spawn};
+use hypha_bootstrap::{boot, AgentLoans, BootError, Method, MethodSpec, Spawn};
 use hypha_runtime::proto::{Control, Hello, IdBlock, Init};
 use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
 use tokio::process::Child;
@@ -96,6 +96,8 @@ pub(crate) enum Start {
         parent: ContextId,
         /// The method, ready to travel.
         spec: Box<MethodSpec>,
+        /// The ssh-agents lent to `parent` for this start.
+        loans: AgentLoans,
     },
 }
 
@@ -150,7 +152,7 @@ impl Actor for ContextActor {
                 let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
                 Ok((hello, booted.transport.uploaded, Gone::Link(link), booted.transport.process))
             }),
-            Start::Via { parent, spec } => self.io.spawn(async move {
+            Start::Via { parent, spec, loans } => self.io.spawn(async move {
                 // Watch before asking: a child that dies at once must still be noticed.
                 let gone = router.watch_route(id);
                 let target = format!("{} via context {parent}", spec.method().target());
@@ -158,6 +160,7 @@ impl Actor for ContextActor {
                     .call(parent, &Spawn { id, name, method: *spec, ids })
                     .await
                     .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
+                drop(loans);
                 span.record("host", spawned.hello.host.as_str());
                 Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
             }),

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, ArbiterHandle, System};
-use hypha_bootstrap::{BootError, Identity, Local, Method, MethodSpec, Ssh};
+use hypha_bootstrap::{AgentLoans, AgentMessage, BootError, Identity, Local, Method, MethodSpec, Ssh};
 use hypha_runtime::frame::DEFAULT_MAX_FRAME;
 use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
 use tokio::sync::{oneshot, watch};
@@ -139,6 +139,8 @@ impl Runtime {
             max_frame: options.max_frame,
         };
         let router = Router::new(cfg, hypha_bootstrap::install_builtins(handlers));
+        // Hops started via a context sign with the agents lent to them; they check their loans.
+        router.open_handler_to_descendants(AgentMessage::NAME);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 router,
@@ -182,8 +184,12 @@ impl Runtime {
     pub async fn spawn_via(&self, parent: &Context, method: impl Into<MethodSpec>) -> Result<Context, BootError> {
         let spec = method.into();
         let kind = spec.method().target();
-        let spec = spec.for_remote().map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
-        self.launch(Start::Via { parent: parent.id(), spec: Box::new(spec) }, &kind).await
+        // ssh-agents are lent to `parent` until the start has answered.
+        let mut loans = AgentLoans::new(self.inner.router.id(), parent.id());
+        let spec = spec
+            .for_remote(&mut loans)
+            .map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
+        self.launch(Start::Via { parent: parent.id(), spec: Box::new(spec), loans }, &kind).await
     }
 
     async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {

@@ -16,5 +16,8 @@ impl Request for Whoami {
 
 /// `handlers` plus the built-in ones.
 pub fn install(handlers: Handlers) -> Handlers {
-    handlers.on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) }).on(crate::via::spawn)
+    handlers
+        .on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) })
+        .on(crate::via::spawn)
+        .on(crate::forward::serve)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::forward::{Agent, AgentLoans};
 use crate::method::{spawn_piped, with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{exe_hash, stub, BootError};
 
@@ -34,6 +35,9 @@ pub struct OpenSsh {
     pub port: Option<u16>,
     /// Private key to offer (`-i`).
     pub identity: Option<PathBuf>,
+    /// The ssh-agent the client asks (its `SSH_AUTH_SOCK`). Started via another context, the
+    /// client is lent this host's agent for the start, through a relay.
+    pub agent: Agent,
     /// known_hosts file to check against (and record into, with [`HostKeyPolicy::AcceptNew`]).
     pub known_hosts: Option<PathBuf>,
     /// Host-key policy; `None` leaves it to the ssh configuration (whose default is to ask, which
@@ -58,6 +62,7 @@ impl OpenSsh {
             destination: destination.into(),
             port: None,
             identity: None,
+            agent: Agent::Env,
             known_hosts: None,
             host_key: None,
             connect_timeout: Duration::from_secs(10),
@@ -68,8 +73,12 @@ impl OpenSsh {
         }
     }
 
-    fn command(&self, remote: &str) -> Command {
+    fn command(&self, remote: &str) -> Result<Command, BootError> {
         let mut cmd = Command::new(&self.program);
+        let socket = self.agent.socket().map_err(|source| BootError::Io { target: self.target(), source })?;
+        if let Some(socket) = socket {
+            cmd.env("SSH_AUTH_SOCK", socket);
+        }
         cmd.arg("-T").args(["-o", "BatchMode=yes"]);
         cmd.arg("-o").arg(format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)));
         if let Some(port) = self.port {
@@ -92,7 +101,14 @@ impl OpenSsh {
             cmd.arg("-J").arg(self.jump.join(","));
         }
         cmd.args(&self.args).arg("--").arg(&self.destination).arg(remote);
-        cmd
+        Ok(cmd)
+    }
+
+    /// Ready to run on another host (the context `loans` are made to): the agent is lent for the
+    /// start; files (identity, known hosts, configuration) are that host's.
+    pub fn for_remote(mut self, loans: &mut AgentLoans) -> std::io::Result<OpenSsh> {
+        self.agent = std::mem::take(&mut self.agent).lend(loans)?.unwrap_or_default();
+        Ok(self)
     }
 }
 
@@ -109,7 +125,7 @@ impl Method for OpenSsh {
             let target = self.target();
             let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
             let (mut child, mut stdin, mut stdout, stderr) =
-                spawn_piped(self.command(&stub::command(nonce, hash)), &target)?;
+                spawn_piped(self.command(&stub::command(nonce, hash))?, &target)?;
             let tail = StderrTail::collect(stderr);
             let done = match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await
             {

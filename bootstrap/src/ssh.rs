@@ -14,6 +14,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
+use crate::forward::{Agent, AgentLoans};
 use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{exe_hash, stub, BootError, HostKeyPolicy};
 
@@ -58,8 +60,8 @@ pub enum Auth {
         /// Its passphrase.
         passphrase: Option<String>,
     },
-    /// Every identity the ssh-agent at `$SSH_AUTH_SOCK` holds.
-    Agent,
+    /// Every identity an ssh-agent holds, one after the other.
+    Agent(Agent),
     /// A password.
     Password(String),
 }
@@ -72,7 +74,7 @@ impl fmt::Debug for Auth {
                 write!(f, "Key({}{})", path.display(), if passphrase.is_some() { ", with passphrase" } else { "" })
             }
             Auth::KeyData { .. } => f.write_str("KeyData(..)"),
-            Auth::Agent => f.write_str("Agent"),
+            Auth::Agent(agent) => write!(f, "{agent:?}"),
             Auth::Password(_) => f.write_str("Password(..)"),
         }
     }
@@ -119,7 +121,7 @@ impl Ssh {
             port: 22,
             user: user.into(),
             auth: vec![
-                Auth::Agent,
+                Auth::Agent(Agent::Env),
                 Auth::Key { path: home.join(".ssh/id_ed25519"), passphrase: None },
                 Auth::Key { path: home.join(".ssh/id_rsa"), passphrase: None },
             ],
@@ -134,32 +136,40 @@ impl Ssh {
         }
     }
 
-    /// Make this method runnable from another host: key files and known_hosts are read here and
-    /// travel in memory. ssh-agent identities stay here (not forwarded yet) and are dropped.
-    pub fn for_remote(mut self) -> std::io::Result<Ssh> {
+    /// Make this method runnable from another host (the context `loans` are made to): key files
+    /// and known_hosts are read here and travel in memory; ssh-agents stay here and are lent for
+    /// the start ([`Agent::Lent`]).
+    pub fn for_remote(mut self, loans: &mut AgentLoans) -> io::Result<Ssh> {
         let mut auth = Vec::with_capacity(self.auth.len());
-        for a in self.auth {
+        for a in std::mem::take(&mut self.auth) {
             match a {
                 Auth::Key { path, passphrase } => match std::fs::read_to_string(&path) {
                     Ok(private_key) => auth.push(Auth::KeyData { private_key, passphrase }),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
                 },
-                Auth::Agent => {}
+                Auth::Agent(agent) => auth.extend(agent.lend(loans)?.map(Auth::Agent)),
                 other => auth.push(other),
             }
         }
         if auth.is_empty() {
-            return Err(std::io::Error::other(
-                "no credential can travel to a via hop (key files and passwords can; ssh-agent identities not yet)",
-            ));
+            return Err(io::Error::other(format!(
+                "no credential for {} can travel to the via hop: no key file exists and no ssh-agent runs here",
+                self.target()
+            )));
         }
         self.auth = auth;
-        self.jump = self.jump.into_iter().map(Ssh::for_remote).collect::<std::io::Result<_>>()?;
+        self.jump = self.jump.into_iter().map(|j| j.for_remote(loans)).collect::<io::Result<_>>()?;
         if self.known_hosts_data.is_none() {
             self.known_hosts_data = Some(std::fs::read_to_string(self.known_hosts_path()).unwrap_or_default());
         }
         Ok(self)
+    }
+
+    /// Apply `f` to every credential, this host's and the jump hosts'.
+    pub(crate) fn each_auth(&mut self, f: &mut dyn FnMut(&mut Auth) -> io::Result<()>) -> io::Result<()> {
+        self.auth.iter_mut().try_for_each(&mut *f)?;
+        self.jump.iter_mut().try_for_each(|j| j.each_auth(f))
     }
 
     fn known_hosts_path(&self) -> PathBuf {
@@ -173,9 +183,9 @@ impl Ssh {
     async fn session(&self) -> Result<AsyncSession<SshStream>, BootError> {
         let mut tunnel = None;
         for (i, jump) in self.jump.iter().enumerate() {
-            let session = jump.connect(tunnel.take()).await?;
+            let (session, raw) = jump.connect(tunnel.take()).await?;
             jump.check_host_key(&session)?;
-            jump.authenticate(&session).await?;
+            jump.authenticate(&session, &raw).await?;
             let next = self.jump.get(i + 1).unwrap_or(self);
             let channel = session.channel_direct_tcpip(&next.host, next.port, None).await.map_err(|e| {
                 BootError::Unreachable {
@@ -188,28 +198,31 @@ impl Ssh {
             tokio::spawn(pump(session, channel, far, StderrTail::default(), jump.keepalive));
             tunnel = Some(near);
         }
-        let session = self.connect(tunnel).await?;
+        let (session, raw) = self.connect(tunnel).await?;
         self.check_host_key(&session)?;
-        self.authenticate(&session).await?;
+        self.authenticate(&session, &raw).await?;
         Ok(session)
     }
 
-    async fn connect(&self, tunnel: Option<UnixStream>) -> Result<AsyncSession<SshStream>, BootError> {
+    /// A session after its handshake, and its libssh2 session as the stream saw it.
+    async fn connect(&self, tunnel: Option<UnixStream>) -> Result<(AsyncSession<SshStream>, RawSession), BootError> {
         let target = self.target();
         let unreachable = |reason: String| BootError::Unreachable { target: target.clone(), reason };
         let deadline = self.connect_timeout;
-        let stream = match tunnel {
-            Some(tunnel) => SshStream::Unix(tunnel),
+        let io = match tunnel {
+            Some(tunnel) => Io::Unix(tunnel),
             None => match tokio::time::timeout(deadline, TcpStream::connect((self.host.as_str(), self.port))).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    SshStream::Tcp(tcp)
+                    Io::Tcp(tcp)
                 }
                 Ok(Err(e)) => return Err(unreachable(e.to_string())),
                 Err(_) => return Err(unreachable(format!("no connection within {deadline:?}"))),
             },
         };
         let ssh_err = |what: &str, e: async_ssh2_lite::Error| format!("{what}: {}", describe(&e));
+        let raw = RawSession::default();
+        let stream = SshStream { io, raw: raw.clone() };
         let mut session = AsyncSession::new(stream, None).map_err(|e| unreachable(ssh_err("session", e)))?;
         for kind in [MethodType::CryptCs, MethodType::CryptSc] {
             if let Err(e) = session.method_pref(kind, &self.ciphers).await {
@@ -224,7 +237,7 @@ impl Ssh {
                     cipher_in = session.methods(MethodType::CryptSc).unwrap_or("?"),
                     "ssh session up"
                 );
-                Ok(session)
+                Ok((session, raw))
             }
             Ok(Err(e)) => Err(unreachable(ssh_err("SSH handshake failed", e))),
             Err(_) => Err(unreachable(format!("no SSH handshake within {deadline:?}"))),
@@ -280,7 +293,7 @@ impl Ssh {
         }
     }
 
-    async fn authenticate(&self, session: &AsyncSession<SshStream>) -> Result<(), BootError> {
+    async fn authenticate(&self, session: &AsyncSession<SshStream>, raw: &RawSession) -> Result<(), BootError> {
         let user = self.user.as_str();
         let mut tried = Vec::new();
         for auth in &self.auth {
@@ -294,12 +307,14 @@ impl Ssh {
                 Auth::KeyData { private_key, passphrase } => {
                     session.userauth_pubkey_memory(user, None, private_key, passphrase.as_deref()).await
                 }
-                Auth::Agent => {
-                    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+                Auth::Agent(agent) => match agent.socket() {
+                    Ok(Some(socket)) => self.agent_auth(raw, socket).await,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tried.push(format!("{auth:?}: {e}"));
                         continue;
                     }
-                    session.userauth_agent_with_try_next(user).await
-                }
+                },
                 Auth::Password(password) => session.userauth_password(user, password).await,
             };
             match result {
@@ -311,6 +326,48 @@ impl Ssh {
         let allowed = session.auth_methods(user).await.map(str::to_owned).unwrap_or_else(|_| "?".into());
         let tried = if tried.is_empty() { "no usable credential".to_owned() } else { tried.join("; ") };
         Err(BootError::Auth { target: self.target(), reason: format!("{tried} (the server accepts: {allowed})") })
+    }
+}
+
+impl Ssh {
+    /// Authenticate with the identities of the ssh-agent at `socket`, one after the other.
+    ///
+    /// libssh2 talks to an agent over a blocking socket. The agent may be a relay served by this
+    /// very thread (a via hop's, see [`crate::forward`]), so the exchange runs on a blocking thread,
+    /// with the session in blocking mode meanwhile (bounded by `timeout`).
+    async fn agent_auth(&self, raw: &RawSession, socket: PathBuf) -> Result<(), async_ssh2_lite::Error> {
+        let raw =
+            raw.get().cloned().ok_or_else(|| async_ssh2_lite::Error::Other("no session to authenticate".into()))?;
+        let (user, timeout) = (self.user.clone(), u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX));
+        let job = tokio::task::spawn_blocking(move || {
+            raw.set_timeout(timeout);
+            raw.set_blocking(true);
+            let result = (|| {
+                let mut agent = raw.agent()?;
+                agent.set_identity_path(&socket)?;
+                agent.connect().map_err(|e| format!("the ssh-agent at {}: {}", socket.display(), e.message()))?;
+                agent.list_identities()?;
+                let identities = agent.identities()?;
+                if identities.is_empty() {
+                    return Err(format!("the ssh-agent at {} holds no identities", socket.display()).into());
+                }
+                for identity in &identities {
+                    if agent.userauth(&user, identity).is_ok() && raw.authenticated() {
+                        return Ok(());
+                    }
+                }
+                Err(format!("none of the {} identities of the ssh-agent was accepted", identities.len()).into())
+            })();
+            raw.set_blocking(false);
+            raw.set_timeout(0);
+            result
+        });
+        match job.await {
+            Ok(result) => {
+                result.map_err(|e: Box<dyn std::error::Error + Send + Sync>| async_ssh2_lite::Error::Other(e))
+            }
+            Err(e) => Err(async_ssh2_lite::Error::Other(format!("the ssh-agent exchange failed: {e}").into())),
+        }
     }
 }
 
@@ -456,9 +513,24 @@ async fn pump<L: AsyncRead + AsyncWrite>(
     .await;
 }
 
+/// The libssh2 session under an `AsyncSession`, which async-ssh2-lite does not hand out: its
+/// stream sees it with every operation and keeps a handle here (for [`Ssh::agent_auth`]).
+type RawSession = Arc<OnceLock<ssh2::Session>>;
+
 /// The socket under a libssh2 session, waiting for libssh2 the way tokio's readiness model needs.
+pub struct SshStream {
+    io: Io,
+    raw: RawSession,
+}
+
+impl fmt::Debug for SshStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshStream").field("io", &self.io).finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
-pub enum SshStream {
+enum Io {
     /// A direct connection.
     Tcp(TcpStream),
     /// One end of a socketpair whose other end a jump host's tunnel feeds.
@@ -467,39 +539,39 @@ pub enum SshStream {
 
 impl AsRawFd for SshStream {
     fn as_raw_fd(&self) -> RawFd {
-        match self {
-            SshStream::Tcp(s) => s.as_raw_fd(),
-            SshStream::Unix(s) => s.as_raw_fd(),
+        match &self.io {
+            Io::Tcp(s) => s.as_raw_fd(),
+            Io::Unix(s) => s.as_raw_fd(),
         }
     }
 }
 
 impl SshStream {
     async fn ready(&self, interest: Interest) -> io::Result<tokio::io::Ready> {
-        match self {
-            SshStream::Tcp(s) => s.ready(interest).await,
-            SshStream::Unix(s) => s.ready(interest).await,
+        match &self.io {
+            Io::Tcp(s) => s.ready(interest).await,
+            Io::Unix(s) => s.ready(interest).await,
         }
     }
 
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        match self {
-            SshStream::Tcp(s) => s.try_io(interest, f),
-            SshStream::Unix(s) => s.try_io(interest, f),
+        match &self.io {
+            Io::Tcp(s) => s.try_io(interest, f),
+            Io::Unix(s) => s.try_io(interest, f),
         }
     }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            SshStream::Tcp(s) => s.poll_read_ready(cx),
-            SshStream::Unix(s) => s.poll_read_ready(cx),
+        match &self.io {
+            Io::Tcp(s) => s.poll_read_ready(cx),
+            Io::Unix(s) => s.poll_read_ready(cx),
         }
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            SshStream::Tcp(s) => s.poll_write_ready(cx),
-            SshStream::Unix(s) => s.poll_write_ready(cx),
+        match &self.io {
+            Io::Tcp(s) => s.poll_write_ready(cx),
+            Io::Unix(s) => s.poll_write_ready(cx),
         }
     }
 }
@@ -525,6 +597,7 @@ impl AsyncSessionStream for SshStream {
         _expected: BlockDirections,
         _sleep: Option<Duration>,
     ) -> Result<R, async_ssh2_lite::Error> {
+        self.raw.get_or_init(|| sess.clone());
         // libssh2 may have what it needs buffered already: try before waiting.
         match op() {
             Err(e) if would_block(&e) => {}

@@ -17,6 +17,7 @@ use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
+use crate::forward::{relay_agents, AgentLoans};
 use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
 
 #[cfg(doc)]
@@ -80,11 +81,12 @@ impl MethodSpec {
         }
     }
 
-    /// Ready to run on another host: what this host holds (key files, known hosts) goes along in
-    /// memory.
-    pub fn for_remote(self) -> std::io::Result<MethodSpec> {
+    /// Ready to run on another host (the context `loans` are made to): what this host holds goes
+    /// along in memory (key files, known hosts), or is lent for the start (ssh-agents).
+    pub fn for_remote(self, loans: &mut AgentLoans) -> std::io::Result<MethodSpec> {
         Ok(match self {
-            MethodSpec::Ssh(m) => MethodSpec::Ssh(m.for_remote()?),
+            MethodSpec::Ssh(m) => MethodSpec::Ssh(m.for_remote(loans)?),
+            MethodSpec::OpenSsh(m) => MethodSpec::OpenSsh(m.for_remote(loans)?),
             other => other,
         })
     }
@@ -154,12 +156,23 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let cfg = router.config();
     let ancestors: Vec<ContextId> = std::iter::once(router.id()).chain(cfg.ancestors.iter().copied()).collect();
     let max_frame = cfg.max_frame;
-    let method = req.method.method();
-    let target = method.target();
-    let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+    let mut spec = req.method;
+    let target = spec.method().target();
+    let io = |source| BootError::Io { target: target.clone(), source };
+    let hash = exe_hash().map_err(io)?;
+    // Agents lent by an ancestor are reached through relays that last as long as the start.
+    let relays = relay_agents(&mut spec, &router).map_err(io)?;
     let init =
         |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32, ids: req.ids };
-    let booted = boot(method, hash, max_frame, init).await?;
+    let booted = match boot(spec.method(), hash, max_frame, init).await {
+        Ok(booted) => booted,
+        Err(BootError::Auth { target, reason }) if relays.iter().any(|r| r.refused().is_some()) => {
+            let lent = relays.iter().filter_map(|r| r.refused()).collect::<Vec<_>>().join("; ");
+            return Err(BootError::Auth { target, reason: format!("{reason} (the lent ssh-agent: {lent})") });
+        }
+        Err(e) => return Err(e),
+    };
+    drop(relays);
     let hello = booted.hello;
     let span = info_span!("context", id = req.id, name = %req.name, host = %hello.host);
     let opts = LinkOptions {

@@ -209,6 +209,8 @@ struct Inner {
     accepting: AtomicBool,
     /// Whether descendants may call too (see `accept_calls_from_descendants`).
     open_to_descendants: AtomicBool,
+    /// Handlers descendants may call even so (see `open_handler_to_descendants`).
+    open_handlers: std::sync::RwLock<Vec<String>>,
     in_flight: AtomicUsize,
     idle: Notify,
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
@@ -233,6 +235,7 @@ impl Router {
                 next_link: AtomicU64::new(1),
                 accepting: AtomicBool::new(true),
                 open_to_descendants: AtomicBool::new(false),
+                open_handlers: Default::default(),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 control: Mutex::new(None),
@@ -640,9 +643,13 @@ impl Router {
         self.inner.cfg.ancestors.contains(&id)
     }
 
-    /// Whether context `auth` may call into this one: an ancestor, or a descendant after opting in.
-    fn may_call(&self, auth: ContextId) -> bool {
-        self.is_ancestor(auth) || (self.inner.open_to_descendants.load(Ordering::Acquire) && self.is_descendant(auth))
+    /// Whether context `auth` may call handler `name` here: an ancestor, or a descendant after this
+    /// context opted in, for every handler or for this one.
+    fn may_call(&self, auth: ContextId, name: &str) -> bool {
+        self.is_ancestor(auth)
+            || self.is_descendant(auth)
+                && (self.inner.open_to_descendants.load(Ordering::Acquire)
+                    || self.inner.open_handlers.read().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name))
     }
 
     /// A context routed below this one (its route came up a child link).
@@ -654,6 +661,16 @@ impl Router {
     /// serves its children, as the controller may. Siblings and unrelated contexts stay refused.
     pub fn accept_calls_from_descendants(&self, open: bool) {
         self.inner.open_to_descendants.store(open, Ordering::Release);
+    }
+
+    /// Let descendants call handler `name` (only that one; by default only ancestors may call):
+    /// for a handler that serves the contexts below this one and checks for itself what each
+    /// caller may do, as the controller's ssh-agent relay does.
+    pub fn open_handler_to_descendants(&self, name: &str) {
+        let mut open = self.inner.open_handlers.write().unwrap_or_else(|e| e.into_inner());
+        if !open.iter().any(|n| n == name) {
+            open.push(name.to_owned());
+        }
     }
 
     async fn control(&self, frame: Frame, from: LinkId) {
@@ -745,7 +762,7 @@ impl Router {
                 .await;
         };
         let refuse = |kind, msg: String| Err(Failure::new(kind, msg));
-        if !self.may_call(h.auth) {
+        if !self.may_call(h.auth, name) {
             let msg = format!(
                 "calls are accepted only from ancestors {:?}, not from context {}",
                 self.inner.cfg.ancestors, h.auth

@@ -207,6 +207,46 @@ pub fn kill9(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
+/// A real `ssh-agent`, holding `keys`, on a socket of its own; stopped when dropped.
+pub struct SshAgent {
+    pub socket: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    process: std::process::Child,
+}
+
+impl SshAgent {
+    pub fn start(keys: &[std::path::PathBuf]) -> SshAgent {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hypha-test-agent.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let process = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).spawn().unwrap();
+        for _ in 0..250 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for key in keys {
+            let added = std::process::Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+            assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+        }
+        SshAgent { socket, dir, process }
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The SSH test lab (`tests/lab/lab.sh`): hosts in network namespaces, a user, keys.
 #[derive(Debug, Clone)]
 pub struct Lab {
