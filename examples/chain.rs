@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use common::{SshOptions, SSH_USAGE};
+use common::{say, SshOptions, SSH_USAGE};
 use hypha::{Context, Handlers, Local, MethodSpec, Ping, Runtime, Su, Sudo, Whoami};
 
 async fn run() -> anyhow::Result<()> {
@@ -71,9 +71,11 @@ async fn run() -> anyhow::Result<()> {
         let took = started.elapsed();
         let who = ctx.call(Whoami).await.map_err(|e| anyhow!("hop {n} ({hop}): {e}"))?;
         let cached = if ctx.uploaded().is_some() { "uploaded" } else { "cached" };
-        println!(
+        say!(
             "hop {n}: {hop:<28} user {:<12} host {:<16} pid {:<7} ({took:.0?}, agent {cached})",
-            who.user, who.host, who.pid
+            who.user,
+            who.host,
+            who.pid
         );
         parent = Some(ctx);
     }
@@ -86,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
     }
     times.sort();
     let median: Duration = times[times.len() / 2];
-    println!("round trip to hop {}: {median:.0?} (median of {})", hops.len(), times.len());
+    say!("round trip to hop {}: {median:.0?} (median of {})", hops.len(), times.len());
     rt.shutdown().await;
     Ok(())
 }
@@ -99,11 +101,5 @@ fn env(var: &str) -> anyhow::Result<String> {
 async fn main() -> ExitCode {
     hypha::run_if_agent(&Handlers::new());
     hypha::bootstrap::init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run().await)
 }

@@ -12,8 +12,8 @@ mod common;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::bail;
-use common::{SshOptions, SSH_USAGE};
+use anyhow::{bail, Context as _};
+use common::{say, SshOptions, SSH_USAGE};
 use hypha::{Handlers, Runtime, Whoami};
 
 async fn run() -> anyhow::Result<()> {
@@ -38,16 +38,16 @@ async fn run() -> anyhow::Result<()> {
     let ctx = rt.spawn(method).await?;
     let took = started.elapsed();
     let hello = ctx.hello();
-    println!("context {} ({})", ctx.id(), ctx.name());
-    println!("  user {}  host {}  arch {}  pid {}", hello.user, hello.host, hello.arch, hello.pid);
-    println!("  agent {}", hello.binary_hash);
+    say!("context {} ({})", ctx.id(), ctx.name());
+    say!("  user {}  host {}  arch {}  pid {}", hello.user, hello.host, hello.arch, hello.pid);
+    say!("  agent {}", hello.binary_hash);
     match ctx.uploaded() {
-        Some(bytes) => println!("  started in {took:.2?}: agent uploaded ({bytes} bytes compressed)"),
-        None => println!("  started in {took:.2?}: agent found cached on the host"),
+        Some(bytes) => say!("  started in {took:.2?}: agent uploaded ({bytes} bytes compressed)"),
+        None => say!("  started in {took:.2?}: agent found cached on the host"),
     }
     let t = Instant::now();
     let who = ctx.call(Whoami).await?;
-    println!("  Whoami answered in {:.2?}: pid {} on {} as {}", t.elapsed(), who.pid, who.host, who.user);
+    say!("  Whoami answered in {:.2?}: pid {} on {} as {}", t.elapsed(), who.pid, who.host, who.user);
     ctx.shutdown().await;
     rt.shutdown().await;
     Ok(())
@@ -57,11 +57,5 @@ async fn run() -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     hypha::run_if_agent(&Handlers::new());
     hypha::bootstrap::init_logging(); // HYPHA_LOG=debug shows the SSH session's details
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run().await)
 }

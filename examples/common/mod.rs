@@ -1,6 +1,7 @@
 //! The ssh options shared by the `remote` and `chain` examples.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use hypha::{Auth, HostKeyPolicy, MethodSpec, OpenSsh, Ssh};
@@ -95,5 +96,29 @@ fn split_port(destination: &str) -> anyhow::Result<(String, Option<u16>)> {
             Ok((target.replace(['[', ']'], ""), Some(port.parse().context("port")?)))
         }
         _ => Ok((destination.to_owned(), None)),
+    }
+}
+
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).context("writing to stdout")?;
+    }};
+}
+pub(crate) use say;
+
+/// The exit status for what `run` returned, with the error on stderr. A closed stdout is no error:
+/// whoever reads it has seen enough, as with any Unix tool.
+pub(crate) fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
