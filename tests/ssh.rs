@@ -87,6 +87,39 @@ async fn a_wrong_or_unknown_host_key_is_refused_before_anything_is_sent() {
     rt.shutdown().await;
 }
 
+#[tokio::test]
+async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    // known_hosts holds only the host's ECDSA key (as an older client recorded it), with plain or
+    // hashed names; the server prefers to show its ed25519 key, which is no mismatch.
+    for file in ["known_hosts_ecdsa", "known_hosts_ecdsa_hashed"] {
+        let mut m = lab.ssh("plain");
+        m.known_hosts = Some(lab.dir.join(file));
+        let ctx = rt.spawn(m).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(ctx.call(Echo("typed".into())).await.unwrap(), "typed");
+    }
+    // Another host's ECDSA key on record for this one: a real mismatch, of the same type.
+    let ecdsa = std::fs::read_to_string(lab.dir.join("known_hosts_ecdsa")).unwrap();
+    let noisy = ecdsa.lines().find(|l| l.starts_with(&format!("{} ", lab.host("noisy")))).unwrap();
+    let forged = noisy.replacen(lab.host("noisy"), lab.host("plain"), 1);
+    let mut m = lab.ssh("plain");
+    m.known_hosts_data = Some(forged);
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+    assert!(err.to_string().contains("ecdsa-sha2-nistp256 key presented differs"), "{err}");
+    // Only a type the server does not have on record: refused as a changed key, even with
+    // accept-new, which takes keys of hosts it knows nothing of.
+    let rsa = std::fs::read_to_string(lab.dir.join("keys/id_rsa.pub")).unwrap();
+    let mut m = lab.ssh("plain");
+    m.known_hosts_data = Some(format!("{} {}", lab.host("plain"), rsa.trim()));
+    m.host_key = HostKeyPolicy::AcceptNew;
+    let err = rt.spawn(m).await.unwrap_err();
+    assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+    assert!(err.to_string().contains("holds only ssh-rsa"), "{err}");
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_contexts_serve_calls_like_local_ones() {
     let Some(lab) = lab() else { return };

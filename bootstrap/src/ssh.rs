@@ -183,8 +183,8 @@ impl Ssh {
     async fn session(&self) -> Result<AsyncSession<SshStream>, BootError> {
         let mut tunnel = None;
         for (i, jump) in self.jump.iter().enumerate() {
-            let (session, raw) = jump.connect(tunnel.take()).await?;
-            jump.check_host_key(&session)?;
+            let (session, raw, known) = jump.connect(tunnel.take()).await?;
+            jump.check_host_key(&session, &known)?;
             jump.authenticate(&session, &raw).await?;
             let next = self.jump.get(i + 1).unwrap_or(self);
             let channel = session.channel_direct_tcpip(&next.host, next.port, None).await.map_err(|e| {
@@ -198,14 +198,18 @@ impl Ssh {
             tokio::spawn(pump(session, channel, far, StderrTail::default(), jump.keepalive));
             tunnel = Some(near);
         }
-        let (session, raw) = self.connect(tunnel).await?;
-        self.check_host_key(&session)?;
+        let (session, raw, known) = self.connect(tunnel).await?;
+        self.check_host_key(&session, &known)?;
         self.authenticate(&session, &raw).await?;
         Ok(session)
     }
 
-    /// A session after its handshake, and its libssh2 session as the stream saw it.
-    async fn connect(&self, tunnel: Option<UnixStream>) -> Result<(AsyncSession<SshStream>, RawSession), BootError> {
+    /// A session after its handshake, its libssh2 session as the stream saw it, and what
+    /// known_hosts says of the host.
+    async fn connect(
+        &self,
+        tunnel: Option<UnixStream>,
+    ) -> Result<(AsyncSession<SshStream>, RawSession, Known), BootError> {
         let target = self.target();
         let unreachable = |reason: String| BootError::Unreachable { target: target.clone(), reason };
         let deadline = self.connect_timeout;
@@ -229,6 +233,18 @@ impl Ssh {
                 debug!(error = %describe(&e), "cipher preference not taken");
             }
         }
+        // Ask for a key of a type on record first, as OpenSSH does: a server with several keys
+        // would otherwise show one known_hosts cannot vouch for.
+        let known = self.known(&session)?;
+        if !known.types.is_empty() {
+            let mut prefs: Vec<&str> = known.types.iter().flat_map(|t| algorithms(t)).copied().collect();
+            let all = session.supported_algs(MethodType::HostKey).await.unwrap_or_default();
+            let rest: Vec<&str> = all.into_iter().filter(|a| !prefs.contains(a)).collect();
+            prefs.extend(rest);
+            if let Err(e) = session.method_pref(MethodType::HostKey, &prefs.join(",")).await {
+                debug!(error = %describe(&e), "host key preference not taken");
+            }
+        }
         match tokio::time::timeout(deadline, session.handshake()).await {
             Ok(Ok(())) => {
                 debug!(
@@ -237,51 +253,91 @@ impl Ssh {
                     cipher_in = session.methods(MethodType::CryptSc).unwrap_or("?"),
                     "ssh session up"
                 );
-                Ok((session, raw))
+                Ok((session, raw, known))
             }
             Ok(Err(e)) => Err(unreachable(ssh_err("SSH handshake failed", e))),
             Err(_) => Err(unreachable(format!("no SSH handshake within {deadline:?}"))),
         }
     }
 
-    /// Check the host's key against known_hosts before sending anything.
-    fn check_host_key(&self, session: &AsyncSession<SshStream>) -> Result<(), BootError> {
+    /// What known_hosts says of this host: its lines (the copy sent along, or the file's), and
+    /// which key types it records for this host.
+    fn known(&self, session: &AsyncSession<SshStream>) -> Result<Known, BootError> {
+        if self.host_key == HostKeyPolicy::Ignore {
+            return Ok(Known::default());
+        }
+        let lines = match &self.known_hosts_data {
+            Some(lines) => lines.clone(),
+            None => match std::fs::read_to_string(self.known_hosts_path()) {
+                Ok(lines) => lines,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+                Err(e) => {
+                    let reason = format!("{}: {e}", self.known_hosts_path().display());
+                    return Err(BootError::HostKey { target: self.target(), reason });
+                }
+            },
+        };
+        let mut types: Vec<String> = Vec::new();
+        for kind in entries(&lines).filter_map(key_type) {
+            if !types.iter().any(|t| t == kind) {
+                types.push(kind.to_owned());
+            }
+        }
+        // Which are this host's: libssh2 matches the names (hashed ones too), and a key that
+        // cannot match tells "a key of this type is on record" (mismatch) from "none" (not found).
+        types.retain(|kind| matches!(self.check_lines(session, &lines, kind, &[0]), Ok(CheckResult::Mismatch)));
+        Ok(Known { lines, types })
+    }
+
+    /// Check `key` against the entries of `lines` holding a key of type `kind`.
+    fn check_lines(
+        &self,
+        session: &AsyncSession<SshStream>,
+        lines: &str,
+        kind: &str,
+        key: &[u8],
+    ) -> Result<CheckResult, String> {
+        let mut known = session.known_hosts().map_err(|e| e.to_string())?;
+        for line in entries(lines).filter(|l| key_type(l) == Some(kind)) {
+            known.read_str(line, KnownHostFileKind::OpenSSH).map_err(|e| format!("reading {line:.60}: {e}"))?;
+        }
+        Ok(known.check_port(&self.host, self.port, key))
+    }
+
+    /// Check the host's key against known_hosts before sending anything: against the entries of
+    /// the same key type (libssh2 alone would compare it with every type's).
+    fn check_host_key(&self, session: &AsyncSession<SshStream>, known: &Known) -> Result<(), BootError> {
         let target = self.target();
         let refuse = |reason: String| BootError::HostKey { target: target.clone(), reason };
         if self.host_key == HostKeyPolicy::Ignore {
             return Ok(());
         }
         let (key, kind) = session.host_key().ok_or_else(|| refuse("the server presented no host key".into()))?;
+        let name = key_name(kind);
         let path = self.known_hosts_path();
-        let mut known = session.known_hosts().map_err(|e| refuse(e.to_string()))?;
-        if let Some(lines) = &self.known_hosts_data {
-            for line in lines.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-                known.read_str(line, KnownHostFileKind::OpenSSH).map_err(|e| refuse(format!("known hosts: {e}")))?;
-            }
-        } else if path.exists() {
-            known
-                .read_file(&path, KnownHostFileKind::OpenSSH)
-                .map_err(|e| refuse(format!("{}: {e}", path.display())))?;
-        }
-        match known.check_port(&self.host, self.port, key) {
+        let source = match self.known_hosts_data {
+            Some(_) => "the known hosts sent along".to_owned(),
+            None => path.display().to_string(),
+        };
+        let host = self.known_host_name();
+        match self.check_lines(session, &known.lines, name, key).map_err(|e| refuse(format!("{source}: {e}")))? {
             CheckResult::Match => Ok(()),
             CheckResult::Mismatch => Err(refuse(format!(
-                "the {} key presented differs from the one in {} (possible man in the middle)",
-                key_name(kind),
-                path.display()
+                "the {name} key presented differs from the one in {source} (possible man in the middle)"
+            ))),
+            CheckResult::NotFound if !known.types.is_empty() => Err(refuse(format!(
+                "the server presented a {name} key, but {source} holds only {} for {host} (possible man in the \
+                 middle, or its keys changed)",
+                known.types.join(", ")
             ))),
             CheckResult::NotFound if self.host_key == HostKeyPolicy::AcceptNew => {
                 if self.known_hosts_data.is_some() {
                     return Ok(());
                 }
-                record(&path, &self.known_host_name(), kind, key).map_err(|e| refuse(format!("recording it: {e}")))
+                record(&path, &host, kind, key).map_err(|e| refuse(format!("recording it: {e}")))
             }
-            CheckResult::NotFound => Err(refuse(format!(
-                "no key for {} in {} (host-key policy: enforce)",
-                self.known_host_name(),
-                path.display()
-            ))),
-            CheckResult::Failure => Err(refuse(format!("could not check {}", path.display()))),
+            CheckResult::NotFound => Err(refuse(format!("no key for {host} in {source} (host-key policy: enforce)"))),
+            CheckResult::Failure => Err(refuse(format!("could not check {source}"))),
         }
     }
 
@@ -660,6 +716,38 @@ impl AsyncSessionStream for SshStream {
     }
 }
 
+/// What known_hosts says of a host (see [`Ssh::known`]).
+#[derive(Default)]
+struct Known {
+    lines: String,
+    types: Vec<String>,
+}
+
+/// The entries of known_hosts `lines`.
+fn entries(lines: &str) -> impl Iterator<Item = &str> {
+    lines.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The key type of a known_hosts entry (`ssh-ed25519`...): the field after the host names (and
+/// after a marker such as `@cert-authority`).
+fn key_type(entry: &str) -> Option<&str> {
+    let mut fields = entry.split_whitespace().skip_while(|f| f.starts_with('@'));
+    fields.next()?;
+    fields.next()
+}
+
+/// The host-key algorithms that present a key of known_hosts type `kind`.
+fn algorithms(kind: &str) -> &[&str] {
+    match kind {
+        "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+        "ssh-ed25519" => &["ssh-ed25519"],
+        "ecdsa-sha2-nistp256" => &["ecdsa-sha2-nistp256"],
+        "ecdsa-sha2-nistp384" => &["ecdsa-sha2-nistp384"],
+        "ecdsa-sha2-nistp521" => &["ecdsa-sha2-nistp521"],
+        _ => &[],
+    }
+}
+
 /// async-ssh2-lite's errors print as `Debug`; say just the message.
 fn describe(e: &async_ssh2_lite::Error) -> String {
     match e {
@@ -711,6 +799,17 @@ fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_entries_name_their_key_type() {
+        assert_eq!(key_type("10.0.0.1,web1 ssh-ed25519 AAAA comment"), Some("ssh-ed25519"));
+        assert_eq!(key_type("|1|salt=|hash= ecdsa-sha2-nistp256 AAAA"), Some("ecdsa-sha2-nistp256"));
+        assert_eq!(key_type("@cert-authority *.example ssh-rsa AAAA"), Some("ssh-rsa"));
+        assert_eq!(key_type("lonely"), None);
+        let lines = "# comment\n\n  web1 ssh-rsa AAAA\n";
+        assert_eq!(entries(lines).collect::<Vec<_>>(), ["web1 ssh-rsa AAAA"]);
+        assert!(algorithms("ssh-rsa").contains(&"rsa-sha2-512"), "RSA keys are shown with SHA-2 signatures");
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet() {

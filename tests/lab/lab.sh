@@ -156,10 +156,13 @@ start_host() {
         return
     fi
     [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$dir/ssh_host_ed25519_key"
+    # A second key type, as most servers have: clients must check the type they know.
+    [ -f "$dir/ssh_host_ecdsa_key" ] || ssh-keygen -q -t ecdsa -N "" -f "$dir/ssh_host_ecdsa_key"
     cat > "$dir/sshd_config" <<EOF
 ListenAddress $ip
 Port 22
 HostKey $dir/ssh_host_ed25519_key
+HostKey $dir/ssh_host_ecdsa_key
 PidFile $dir/sshd.pid
 AuthorizedKeysFile .ssh/authorized_keys
 PubkeyAuthentication yes
@@ -193,12 +196,19 @@ host_addresses() {
 write_known_hosts() {
     : > "$LAB/known_hosts"
     : > "$LAB/wrong_known_hosts"
+    : > "$LAB/known_hosts_ecdsa"
     host_addresses | while read -r name ip; do
         local dir="$LAB/hosts/$name"
         echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$LAB/known_hosts"
         # The same host with another key: what a man in the middle would present.
         echo "$ip $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$LAB/wrong_known_hosts"
+        # Only the other key type, as an older client would have recorded it.
+        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ecdsa_key.pub")" >> "$LAB/known_hosts_ecdsa"
     done
+    # The same with hashed host names (HashKnownHosts).
+    cp "$LAB/known_hosts_ecdsa" "$LAB/known_hosts_ecdsa_hashed"
+    ssh-keygen -q -H -f "$LAB/known_hosts_ecdsa_hashed" >/dev/null 2>&1
+    rm -f "$LAB/known_hosts_ecdsa_hashed.old"
 }
 
 up() {
