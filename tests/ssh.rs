@@ -324,6 +324,9 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     // hop2, reachable only from hop1, started by hop1 and signed for by the agent here.
     let hop2 = rt.spawn_via(&hop1, with_agent("hop2", &agent.socket)).await.unwrap();
     assert_eq!(hop2.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
+    // One level further: hop2's relay reaches the controller through hop1.
+    let deeper = rt.spawn_via(&hop2, with_agent("hop3", &agent.socket)).await.unwrap();
+    assert_eq!(deeper.call(hypha::Whoami).await.unwrap().host, "lab-hop3");
     // The jump hosts of a via hop sign with it too: hop3 from hop1, through hop2.
     let mut to_hop3 = with_agent("hop3", &agent.socket);
     to_hop3.jump = vec![with_agent("hop2", &agent.socket)];
@@ -338,12 +341,14 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     };
     let ctx = rt.spawn_via(&hop1, openssh(&agent.socket)).await.unwrap();
     assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
-    // hop1 keeps nothing: no key, no relay socket, no relay directory.
-    let left = lab.sh_via_chain(
-        "hop1",
-        "ls -d /tmp/hypha-agent.* 2>/dev/null; find ~ -type f | grep -v '/.cache/hypha/hypha-' | grep -v authorized_keys; true",
-    );
-    assert!(left.trim().is_empty(), "hop1 has unexpected files: {left}");
+    // The hops keep nothing: no key, no relay socket, no relay directory.
+    for hop in ["hop1", "hop2"] {
+        let left = lab.sh_via_chain(
+            hop,
+            "ls -d /tmp/hypha-agent.* 2>/dev/null; find ~ -type f | grep -v '/.cache/hypha/hypha-' | grep -v authorized_keys; true",
+        );
+        assert!(left.trim().is_empty(), "{hop} has unexpected files: {left}");
+    }
     // An agent holding no key, or none at all: a clear error naming the hop, and the tree goes on.
     let empty = SshAgent::start(&[]);
     let err = rt.spawn_via(&hop1, with_agent("hop2", &empty.socket)).await.unwrap_err();
