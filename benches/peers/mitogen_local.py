@@ -158,7 +158,10 @@ def hundred_contexts(router, count=100, repeats=3):
     emit('hundred_contexts_s', samples, unit='s', contexts=count)
 
 
-def bytes_fileservice(router, mib, repeats=3):
+def fileservice_mib_s(router, start, mib, repeats=3):
+    """MiB/s of ``repeats`` fetches of a ``mib`` MiB file through
+    ``mitogen.service.FileService`` by the context ``start(router)`` returns
+    (after one warm-up fetch)."""
     pool = mitogen.service.get_or_create_pool(router=router)
     service = mitogen.service.FileService(router)
     pool.add(service)
@@ -169,16 +172,22 @@ def bytes_fileservice(router, mib, repeats=3):
             for _ in range(mib):
                 f.write(chunk)
         service.register(path)
-        ctx = start_and_ping(router)
+        ctx = start(router)
         ctx.call(funcs.fetch_from_parent, path)  # warm-up (imports + cache)
         samples = []
         for _ in range(repeats):
             t0 = now()
             got = ctx.call(funcs.fetch_from_parent, path)
             samples.append(got / MIB / (now() - t0))
+            log('  transfer: %.1f MiB/s' % samples[-1])
         ctx.shutdown(wait=True)
     finally:
         os.unlink(path)
+    return samples
+
+
+def bytes_fileservice(router, mib, repeats=3):
+    samples = fileservice_mib_s(router, start_and_ping, mib, repeats)
     emit('bytes_mib_s', samples, unit='MiB/s', mib=mib,
          method='mitogen.service.FileService')
 

@@ -42,15 +42,12 @@ Run ``benches/peers/setup.sh`` once, start the lab (tests/lab/lab.sh up), then
 import argparse
 import os
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # keep benches/peers/ free of __pycache__
 
-from mitogen_local import MIB, emit, emit_rtt, measure_rtt, now  # also checks for mitogen
+from mitogen_local import emit, emit_rtt, fileservice_mib_s, measure_rtt, now  # also checks for mitogen
 import mitogen.master
-import mitogen.service
 
 import mitogen_funcs as funcs
 
@@ -134,27 +131,7 @@ def ssh_call_rtt(router, target, batches=5, calls=2000):
 
 
 def ssh_bytes(router, target, mib, repeats=3):
-    pool = mitogen.service.get_or_create_pool(router=router)
-    service = mitogen.service.FileService(router)
-    pool.add(service)
-    fd, path = tempfile.mkstemp(prefix='mitogen-peer-')
-    try:
-        chunk = bytes(MIB)
-        with os.fdopen(fd, 'wb') as f:
-            for _ in range(mib):
-                f.write(chunk)
-        service.register(path)
-        ctx = target.start(router)
-        ctx.call(funcs.fetch_from_parent, path)  # warm-up (imports + cache)
-        samples = []
-        for _ in range(repeats):
-            t0 = now()
-            got = ctx.call(funcs.fetch_from_parent, path)
-            samples.append(got / MIB / (now() - t0))
-            log('  transfer: %.1f MiB/s' % samples[-1])
-        ctx.shutdown(wait=True)
-    finally:
-        os.unlink(path)
+    samples = fileservice_mib_s(router, target.start, mib, repeats)
     emit('ssh_bytes_mib_s', samples, unit='MiB/s', mib=mib,
          method='mitogen.service.FileService', **target.extra)
 
