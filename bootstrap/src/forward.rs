@@ -164,11 +164,6 @@ impl AgentLoans {
         self.tickets.push(ticket);
         Ok(Agent::Lent { holder: self.holder, ticket })
     }
-
-    /// Whether any agent was lent.
-    pub fn is_empty(&self) -> bool {
-        self.tickets.is_empty()
-    }
 }
 
 impl Drop for AgentLoans {

@@ -17,7 +17,7 @@ use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
-use crate::forward::{relay_agents, AgentLoans};
+use crate::forward::{relay_agents, AgentLoans, Relay};
 use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
 
 #[cfg(doc)]
@@ -164,14 +164,16 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let relays = relay_agents(&mut spec, &router).map_err(io)?;
     let init =
         |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32, ids: req.ids };
-    let booted = match boot(spec.method(), hash, max_frame, init).await {
-        Ok(booted) => booted,
-        Err(BootError::Auth { target, reason }) if relays.iter().any(|r| r.refused().is_some()) => {
-            let lent = relays.iter().filter_map(|r| r.refused()).collect::<Vec<_>>().join("; ");
-            return Err(BootError::Auth { target, reason: format!("{reason} (the lent ssh-agent: {lent})") });
+    let booted = boot(spec.method(), hash, max_frame, init).await.map_err(|e| match e {
+        // Why a lent agent failed is known here, not in the method: add it.
+        BootError::Auth { target, reason } => {
+            let lent: Vec<String> = relays.iter().filter_map(Relay::refused).collect();
+            let reason =
+                if lent.is_empty() { reason } else { format!("{reason} (the lent ssh-agent: {})", lent.join("; ")) };
+            BootError::Auth { target, reason }
         }
-        Err(e) => return Err(e),
-    };
+        e => e,
+    })?;
     drop(relays);
     let hello = booted.hello;
     let span = info_span!("context", id = req.id, name = %req.name, host = %hello.host);
