@@ -34,7 +34,15 @@ async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha
         timeout: Duration::from_secs(30),
         target: "sh test",
     };
-    let init = |_: &_| Init { id: 1, ancestors: vec![0], name: "stub".into(), max_frame: 1 << 20, ids: (0, 0) };
+    let init = |_: &_| Init {
+        id: 1,
+        ancestors: vec![0],
+        name: "stub".into(),
+        max_frame: 1 << 20,
+        ids: (0, 0),
+        link_timeout_ms: 30_000,
+        call_timeout_ms: 30_000,
+    };
     let (hello, _) = handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await.unwrap();
     drop(stdin); // the agent exits when its parent goes away
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

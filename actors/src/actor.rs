@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use hypha_bootstrap::{boot, AgentLoans, BootError, Method, MethodSpec, Spawn};
-use hypha_runtime::proto::{Control, Hello, IdBlock, Init};
+use hypha_runtime::proto::{Hello, IdBlock, Init};
 use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
 use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
@@ -73,6 +73,11 @@ pub(crate) struct ContextActor {
     pub(crate) io: tokio::runtime::Handle,
     pub(crate) binary_hash: &'static str,
     pub(crate) max_frame: usize,
+    /// Deadlines handed to the agent in its Init.
+    pub(crate) link_timeout: Duration,
+    pub(crate) call_timeout: Duration,
+    /// Resolves when whoever started the context stops waiting for it.
+    pub(crate) caller_gone: Option<oneshot::Receiver<()>>,
     pub(crate) state: watch::Sender<State>,
     pub(crate) ready: Option<oneshot::Sender<Result<Ready, BootError>>>,
     pub(crate) span: Span,
@@ -130,6 +135,8 @@ impl Actor for ContextActor {
         let (router, hash, max_frame, id, span) =
             (self.router.clone(), self.binary_hash, self.max_frame, self.id, self.span.clone());
         let (name, ids) = (self.name.clone(), self.ids);
+        let (link_timeout_ms, call_timeout_ms) = (millis(self.link_timeout), millis(self.call_timeout));
+        let caller_gone = self.caller_gone.take();
         let job = match start {
             Start::Direct(method) => self.io.spawn(async move {
                 let target = method.target();
@@ -139,8 +146,24 @@ impl Actor for ContextActor {
                     name: name.clone(),
                     max_frame: max_frame as u32,
                     ids,
+                    link_timeout_ms,
+                    call_timeout_ms,
                 };
-                let booted = boot(&*method, hash, max_frame, init).await?;
+                // A caller that gives up stops the start where it is: dropping it kills the local
+                // process and closes the connection, so nothing is left running.
+                let gave_up = async {
+                    match caller_gone {
+                        Some(gone) => drop(gone.await),
+                        None => std::future::pending().await,
+                    }
+                };
+                let booted = tokio::select! {
+                    booted = boot(&*method, hash, max_frame, init) => booted?,
+                    () = gave_up => {
+                        return Err(BootError::Start { target, reason: "the caller gave up before it started".into() });
+                    }
+                };
+                router.grant(ids, id);
                 let hello = booted.hello;
                 span.record("host", hello.host.as_str());
                 let opts = LinkOptions {
@@ -156,8 +179,14 @@ impl Actor for ContextActor {
                 // Watch before asking: a child that dies at once must still be noticed.
                 let gone = router.watch_route(id);
                 let target = format!("{} via context {parent}", spec.method().target());
+                // The new context may be announced only from below its parent, and its block only
+                // from below it.
+                router.grant((id, id + 1), parent);
+                router.grant(ids, id);
+                // Every stage of a start has its own deadline on the parent; this bounds the lot.
+                let deadline = spec.method().handshake_timeout() * 3 + Duration::from_secs(30);
                 let spawned = router
-                    .call(parent, &Spawn { id, name, method: *spec, ids })
+                    .call_within(parent, &Spawn { id, name, method: *spec, ids }, deadline)
                     .await
                     .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
                 drop(loans);
@@ -186,8 +215,20 @@ impl ContextActor {
                 }
                 self.process = process;
                 self.state.send_replace(State::Ready);
-                if let Some(tx) = self.ready.take() {
-                    let _ = tx.send(Ok((hello, uploaded)));
+                let delivered = self.ready.take().is_some_and(|tx| tx.send(Ok((hello, uploaded))).is_ok());
+                if !delivered {
+                    // Whoever asked for it has gone: nobody holds a handle, so it must not live on.
+                    info!("the caller gave up on the start: shutting the context down");
+                    self.stopping = Some(Duration::ZERO);
+                    let (router, id) = (self.router.clone(), self.id);
+                    match &gone {
+                        Gone::Link(link) => {
+                            drop(router.close(link.id(), CloseReason::Local("nobody waits for it".into())))
+                        }
+                        Gone::Route(_) => {
+                            drop(self.io.spawn(async move { router.request_shutdown(id, Duration::ZERO).await }))
+                        }
+                    }
                 }
                 ctx.spawn(
                     actix::fut::wrap_future(gone.wait()).map(|reason, act: &mut Self, ctx| act.on_closed(reason, ctx)),
@@ -226,6 +267,10 @@ impl ContextActor {
             ctx.stop();
         }));
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// Wait up to `patience` for `process` to exit, then kill it. Returns its exit and whether it was killed.
@@ -273,8 +318,7 @@ impl Handler<Shutdown> for ContextActor {
             self.span.in_scope(|| debug!(grace = ?msg.grace, "shutting down"));
         }
         Box::pin(async move {
-            let grace_ms = msg.grace.as_millis() as u64;
-            let _ = router.send_control(id, &Control::Shutdown { grace_ms }).await;
+            let _ = router.request_shutdown(id, msg.grace).await;
             let deadline = msg.grace + Duration::from_secs(2);
             if tokio::time::timeout(deadline, state.wait_for(State::is_terminal)).await.is_err() {
                 if let Some(link) = link {

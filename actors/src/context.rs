@@ -82,6 +82,12 @@ impl Context {
         self.inner.router.call(self.inner.id, &req).await
     }
 
+    /// [`Context::call`], waiting at most `timeout` for the answer (instead of the runtime's
+    /// `Options::call_timeout`).
+    pub async fn call_within<R: Request>(&self, req: R, timeout: Duration) -> Result<R::Response, CallError> {
+        self.inner.router.call_within(self.inner.id, &req, timeout).await
+    }
+
     /// Call an already encoded request (see [`call_all`](crate::call_all)).
     pub async fn call_encoded<R: Request>(&self, req: &EncodedRequest<R>) -> Result<R::Response, CallError> {
         self.inner.router.call_encoded(self.inner.id, req).await

@@ -58,6 +58,14 @@ pub struct Options {
     /// Largest frame sent or accepted on any link (default 16 MiB). Bulk data travels in chunks
     /// far below this, so it bounds only single requests and responses.
     pub max_frame: usize,
+    /// A link that brings nothing for this long is lost, and everything behind it fails as for a
+    /// dead hop (default 30 s). Every link sends a heartbeat four times as often, so only a peer
+    /// that is gone, stopped, or cut off (its network path dropped) is silent that long. Every
+    /// context of the tree uses this value.
+    pub link_timeout: Duration,
+    /// How long a call waits for its answer unless it says otherwise (`Context::call_within`);
+    /// for a call with a stream, how long nothing may move on it (default 300 s).
+    pub call_timeout: Duration,
 }
 
 impl Options {
@@ -66,11 +74,27 @@ impl Options {
         self.max_frame = bytes;
         self
     }
+
+    /// Set [`Options::link_timeout`].
+    pub fn with_link_timeout(mut self, timeout: Duration) -> Self {
+        self.link_timeout = timeout;
+        self
+    }
+
+    /// Set [`Options::call_timeout`].
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_frame: DEFAULT_MAX_FRAME }
+        Options {
+            max_frame: DEFAULT_MAX_FRAME,
+            link_timeout: hypha_runtime::DEFAULT_LINK_TIMEOUT,
+            call_timeout: hypha_runtime::DEFAULT_CALL_TIMEOUT,
+        }
     }
 }
 
@@ -102,7 +126,7 @@ struct Inner {
     arbiter: ArbiterHandle,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     binary_hash: &'static str,
-    max_frame: usize,
+    options: Options,
     next_id: AtomicU32,
     next_block: AtomicU32,
     contexts: Registry,
@@ -132,12 +156,10 @@ impl Runtime {
         let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
         let binary_hash = hypha_bootstrap::exe_hash().map_err(StartError::Exe)?;
         let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
-        let cfg = RouterConfig {
-            id: 0,
-            ancestors: Vec::new(),
-            origin: Identity::current().origin(),
-            max_frame: options.max_frame,
-        };
+        let cfg = RouterConfig::new(0, Vec::new(), Identity::current().origin())
+            .with_max_frame(options.max_frame)
+            .with_link_timeout(options.link_timeout)
+            .with_call_timeout(options.call_timeout);
         let router = Router::new(cfg, hypha_bootstrap::install_builtins(handlers));
         // Hops started via a context sign with the agents lent to them; they check their loans.
         router.open_handler_to_descendants(AgentMessage::NAME);
@@ -149,7 +171,7 @@ impl Runtime {
                 arbiter,
                 thread: Mutex::new(Some(thread)),
                 binary_hash,
-                max_frame: options.max_frame,
+                options,
                 next_id: AtomicU32::new(1),
                 next_block: AtomicU32::new(FIRST_BLOCK),
                 contexts: Registry::default(),
@@ -201,9 +223,12 @@ impl Runtime {
         let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let (ready_tx, ready_rx) = oneshot::channel();
+        // Dropped with this future: a caller that gives up stops the start (cancel safety).
+        let (_waiting, caller_gone) = oneshot::channel::<()>();
         let actor = {
             let (name, router, io) = (name.clone(), self.inner.router.clone(), self.inner.io.clone());
-            let (hash, max_frame) = (self.inner.binary_hash, self.inner.max_frame);
+            let (hash, o) = (self.inner.binary_hash, &self.inner.options);
+            let (max_frame, link_timeout, call_timeout) = (o.max_frame, o.link_timeout, o.call_timeout);
             ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
                 id,
                 name,
@@ -213,6 +238,9 @@ impl Runtime {
                 io,
                 binary_hash: hash,
                 max_frame,
+                link_timeout,
+                call_timeout,
+                caller_gone: Some(caller_gone),
                 state: state_tx,
                 ready: Some(ready_tx),
                 span,

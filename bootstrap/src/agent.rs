@@ -81,15 +81,11 @@ async fn serve(
     writer: FdStream,
     leftover: bytes::BytesMut,
 ) {
-    let router = Router::new(
-        RouterConfig {
-            id: init.id,
-            ancestors: init.ancestors,
-            origin: Identity::current().origin(),
-            max_frame: init.max_frame as usize,
-        },
-        handlers,
-    );
+    let cfg = RouterConfig::new(init.id, init.ancestors, Identity::current().origin())
+        .with_max_frame(init.max_frame as usize)
+        .with_link_timeout(Duration::from_millis(init.link_timeout_ms))
+        .with_call_timeout(Duration::from_millis(init.call_timeout_ms));
+    let router = Router::new(cfg, handlers);
     router.grant_ids(init.ids);
     let (control_tx, mut control) = mpsc::unbounded_channel();
     router.set_control(control_tx);

@@ -174,11 +174,11 @@ impl Drop for AgentLoans {
 
 /// The `hypha.ssh-agent` handler: answer a request under a loan with the lent agent.
 pub(crate) async fn serve(req: AgentMessage, cx: Cx) -> Result<Vec<u8>, HandlerError> {
-    let socket = loans().iter().find(|l| l.ticket == req.ticket && l.caller == cx.caller).map(|l| l.socket.clone());
+    let socket = loans().iter().find(|l| l.ticket == req.ticket && l.caller == cx.caller()).map(|l| l.socket.clone());
     let Some(socket) = socket else {
         return Err(format!(
             "no ssh-agent is lent to context {} under this ticket (loans end with their spawn)",
-            cx.caller
+            cx.caller()
         )
         .into());
     };
@@ -197,7 +197,7 @@ pub(crate) async fn serve(req: AgentMessage, cx: Cx) -> Result<Vec<u8>, HandlerE
         Err(_) => return Err(format!("the ssh-agent at {} did not answer within {TIMEOUT:?}", socket.display()).into()),
     };
     if kind == Some(SIGN_REQUEST) {
-        info!(caller = cx.caller, "the ssh-agent signed for a via hop");
+        info!(caller = cx.caller(), "the ssh-agent signed for a via hop");
     }
     Ok(reply)
 }
@@ -376,7 +376,7 @@ mod tests {
                 });
             }
         });
-        let cfg = |id, ancestors| RouterConfig { id, ancestors, origin: format!("test {id}"), max_frame: 1 << 20 };
+        let cfg = |id, ancestors| RouterConfig::new(id, ancestors, format!("test {id}"));
         let controller = Router::new(cfg(0, vec![]), Handlers::new().on(serve));
         controller.open_handler_to_descendants(AgentMessage::NAME);
         let child = Router::new(cfg(1, vec![0]), Handlers::new());
@@ -424,7 +424,7 @@ mod tests {
     async fn a_loan_serves_only_the_context_it_was_made_to() {
         let (controller, _child, _loans, ticket, _dir) = lent_agent(vec![12, 0, 0, 0, 0]).await;
         // The controller itself (id 0) asks under the ticket lent to context 1.
-        let cx = Cx { router: controller, caller: 2 };
+        let cx = Cx::new(controller, 2);
         let err = serve(AgentMessage { ticket, message: vec![REQUEST_IDENTITIES] }, cx).await.unwrap_err();
         assert!(err.to_string().contains("context 2"), "{err}");
     }

@@ -102,7 +102,7 @@ where
             });
         }
         let init = init(&hello);
-        let header = Header { dst: init.id, src: 0, auth: 0, handle: handles::INIT, reply_to: 0, flags: 0 };
+        let header = Header { dst: init.id, src: 0, handle: handles::INIT, reply_to: 0, flags: 0 };
         write_frame(writer, header, &init, expect.max_frame, &target).await?;
         Ok((hello, buf))
     };
@@ -210,7 +210,15 @@ mod tests {
     }
 
     fn init(_: &Hello) -> Init {
-        Init { id: 9, ancestors: vec![0], name: "t".into(), max_frame: 1 << 20, ids: (0, 0) }
+        Init {
+            id: 9,
+            ancestors: vec![0],
+            name: "t".into(),
+            max_frame: 1 << 20,
+            ids: (0, 0),
+            link_timeout_ms: 30_000,
+            call_timeout_ms: 30_000,
+        }
     }
 
     async fn run(agent_says: Vec<u8>, hash: &str) -> Result<(Hello, BytesMut), BootError> {

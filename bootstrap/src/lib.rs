@@ -16,6 +16,7 @@
 //! let hash = exe_hash().expect("readable executable");
 //! let booted = boot(&Local::default(), hash, 1 << 20, |_hello| Init {
 //!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20, ids: (0, 0),
+//!     link_timeout_ms: 30_000, call_timeout_ms: 300_000,
 //! }).await?;
 //! println!("agent pid {}", booted.hello.pid);
 //! # Ok(()) }

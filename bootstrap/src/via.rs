@@ -2,8 +2,9 @@
 //!
 //! The controller sends `hypha.spawn` ([`Spawn`]) to the context that is to be the parent. That
 //! context runs the method from its own host, serves its own binary to the child (it is the same
-//! binary, so the child's cache key and the handshake's hash check agree), attaches the child's link,
-//! announces the new route to its ancestors (`Control::AddRoute`, before it answers, so the answer
+//! binary, so the child's cache key and the handshake's hash check agree), lets only the child's
+//! subtree announce the ids of the child's block (`Router::grant`), attaches the child's link (which
+//! announces the new route to its ancestors, `Control::AddRoute`, before the answer, so the answer
 //! cannot overtake it), and answers with the child's Hello.
 //!
 //! Credentials for an ssh hop travel inside the request, in memory: [`MethodSpec::for_remote`] turns
@@ -12,7 +13,7 @@
 
 use std::time::Duration;
 
-use hypha_runtime::proto::{Control, Hello, IdBlock, Init};
+use hypha_runtime::proto::{Hello, IdBlock, Init};
 use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
@@ -133,6 +134,11 @@ impl Request for Spawn {
     const NAME: &'static str = "hypha.spawn";
 }
 
+/// A duration in whole milliseconds, as the Init carries it.
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
 /// Ids given to each child a context starts by itself, out of its own block.
 const CHILD_IDS: ContextId = 64;
 
@@ -142,17 +148,17 @@ const CHILD_IDS: ContextId = 64;
 pub async fn spawn_child(cx: &Cx, method: MethodSpec, name: &str) -> Result<(ContextId, Spawned), BootError> {
     let no_ids = || BootError::Start {
         target: method.method().target(),
-        reason: format!("context {} has no ids left to give to a child", cx.router.id()),
+        reason: format!("context {} has no ids left to give to a child", cx.id()),
     };
-    let (id, _) = cx.router.allocate_ids(1).ok_or_else(no_ids)?;
-    let ids = cx.router.allocate_ids(CHILD_IDS).unwrap_or((0, 0));
+    let (id, _) = cx.router().allocate_ids(1).ok_or_else(no_ids)?;
+    let ids = cx.router().allocate_ids(CHILD_IDS).unwrap_or((0, 0));
     let spawned = spawn(Spawn { id, name: name.to_owned(), method, ids }, cx.clone()).await?;
     Ok((id, spawned))
 }
 
 /// The `hypha.spawn` handler.
 pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
-    let router = cx.router;
+    let router = cx.router().clone();
     let cfg = router.config();
     let ancestors: Vec<ContextId> = std::iter::once(router.id()).chain(cfg.ancestors.iter().copied()).collect();
     let max_frame = cfg.max_frame;
@@ -162,8 +168,16 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let hash = exe_hash().map_err(io)?;
     // Agents lent by an ancestor are reached through relays that last as long as the start.
     let relays = relay_agents(&mut spec, &router).map_err(io)?;
-    let init =
-        |_: &Hello| Init { id: req.id, ancestors, name: req.name.clone(), max_frame: max_frame as u32, ids: req.ids };
+    let (link_timeout_ms, call_timeout_ms) = (millis(cfg.link_timeout), millis(cfg.call_timeout));
+    let init = |_: &Hello| Init {
+        id: req.id,
+        ancestors,
+        name: req.name.clone(),
+        max_frame: max_frame as u32,
+        ids: req.ids,
+        link_timeout_ms,
+        call_timeout_ms,
+    };
     let booted = boot(spec.method(), hash, max_frame, init).await.map_err(|e| match e {
         // Why a lent agent failed is known here, not in the method: add it.
         BootError::Auth { target, reason } => {
@@ -183,9 +197,11 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
         span,
         initial: booted.leftover,
     };
+    // Only the child's subtree may announce the ids of the child's block.
+    router.grant(req.ids, req.id);
+    // Attaching announces the child to the ancestors before this answers: the answer travels the
+    // same links and cannot overtake the announcement.
     let mut link = router.attach(booted.transport.reader, booted.transport.writer, opts);
-    // Announced before answering: the answer travels the same links and cannot overtake it.
-    router.announce(Control::AddRoute { id: req.id }).await;
     let process = booted.transport.process;
     tokio::spawn(async move {
         link.closed().await;

@@ -53,13 +53,58 @@ impl Request for Ping {
     const NAME: &'static str = "hypha.ping";
 }
 
-/// What a handler learns about the call it serves.
+/// What a handler learns about the call it serves, and how it calls onwards.
+///
+/// Handler code reaches other contexts only through calls: it cannot send raw frames or change
+/// routes, and whoever it calls judges the call by where it came from.
 #[derive(Clone, Debug)]
 pub struct Cx {
-    /// The router of the context the handler runs in; handlers can call onwards through it.
-    pub router: Router,
-    /// The context that sent the call.
-    pub caller: ContextId,
+    router: Router,
+    caller: ContextId,
+}
+
+impl Cx {
+    /// Not public API: hypha's own crates build one per call.
+    #[doc(hidden)]
+    pub fn new(router: Router, caller: ContextId) -> Self {
+        Cx { router, caller }
+    }
+
+    /// The context that sent the call (checked: the frame came from where that context is).
+    pub fn caller(&self) -> ContextId {
+        self.caller
+    }
+
+    /// The id of the context the handler runs in.
+    pub fn id(&self) -> ContextId {
+        self.router.id()
+    }
+
+    /// Call `req` in context `dst` (which judges whether this context may).
+    pub async fn call<R: Request>(&self, dst: ContextId, req: &R) -> Result<R::Response, CallError> {
+        self.router.call(dst, req).await
+    }
+
+    /// [`Cx::call`], waiting at most `timeout` for the answer.
+    pub async fn call_within<R: Request>(
+        &self,
+        dst: ContextId,
+        req: &R,
+        timeout: std::time::Duration,
+    ) -> Result<R::Response, CallError> {
+        self.router.call_within(dst, req, timeout).await
+    }
+
+    /// Send `req` to context `dst` without waiting for an answer.
+    pub async fn send<R: Request>(&self, dst: ContextId, req: &R) -> Result<(), CallError> {
+        self.router.send(dst, req).await
+    }
+
+    /// Not public API: hypha's own crates use the router to start children from handlers.
+    #[doc(hidden)]
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
 }
 
 /// The error type handlers return: anything that converts into a boxed error, such as an
@@ -147,6 +192,16 @@ pub enum CallError {
     /// This context has no route to the destination.
     #[error("no route to context {0}")]
     NoRoute(ContextId),
+    /// No answer came in time (for a call with a stream: nothing moved for that long).
+    #[error("{handler} in context {context} did not answer within {} s", after.as_secs_f32())]
+    Timeout {
+        /// The context called.
+        context: ContextId,
+        /// Handler called.
+        handler: &'static str,
+        /// How long the caller waited.
+        after: std::time::Duration,
+    },
     /// The request could not be encoded, or is larger than the maximum frame.
     #[error("could not encode a {handler} request: {reason}")]
     Encode {

@@ -1,7 +1,7 @@
 //! Frames: the unit of everything that crosses a stream.
 //!
 //! ```text
-//! u32 len | u32 dst | u32 src | u32 auth | u32 handle | u32 reply_to | u32 flags | body (len - 24 bytes)
+//! u32 len | u32 dst | u32 src | u32 handle | u32 reply_to | u32 flags | body (len - 20 bytes)
 //! ```
 //! All integers are little-endian. `len` counts the header fields after it plus the body. The body is
 //! msgpack (calls, replies, control) or raw bytes (stream data, [`flags::DATA`]).
@@ -10,6 +10,9 @@
 //! pumps streams stays small and these rules are tested on their own. [`decode`] checks the length
 //! prefix against the configured maximum *before* it reserves room for the frame, so a hostile or
 //! garbled length never makes us allocate.
+//!
+//! No header field carries authority: a receiver judges a frame by the link it arrived on and its
+//! (reverse-path checked) source, never by anything the sender wrote (see `Router`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -18,7 +21,7 @@ use crate::ContextId;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Bytes of the header that follows the length prefix.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 20;
 /// Default largest frame (header + body) a stream accepts: 16 MiB. Bulk data travels as chunks far
 /// smaller than this (see [`crate::stream::CHUNK`]).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -37,6 +40,8 @@ pub mod handles {
     pub const HELLO: u32 = 4;
     /// The parent's Init, answering Hello.
     pub const INIT: u32 = 5;
+    /// A heartbeat: sent on a link that has been idle, so its peer knows it is alive.
+    pub const HEARTBEAT: u32 = 6;
     /// First handle allocated for replies.
     pub const FIRST_DYNAMIC: u32 = 1024;
 }
@@ -70,10 +75,9 @@ pub mod flags {
 pub struct Header {
     /// Context the frame is for.
     pub dst: ContextId,
-    /// Context that wrote the frame.
+    /// Context that wrote the frame (checked on arrival: it must be behind the link the frame
+    /// came on).
     pub src: ContextId,
-    /// Context on whose authority the frame was sent (checked against the receiver's ancestors).
-    pub auth: ContextId,
     /// Handle in `dst` that receives the frame.
     pub handle: u32,
     /// Handle in `src` that receives answers, or 0.
@@ -154,7 +158,6 @@ fn put_header(h: &Header, len: usize, out: &mut BytesMut) {
     out.put_u32_le(len as u32);
     out.put_u32_le(h.dst);
     out.put_u32_le(h.src);
-    out.put_u32_le(h.auth);
     out.put_u32_le(h.handle);
     out.put_u32_le(h.reply_to);
     out.put_u32_le(h.flags);
@@ -182,7 +185,6 @@ pub fn peek(buf: &[u8], max: usize) -> Result<Option<(Header, usize)>, FrameErro
     let header = Header {
         dst: b.get_u32_le(),
         src: b.get_u32_le(),
-        auth: b.get_u32_le(),
         handle: b.get_u32_le(),
         reply_to: b.get_u32_le(),
         flags: b.get_u32_le(),
@@ -223,7 +225,7 @@ mod tests {
     use super::*;
 
     fn header() -> Header {
-        Header { dst: 7, src: 0, auth: 0, handle: handles::CALL, reply_to: 1025, flags: flags::UPLOAD }
+        Header { dst: 7, src: 0, handle: handles::CALL, reply_to: 1025, flags: flags::UPLOAD }
     }
 
     fn encoded(body: &[u8]) -> BytesMut {

@@ -3,7 +3,8 @@
 //! Every hypha process — the controller and each agent — is a *context* with a numeric id and one
 //! [`Router`]. The router owns *links*: byte streams (anything `AsyncRead + AsyncWrite`) to its
 //! parent and its children. Over a link travel [`frame`]s: a fixed header (destination, source,
-//! authority, handle, reply-to, flags) and a msgpack body.
+//! handle, reply-to, flags) and a msgpack body. A frame's authority comes from the link it
+//! arrived on, never from its header.
 //!
 //! - [`frame`]: pure encode/decode, with a maximum frame size checked before allocating.
 //! - [`Router`]: the route table, reply handles, dispatch of calls to [`Handlers`], and the
@@ -18,7 +19,7 @@
 //! use hypha_runtime::{Handlers, LinkOptions, Ping, Role, Router, RouterConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let cfg = |id, ancestors| RouterConfig { id, ancestors, origin: format!("test {id}"), max_frame: 1 << 20 };
+//! let cfg = |id, ancestors| RouterConfig::new(id, ancestors, format!("test {id}"));
 //! let parent = Router::new(cfg(0, vec![]), Handlers::new());
 //! let child = Router::new(cfg(1, vec![0]), Handlers::new());
 //! let (a, b) = tokio::io::duplex(64 << 10);
@@ -36,12 +37,16 @@
 
 pub mod call;
 pub mod frame;
+mod link;
 pub mod proto;
 mod router;
 pub mod stream;
 
 pub use call::{CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request};
-pub use router::{CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig};
+pub use router::{
+    CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_LINK_TIMEOUT,
+};
 pub use stream::{ByteReceiver, ByteSender, StreamError};
 
 /// A context's id: 0 is the controller; the controller allocates the rest.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::ContextId;
 
 /// Version of the wire protocol. A peer speaking another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What an agent says about itself right after its sync marker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,12 @@ pub struct Init {
     pub max_frame: u32,
     /// Ids for children the agent starts by itself, allocated by the controller.
     pub ids: IdBlock,
+    /// A link that brings nothing for this long is lost; heartbeats keep quiet links alive
+    /// (milliseconds, see `RouterConfig::link_timeout`).
+    pub link_timeout_ms: u64,
+    /// Default deadline of the calls the agent makes (milliseconds, see
+    /// `RouterConfig::call_timeout`).
+    pub call_timeout_ms: u64,
 }
 
 /// Control messages, sent to [`crate::frame::handles::CONTROL`].

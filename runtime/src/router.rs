@@ -2,13 +2,21 @@
 //!
 //! Every context (the controller and each agent) has one [`Router`]. A *link* is a byte stream to
 //! a neighbour: the parent, or a child. Each link has a reader task, which decodes frames and hands
-//! them to [`Router`] for delivery, and a writer task, which batches queued frames into few writes.
+//! them to [`Router`] for delivery, a writer task, which batches queued frames into few writes, and
+//! a watchdog, which sends heartbeats and closes a link whose peer went silent or stopped reading.
 //! Frames for this context are dispatched by handle; frames for other contexts are forwarded along
 //! the route table (`dst` → link), and frames for ids not in the table go to the parent.
+//!
+//! Authority comes from where a frame arrived: its source must be routed through the link it came
+//! on (the reverse-path check), and what it may do follows from where that source sits in the tree
+//! (an ancestor may call and command; a descendant may call what this context opened to it; route
+//! announcements come only from child links and only for ids granted below them). No header field
+//! carries authority.
 //!
 //! When a link closes, every call waiting on an answer through it fails with
 //! [`CallError::Disconnected`] naming the context, and its routes are removed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -18,44 +26,83 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, warn, Instrument, Span};
 
 use crate::call::{self, CallError, Cx, Failure, RemoteError, RemoteErrorKind, Request, Shape, StreamArg};
 use crate::frame::{self, flags, handles, Frame, FrameError, Header};
-use crate::proto::Control;
-use crate::stream::{ByteReceiver, ByteSender, StreamItem, CHUNK, WINDOW};
+use crate::link::{self, LinkState, Outbox, PushError, Verdict};
+use crate::proto::{Control, IdBlock};
+use crate::stream::{ByteReceiver, ByteSender, Shared, StreamError, Violation, CHUNK, WINDOW};
 use crate::{ContextId, Handlers};
 
 /// Identifies one link of a router.
 pub type LinkId = u64;
 
-/// Frames queued for one link's writer before senders wait.
-const LINK_QUEUE: usize = 256;
-/// Bodies at least this large are written straight from their buffer instead of copied into the
-/// writer's batch.
-const WRITE_DIRECT: usize = 16 << 10;
 /// The reader reads into at least this much free room...
 const READ_MIN: usize = 4 << 10;
 /// ...and makes room for a whole stream chunk when it has less: one read per chunk of bulk data,
 /// and a fresh buffer only every few thousand small frames.
 const READ_BATCH: usize = CHUNK + frame::HEADER_LEN + frame::LEN_PREFIX;
-/// The writer stops batching more frames once this much is buffered.
-const WRITE_BATCH: usize = 64 << 10;
+/// Default [`RouterConfig::link_timeout`].
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`RouterConfig::call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Who this router is.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RouterConfig {
     /// This context's id (0 for the controller).
     pub id: ContextId,
-    /// Ancestors, nearest first. Calls are accepted only on their authority.
+    /// Ancestors, nearest first. They may call and command this context.
     pub ancestors: Vec<ContextId>,
     /// Where this context runs, for errors: `user@host pid N`.
     pub origin: String,
     /// Largest frame accepted or sent on any link.
     pub max_frame: usize,
+    /// A link that brings nothing for this long (give or take a quarter) is lost, and so is one
+    /// whose peer takes nothing from it for as long. Every link sends a heartbeat each quarter of
+    /// it, so a quiet peer is not a silent one. Both ends of a link should agree: a parent passes
+    /// its own in the Init.
+    pub link_timeout: Duration,
+    /// How long a call waits for its answer (a stream: for anything to move) unless the caller
+    /// says otherwise.
+    pub call_timeout: Duration,
+}
+
+impl RouterConfig {
+    /// Context `id` with these ancestors (nearest first), the default frame limit and deadlines.
+    pub fn new(id: ContextId, ancestors: Vec<ContextId>, origin: impl Into<String>) -> Self {
+        RouterConfig {
+            id,
+            ancestors,
+            origin: origin.into(),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            link_timeout: DEFAULT_LINK_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// Set [`RouterConfig::max_frame`].
+    pub fn with_max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Set [`RouterConfig::link_timeout`].
+    pub fn with_link_timeout(mut self, timeout: Duration) -> Self {
+        self.link_timeout = timeout;
+        self
+    }
+
+    /// Set [`RouterConfig::call_timeout`].
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
 }
 
 /// Which neighbour a link leads to.
@@ -94,6 +141,14 @@ pub enum CloseReason {
     Local(String),
     /// A context on the way lost its route to the context (a hop died, or the context did).
     Lost(String),
+    /// Nothing arrived on the link for this long: the peer (or the path to it) went silent.
+    Silent(Duration),
+    /// The peer took nothing from the link for this long, with this many bytes waiting for it.
+    Stalled(Duration, usize),
+    /// The peer fell this many bytes behind, more than a link may hold for it.
+    Overflow(usize),
+    /// The peer broke the protocol (sent stream data past its credit).
+    Protocol(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -104,6 +159,12 @@ impl fmt::Display for CloseReason {
             CloseReason::Garbled(e) => write!(f, "garbled stream: {e}"),
             CloseReason::Local(why) => write!(f, "closed here: {why}"),
             CloseReason::Lost(why) => f.write_str(why),
+            CloseReason::Silent(after) => write!(f, "silent: nothing arrived for {} s", after.as_secs_f32()),
+            CloseReason::Stalled(after, queued) => {
+                write!(f, "stalled: it took nothing for {} s with {queued} bytes waiting for it", after.as_secs_f32())
+            }
+            CloseReason::Overflow(queued) => write!(f, "it fell {queued} bytes behind, more than a link may hold"),
+            CloseReason::Protocol(why) => write!(f, "protocol violation: {why}"),
         }
     }
 }
@@ -156,12 +217,13 @@ impl<R: Request> EncodedRequest<R> {
 }
 
 struct Link {
-    tx: mpsc::Sender<Frame>,
-    /// The child at the far end, if this link leads to one.
-    peer: Option<ContextId>,
+    outbox: Outbox,
+    /// The context at the far end: the child, or the parent.
+    peer: ContextId,
+    is_parent: bool,
     name: Arc<str>,
     closed: watch::Sender<Option<CloseReason>>,
-    reader: Option<AbortHandle>,
+    tasks: Vec<AbortHandle>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -173,7 +235,14 @@ struct Pending {
 
 enum PendingTx {
     Once(oneshot::Sender<Result<Frame, CallError>>),
-    Stream(mpsc::UnboundedSender<StreamItem>),
+    Stream(Arc<Shared>),
+}
+
+/// Ids `[start, end)` that may be announced only from below context `under`.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    end: ContextId,
+    under: ContextId,
 }
 
 /// One context's router. Cheap to clone; all clones are the same router.
@@ -200,8 +269,10 @@ struct Inner {
     /// Link to the parent, 0 when there is none (the controller).
     parent: AtomicU64,
     pending: DashMap<u32, Pending>,
-    /// Stream frames addressed to [`handles::STREAM`], by (peer, peer's reply handle).
-    inbound: DashMap<(ContextId, u32), mpsc::UnboundedSender<StreamItem>>,
+    /// Streams of calls this context serves, by (caller, caller's reply handle).
+    inbound: DashMap<(ContextId, u32), Arc<Shared>>,
+    /// Which ids may be announced from where (see `Router::grant`), by first id.
+    grants: Mutex<BTreeMap<ContextId, Grant>>,
     /// Who waits to hear that a context became unreachable.
     watchers: DashMap<ContextId, watch::Sender<Option<String>>>,
     next_handle: AtomicU32,
@@ -215,7 +286,7 @@ struct Inner {
     idle: Notify,
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
     /// Ids this context may give to children it starts by itself.
-    ids: Mutex<crate::proto::IdBlock>,
+    ids: Mutex<IdBlock>,
 }
 
 impl Router {
@@ -230,6 +301,7 @@ impl Router {
                 parent: AtomicU64::new(0),
                 pending: DashMap::new(),
                 inbound: DashMap::new(),
+                grants: Mutex::new(BTreeMap::new()),
                 watchers: DashMap::new(),
                 next_handle: AtomicU32::new(handles::FIRST_DYNAMIC),
                 next_link: AtomicU64::new(1),
@@ -259,63 +331,93 @@ impl Router {
         self.inner.pending.len()
     }
 
+    /// Number of streams of calls this context serves that are still open (for tests and metrics).
+    pub fn open_streams(&self) -> usize {
+        self.inner.inbound.len()
+    }
+
     /// Start pumping `reader`/`writer` as a link. Must be called within a tokio runtime; the link's
-    /// tasks run there.
+    /// tasks run there. A child's route is announced to this context's parent before this returns
+    /// (so nothing this context sends afterwards can overtake the announcement).
     pub fn attach<R, W>(&self, reader: R, writer: W, opts: LinkOptions) -> LinkHandle
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let (closed_tx, closed_rx) = watch::channel(None);
         let max = self.inner.cfg.max_frame;
+        let (outbox, rx) = Outbox::new(max);
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let (peer, is_parent) = match opts.role {
+            Role::Child(peer) => (peer, false),
+            Role::Parent => (self.inner.cfg.ancestors.first().copied().unwrap_or(0), true),
+        };
 
         let router = self.clone();
+        let state = outbox.state();
         let writer = tokio::spawn(
             async move {
-                if let Err(e) = write_loop(rx, writer, max).await {
+                if let Err(e) = link::write_loop(rx, writer, max, state).await {
                     debug!(error = %e, "link writer stopped");
                     router.close(id, CloseReason::Io(e.to_string()));
                 }
             }
             .instrument(opts.span.clone()),
         );
-        let peer = match opts.role {
-            Role::Child(peer) => Some(peer),
-            Role::Parent => None,
-        };
         // The link and its route exist before the reader starts: a frame read at once must pass
         // the reverse-path check (regression: the first call into an agent was sometimes dropped).
-        self.inner.links.insert(
-            id,
-            Link { tx, peer, name: opts.name.into(), closed: closed_tx, reader: None, writer: Some(writer) },
-        );
+        let link = Link {
+            outbox: outbox.clone(),
+            peer,
+            is_parent,
+            name: opts.name.into(),
+            closed: closed_tx,
+            tasks: Vec::new(),
+            writer: Some(writer),
+        };
+        self.inner.links.insert(id, link);
         match opts.role {
             Role::Parent => self.inner.parent.store(id, Ordering::Release),
             Role::Child(peer) => {
                 self.inner.routes.insert(peer, id);
+                self.announce(Control::AddRoute { id: peer });
             }
         }
         let router = self.clone();
+        let state = outbox.state();
         let reader = tokio::spawn(
             async move {
-                let reason = router.read_loop(id, reader, opts.initial).await;
+                let reason = router.read_loop(id, reader, opts.initial, state, is_parent).await;
+                router.close(id, reason);
+            }
+            .instrument(opts.span.clone()),
+        );
+        let router = self.clone();
+        let (me, timeout) = (self.id(), self.inner.cfg.link_timeout);
+        let heartbeat = move || Frame {
+            header: Header { dst: peer, src: me, handle: handles::HEARTBEAT, reply_to: 0, flags: 0 },
+            body: Bytes::new(),
+        };
+        let watchdog = tokio::spawn(
+            async move {
+                let reason = match link::watch(outbox, timeout, heartbeat).await {
+                    Verdict::Silent(after) => CloseReason::Silent(after),
+                    Verdict::Stalled(after, queued) => CloseReason::Stalled(after, queued),
+                };
+                warn!(%reason, "closing the link");
                 router.close(id, reason);
             }
             .instrument(opts.span),
         );
         match self.inner.links.get_mut(&id) {
-            Some(mut link) => link.reader = Some(reader.abort_handle()),
-            None => reader.abort(), // closed already
+            Some(mut link) => link.tasks = vec![reader.abort_handle(), watchdog.abort_handle()],
+            None => {
+                // Closed already.
+                reader.abort();
+                watchdog.abort();
+            }
         }
         LinkHandle { id, closed: closed_rx }
-    }
-
-    /// Route frames for `dst` (a context behind a child) over `via`. Frames for ids without a route
-    /// go to the parent.
-    pub fn add_route(&self, dst: ContextId, via: LinkId) {
-        self.inner.routes.insert(dst, via);
     }
 
     /// Close a link: its routes go, calls waiting through it fail, streams through it end. Returns
@@ -323,29 +425,35 @@ impl Router {
     pub fn close(&self, link: LinkId, reason: CloseReason) -> Option<JoinHandle<()>> {
         let (_, mut entry) = self.inner.links.remove(&link)?;
         debug!(link, %reason, "link closed");
-        if let Some(reader) = &entry.reader {
-            reader.abort();
+        for task in &entry.tasks {
+            task.abort();
         }
+        entry.outbox.close();
         let _ = self.inner.parent.compare_exchange(link, 0, Ordering::AcqRel, Ordering::Acquire);
         let gone: Vec<ContextId> = self.inner.routes.iter().filter(|r| *r.value() == link).map(|r| *r.key()).collect();
         self.inner.routes.retain(|_, via| *via != link);
 
         let failed: Vec<u32> = self.inner.pending.iter().filter(|p| p.via == link).map(|p| *p.key()).collect();
+        let err =
+            |dst| CallError::Disconnected { context: dst, name: entry.name.to_string(), reason: reason.to_string() };
         for handle in failed {
             if let Some((_, p)) = self.inner.pending.remove(&handle) {
-                let err = CallError::Disconnected {
-                    context: p.dst,
-                    name: entry.name.to_string(),
-                    reason: reason.to_string(),
-                };
                 match p.tx {
-                    PendingTx::Once(tx) => drop(tx.send(Err(err))),
-                    PendingTx::Stream(tx) => drop(tx.send(Err(err))),
+                    PendingTx::Once(tx) => drop(tx.send(Err(err(p.dst)))),
+                    PendingTx::Stream(s) => s.fail(StreamError::Call(err(p.dst))),
                 }
             }
         }
-        // Streams from contexts we can no longer reach end: dropping their sender ends the receiver.
-        self.inner.inbound.retain(|(src, _), _| self.link_for(*src).is_some());
+        // Streams from contexts this link led to end: behind a child, those routed through it;
+        // behind the parent, everything not routed below this context.
+        self.inner.inbound.retain(|(src, _), s| {
+            let lost = gone.contains(src) || entry.is_parent && !self.inner.routes.contains_key(src);
+            if lost {
+                s.fail(StreamError::Call(err(*src)));
+            }
+            !lost
+        });
+        self.forget_grants(&gone);
         let why = format!("{} was lost: {reason}", entry.name);
         for id in &gone {
             if let Some((_, watch)) = self.inner.watchers.remove(id) {
@@ -353,25 +461,47 @@ impl Router {
             }
         }
         // Tell the ancestors which contexts went with this link, naming the hop that was lost.
-        if let (Some(lost), Ok(rt)) = (entry.peer, tokio::runtime::Handle::try_current()) {
-            let router = self.clone();
-            rt.spawn(async move {
-                for id in gone {
-                    router.announce(Control::DelRoute { id, lost, reason: why.clone() }).await;
-                }
-            });
+        if !entry.is_parent {
+            for id in gone {
+                self.announce(Control::DelRoute { id, lost: entry.peer, reason: why.clone() });
+            }
         }
         let _ = entry.closed.send(Some(reason));
         entry.writer.take()
     }
 
+    /// Let ids `ids` be announced (as new contexts) only from below context `under`: its own link
+    /// if it is a child, or the link its route came up. The controller grants every id it gives
+    /// out, so a context cannot claim an id it was not given; a hop grants what it gives to the
+    /// children it starts, and passes up announcements of ids it has not heard of, for its
+    /// ancestors to judge.
+    pub fn grant(&self, ids: IdBlock, under: ContextId) {
+        if ids.0 < ids.1 {
+            let mut grants = self.inner.grants.lock().unwrap_or_else(|e| e.into_inner());
+            grants.insert(ids.0, Grant { end: ids.1, under });
+        }
+    }
+
+    fn granted(&self, id: ContextId) -> Option<ContextId> {
+        let grants = self.inner.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, g) = grants.range(..=id).next_back()?;
+        (id < g.end).then_some(g.under)
+    }
+
+    fn forget_grants(&self, gone: &[ContextId]) {
+        if !gone.is_empty() {
+            let mut grants = self.inner.grants.lock().unwrap_or_else(|e| e.into_inner());
+            grants.retain(|_, g| !gone.contains(&g.under));
+        }
+    }
+
     /// The ids this context may give to the children it starts by itself (from its Init).
-    pub fn grant_ids(&self, block: crate::proto::IdBlock) {
+    pub fn grant_ids(&self, block: IdBlock) {
         *self.inner.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
     }
 
     /// Take `n` ids from this context's block, if it has that many left.
-    pub fn allocate_ids(&self, n: ContextId) -> Option<crate::proto::IdBlock> {
+    pub fn allocate_ids(&self, n: ContextId) -> Option<IdBlock> {
         let mut ids = self.inner.ids.lock().unwrap_or_else(|e| e.into_inner());
         let (start, end) = *ids;
         if end.saturating_sub(start) < n {
@@ -401,9 +531,19 @@ impl Router {
         tokio::time::timeout(grace, wait).await.is_ok()
     }
 
-    /// Call `req` in context `dst` and wait for its answer.
+    /// Call `req` in context `dst` and wait for its answer, at most [`RouterConfig::call_timeout`].
     pub async fn call<R: Request>(&self, dst: ContextId, req: &R) -> Result<R::Response, CallError> {
         self.call_encoded(dst, &EncodedRequest::new(req)?).await
+    }
+
+    /// [`Router::call`], waiting at most `timeout` for the answer.
+    pub async fn call_within<R: Request>(
+        &self,
+        dst: ContextId,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, CallError> {
+        self.call_encoded_within(dst, &EncodedRequest::new(req)?, timeout).await
     }
 
     /// Call an already encoded request (encode once, call many contexts).
@@ -412,9 +552,23 @@ impl Router {
         dst: ContextId,
         req: &EncodedRequest<R>,
     ) -> Result<R::Response, CallError> {
-        let (handle, rx, _guard) = self.expect_reply(dst, PendingTx::Once, oneshot::channel)?;
+        self.call_encoded_within(dst, req, self.inner.cfg.call_timeout).await
+    }
+
+    /// [`Router::call_encoded`], waiting at most `timeout` for the answer.
+    pub async fn call_encoded_within<R: Request>(
+        &self,
+        dst: ContextId,
+        req: &EncodedRequest<R>,
+        timeout: Duration,
+    ) -> Result<R::Response, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let (handle, _guard) = self.expect_reply(dst, PendingTx::Once(tx))?;
         self.send_call(dst, req.body.clone(), handle, 0).await?;
-        let frame = rx.await.map_err(|_| self.lost(dst))??;
+        let frame = match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| self.lost(dst))??,
+            Err(_) => return Err(CallError::Timeout { context: dst, handler: R::NAME, after: timeout }),
+        };
         decode_reply::<R>(&frame)
     }
 
@@ -427,43 +581,44 @@ impl Router {
 
     /// Call `req` in `dst`, streaming everything `reader` yields to the handler, which was
     /// registered with [`Handlers::on_upload`]. Memory use is bounded by the flow-control window,
-    /// whatever the size of the data.
+    /// whatever the size of the data. Dropping the future aborts the stream on the far side too.
     pub async fn upload<R, S>(&self, dst: ContextId, req: &R, mut reader: S) -> Result<R::Response, CallError>
     where
         R: Request,
         S: AsyncRead + Unpin,
     {
-        let (data, rx, _guard) = self.stream_call(dst, req, flags::UPLOAD, flags::DATA).await?;
-        let mut tx = ByteSender::new(self.clone(), data, rx, WINDOW);
+        let (data, shared, _guard) = self.stream_call(dst, req, flags::UPLOAD, flags::DATA).await?;
+        let mut tx = ByteSender::new(self.clone(), data, shared, true);
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         loop {
             let mut chunk = BytesMut::with_capacity(CHUNK);
             let n = reader.read_buf(&mut chunk).await.map_err(|e| stream_err(format!("reading the upload: {e}")))?;
-            if n == 0 {
-                tx.finish().await.map_err(|e| stream_err(e.to_string()))?;
-                break;
-            }
-            if tx.send(chunk.freeze()).await.is_err() {
-                // The handler answered (or the link died) before taking everything; its answer
-                // (or the disconnect) says why.
-                break;
+            let sent = if n == 0 { tx.finish().await } else { tx.send(chunk.freeze()).await };
+            match sent {
+                Ok(()) if n == 0 => break,
+                Ok(()) => {}
+                // The handler answered, or stopped taking data: its answer says why.
+                Err(StreamError::Closed | StreamError::Aborted(_)) => break,
+                Err(e) => return Err(e.into_call_error(dst, R::NAME)),
             }
         }
-        let frame = tx.into_reply().await?;
+        let frame = tx.into_reply().await.map_err(|e| e.into_call_error(dst, R::NAME))?;
         decode_reply::<R>(&frame)
     }
 
     /// Call `req` in `dst` and write the bytes its handler (registered with
-    /// [`Handlers::on_download`]) sends to `writer`, with bounded memory.
+    /// [`Handlers::on_download`]) sends to `writer`, with bounded memory. Dropping the future
+    /// aborts the stream on the far side too.
     pub async fn download<R, W>(&self, dst: ContextId, req: &R, mut writer: W) -> Result<R::Response, CallError>
     where
         R: Request,
         W: AsyncWrite + Unpin,
     {
-        let (credit, rx, _guard) = self.stream_call(dst, req, flags::DOWNLOAD, flags::CREDIT).await?;
-        let mut rx = ByteReceiver::new(self.clone(), credit, rx);
+        use tokio::io::AsyncWriteExt;
+        let (credit, shared, _guard) = self.stream_call(dst, req, flags::DOWNLOAD, flags::CREDIT).await?;
+        let mut rx = ByteReceiver::new(self.clone(), credit, shared);
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
-        while let Some(chunk) = rx.recv().await.map_err(|e| e.into_call_error(R::NAME))? {
+        while let Some(chunk) = rx.recv().await.map_err(|e| e.into_call_error(dst, R::NAME))? {
             writer.write_all(&chunk).await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
         }
         writer.flush().await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
@@ -471,49 +626,74 @@ impl Router {
         decode_reply::<R>(&frame)
     }
 
-    /// Send a control message to context `dst` on this context's authority.
-    pub async fn send_control(&self, dst: ContextId, msg: &Control) -> Result<(), CallError> {
+    /// Ask context `dst` (a descendant) to stop taking calls, let calls in flight finish for up to
+    /// `grace`, and exit. Only its ancestors are obeyed.
+    pub async fn request_shutdown(&self, dst: ContextId, grace: Duration) -> Result<(), CallError> {
+        let msg = Control::Shutdown { grace_ms: grace.as_millis().try_into().unwrap_or(u64::MAX) };
+        let frame = self.control_frame(dst, &msg)?;
+        self.send_frame(frame).await
+    }
+
+    fn control_frame(&self, dst: ContextId, msg: &Control) -> Result<Frame, CallError> {
         let body =
             call::encode_value(msg).map_err(|e| CallError::Encode { handler: "control", reason: e.to_string() })?;
-        let id = self.id();
-        let header = Header { dst, src: id, auth: id, handle: handles::CONTROL, reply_to: 0, flags: 0 };
-        self.send_frame(Frame { header, body }).await
+        let header = Header { dst, src: self.id(), handle: handles::CONTROL, reply_to: 0, flags: 0 };
+        Ok(Frame { header, body })
     }
 
     /// Send a call that comes with a stream (`kind`: UPLOAD or DOWNLOAD). Returns the header this
-    /// side's stream frames (`frames`: DATA or CREDIT) carry to the callee, and where its answers
-    /// arrive.
+    /// side's stream frames (`frames`: DATA or CREDIT) carry to the callee, and the stream's state.
     async fn stream_call<R: Request>(
         &self,
         dst: ContextId,
         req: &R,
         kind: u32,
         frames: u32,
-    ) -> Result<(Header, mpsc::UnboundedReceiver<StreamItem>, PendingGuard<'_>), CallError> {
+    ) -> Result<(Header, Arc<Shared>, PendingGuard<'_>), CallError> {
         let body = call::encode_call(req)?;
-        let (handle, rx, guard) = self.expect_reply(dst, PendingTx::Stream, mpsc::unbounded_channel)?;
+        let shared = Shared::new(WINDOW);
+        let (handle, guard) = self.expect_reply(dst, PendingTx::Stream(shared.clone()))?;
         self.send_call(dst, body, handle, kind).await?;
-        let id = self.id();
-        let header = Header { dst, src: id, auth: id, handle: handles::STREAM, reply_to: handle, flags: frames };
-        Ok((header, rx, guard))
+        let header = Header { dst, src: self.id(), handle: handles::STREAM, reply_to: handle, flags: frames };
+        Ok((header, shared, guard))
     }
 
-    /// Queue `frame` on the link towards its destination.
-    pub async fn send_frame(&self, frame: Frame) -> Result<(), CallError> {
+    /// Queue `frame` on the link towards its destination, first waiting while that link has more
+    /// queued than it should (its writer makes progress, or the link closes).
+    pub(crate) async fn send_frame(&self, frame: Frame) -> Result<(), CallError> {
+        let (link, outbox) = self.outbox_for(&frame)?;
+        outbox.room().await;
+        self.push_to(link, &outbox, frame)
+    }
+
+    /// Queue `frame` on the link towards its destination without waiting.
+    pub(crate) fn push_frame(&self, frame: Frame) -> Result<(), CallError> {
+        let (link, outbox) = self.outbox_for(&frame)?;
+        self.push_to(link, &outbox, frame)
+    }
+
+    fn outbox_for(&self, frame: &Frame) -> Result<(LinkId, Outbox), CallError> {
         let dst = frame.header.dst;
-        if frame.body.len() + frame::HEADER_LEN > self.inner.cfg.max_frame {
-            return Err(CallError::Encode {
-                handler: "frame",
-                reason: FrameError::TooLarge {
-                    len: frame.body.len() + frame::HEADER_LEN,
-                    max: self.inner.cfg.max_frame,
-                }
-                .to_string(),
-            });
+        let len = frame.body.len() + frame::HEADER_LEN;
+        if len > self.inner.cfg.max_frame {
+            let reason = FrameError::TooLarge { len, max: self.inner.cfg.max_frame }.to_string();
+            return Err(CallError::Encode { handler: "frame", reason });
         }
         let link = self.link_for(dst).ok_or(CallError::NoRoute(dst))?;
-        let tx = self.inner.links.get(&link).map(|l| l.tx.clone()).ok_or_else(|| self.lost(dst))?;
-        tx.send(frame).await.map_err(|_| self.lost(dst))
+        let outbox = self.inner.links.get(&link).map(|l| l.outbox.clone()).ok_or_else(|| self.lost(dst))?;
+        Ok((link, outbox))
+    }
+
+    fn push_to(&self, link: LinkId, outbox: &Outbox, frame: Frame) -> Result<(), CallError> {
+        let dst = frame.header.dst;
+        match outbox.push(frame) {
+            Ok(()) => Ok(()),
+            Err(PushError::Closed) => Err(self.lost(dst)),
+            Err(PushError::Overflow(queued)) => {
+                self.close(link, CloseReason::Overflow(queued));
+                Err(self.lost(dst))
+            }
+        }
     }
 
     /// Link that frames for `dst` leave on: its route, or else the parent.
@@ -541,36 +721,43 @@ impl Router {
     }
 
     /// Register a reply handle for a call to `dst`; the guard removes it if the call is dropped.
-    fn expect_reply<T, Rx>(
-        &self,
-        dst: ContextId,
-        wrap: impl FnOnce(T) -> PendingTx,
-        channel: impl FnOnce() -> (T, Rx),
-    ) -> Result<(u32, Rx, PendingGuard<'_>), CallError> {
+    fn expect_reply(&self, dst: ContextId, tx: PendingTx) -> Result<(u32, PendingGuard<'_>), CallError> {
         let via = self.link_for(dst).ok_or(CallError::NoRoute(dst))?;
         let handle = self.alloc_handle();
-        let (tx, rx) = channel();
-        self.inner.pending.insert(handle, Pending { via, dst, tx: wrap(tx) });
+        self.inner.pending.insert(handle, Pending { via, dst, tx });
         let guard = PendingGuard { router: self, handle };
         // A link that closed before the insert did not see this entry: fail now instead of waiting.
         if !self.inner.links.contains_key(&via) {
             return Err(self.lost(dst));
         }
-        Ok((handle, rx, guard))
+        Ok((handle, guard))
     }
 
     async fn send_call(&self, dst: ContextId, body: Bytes, reply_to: u32, flags: u32) -> Result<(), CallError> {
-        let id = self.id();
-        let header = Header { dst, src: id, auth: id, handle: handles::CALL, reply_to, flags };
+        let header = Header { dst, src: self.id(), handle: handles::CALL, reply_to, flags };
         self.send_frame(Frame { header, body }).await
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(&self, link: LinkId, mut reader: R, mut buf: BytesMut) -> CloseReason {
+    /// `from_parent`: frames read from the parent link are never held up (it carries frames for
+    /// every context below this one); frames read from a child wait for room on the link they go
+    /// to, which slows down that child only.
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        link: LinkId,
+        mut reader: R,
+        mut buf: BytesMut,
+        state: Arc<LinkState>,
+        from_parent: bool,
+    ) -> CloseReason {
         let max = self.inner.cfg.max_frame;
         loop {
             loop {
                 match frame::decode(&mut buf, max) {
-                    Ok(Some(frame)) => self.deliver(frame, link).await,
+                    Ok(Some(frame)) => {
+                        if let Err(reason) = self.deliver(frame, link, !from_parent).await {
+                            return reason;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => return CloseReason::Garbled(e),
                 }
@@ -581,13 +768,23 @@ impl Router {
             }
             match reader.read_buf(&mut buf).await {
                 Ok(0) => return CloseReason::Eof,
-                Ok(_) => {}
+                Ok(_) => state.read_some(),
                 Err(e) => return CloseReason::Io(e.to_string()),
             }
         }
     }
 
-    async fn deliver(&self, frame: Frame, from: LinkId) {
+    /// Queue a frame produced while reading a link: waiting for room if `wait`, else not.
+    async fn queue(&self, frame: Frame, wait: bool) -> Result<(), CallError> {
+        if wait {
+            self.send_frame(frame).await
+        } else {
+            self.push_frame(frame)
+        }
+    }
+
+    /// Handle one frame read from link `from`. An error closes that link.
+    async fn deliver(&self, frame: Frame, from: LinkId, wait: bool) -> Result<(), CloseReason> {
         let h = frame.header;
         // Reverse-path check: a frame must arrive on the link its source is routed through.
         if self.link_for(h.src) != Some(from) {
@@ -597,44 +794,90 @@ impl Router {
                 link = from,
                 "dropped a frame whose source is not behind the link it came on"
             );
-            return;
+            return Ok(());
         }
         if h.dst != self.id() {
-            return self.forward(frame).await;
+            self.forward(frame, wait).await;
+            return Ok(());
         }
         match h.handle {
-            handles::CALL => self.dispatch(frame).await,
-            handles::CONTROL => self.control(frame, from).await,
+            handles::CALL => self.dispatch(frame, wait).await,
+            handles::CONTROL => self.control(frame, from),
+            handles::HEARTBEAT => {}
             handles::STREAM => {
-                if let Some(tx) = self.inner.inbound.get(&(h.src, h.reply_to)) {
-                    let _ = tx.send(Ok(frame));
-                }
-            }
-            handle if handle >= handles::FIRST_DYNAMIC => {
-                if h.flags & flags::REPLY != 0 {
-                    if let Some((_, p)) = self.inner.pending.remove(&handle) {
-                        match p.tx {
-                            PendingTx::Once(tx) => drop(tx.send(Ok(frame))),
-                            PendingTx::Stream(tx) => drop(tx.send(Ok(frame))),
-                        }
+                let stream = self.inner.inbound.get(&(h.src, h.reply_to)).map(|s| s.clone());
+                if let Some(stream) = stream {
+                    if h.flags & flags::REPLY != 0 {
+                        return Ok(()); // only a callee answers, and this is the callee
                     }
-                } else if let Some(p) = self.inner.pending.get(&handle) {
-                    if let PendingTx::Stream(tx) = &p.tx {
-                        let _ = tx.send(Ok(frame));
+                    if let Err(v) = stream.apply(frame) {
+                        self.inner.inbound.remove(&(h.src, h.reply_to));
+                        return self.violation(h, from, v);
                     }
                 }
             }
-            other => debug!(handle = other, "dropped a frame for an unknown handle"),
+            handle if handle >= handles::FIRST_DYNAMIC => return self.answer(frame, from),
+            other => debug!(handle = other, src = h.src, "dropped a frame for an unknown handle"),
+        }
+        Ok(())
+    }
+
+    /// A frame for one of this context's reply handles: the answer to a call, or stream frames of
+    /// one. Only the context that was called may send them.
+    fn answer(&self, frame: Frame, from: LinkId) -> Result<(), CloseReason> {
+        let h = frame.header;
+        let stream = match self.inner.pending.get(&h.handle) {
+            Some(p) if p.dst != h.src => {
+                warn!(src = h.src, called = p.dst, "dropped an answer from a context that was not called");
+                return Ok(());
+            }
+            Some(p) => match &p.tx {
+                PendingTx::Stream(s) => Some(s.clone()),
+                PendingTx::Once(_) => None,
+            },
+            None => return Ok(()),
+        };
+        if h.flags & flags::REPLY != 0 {
+            if let Some((_, p)) = self.inner.pending.remove(&h.handle) {
+                match p.tx {
+                    PendingTx::Once(tx) => drop(tx.send(Ok(frame))),
+                    PendingTx::Stream(s) => drop(s.apply(frame)),
+                }
+            }
+        } else if let Some(stream) = stream {
+            if let Err(v) = stream.apply(frame) {
+                self.inner.pending.remove(&h.handle);
+                return self.violation(h, from, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Context `h.src` sent stream data past its credit. Its stream has failed; the peer is told,
+    /// and if it is this link's own neighbour, the link closes (a stream of a context further away
+    /// fails alone: it says nothing about the neighbour that carried it).
+    fn violation(&self, h: Header, from: LinkId, v: Violation) -> Result<(), CloseReason> {
+        let why = format!("context {} sent stream data past the credit it was given ({})", h.src, v.0);
+        warn!(src = h.src, "{why}");
+        // The other end of the stream: the caller's reply handle, or the callee's stream handle.
+        let (handle, reply_to) =
+            if h.handle == handles::STREAM { (h.reply_to, 0) } else { (handles::STREAM, h.handle) };
+        let header = Header { dst: h.src, src: self.id(), handle, reply_to, flags: flags::ABORT };
+        let _ = self.push_frame(Frame { header, body: call::encode_value(&why).unwrap_or_default() });
+        let neighbour = self.inner.links.get(&from).map(|l| l.peer);
+        match neighbour {
+            Some(peer) if peer == h.src => Err(CloseReason::Protocol(why)),
+            _ => Ok(()),
         }
     }
 
-    async fn forward(&self, frame: Frame) {
+    async fn forward(&self, frame: Frame, wait: bool) {
         let h = frame.header;
-        if let Err(e) = self.send_frame(frame).await {
+        if let Err(e) = self.queue(frame, wait).await {
             debug!(dst = h.dst, error = %e, "could not forward a frame");
             if h.handle == handles::CALL && h.flags & flags::NO_REPLY == 0 {
                 let f = Failure::new(RemoteErrorKind::NoRoute, e.to_string());
-                self.reply(h, "(forwarded call)", Err(f)).await;
+                self.reply(h, "(forwarded call)", Err(f), wait).await;
             }
         }
     }
@@ -643,11 +886,11 @@ impl Router {
         self.inner.cfg.ancestors.contains(&id)
     }
 
-    /// Whether context `auth` may call handler `name` here: an ancestor, or a descendant after this
-    /// context opted in, for every handler or for this one.
-    fn may_call(&self, auth: ContextId, name: &str) -> bool {
-        self.is_ancestor(auth)
-            || self.is_descendant(auth)
+    /// Whether context `caller` (a frame's checked source) may call handler `name` here: an
+    /// ancestor, or a descendant after this context opted in, for every handler or for this one.
+    fn may_call(&self, caller: ContextId, name: &str) -> bool {
+        self.is_ancestor(caller)
+            || self.is_descendant(caller)
                 && (self.inner.open_to_descendants.load(Ordering::Acquire)
                     || self.inner.open_handlers.read().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name))
     }
@@ -673,10 +916,11 @@ impl Router {
         }
     }
 
-    async fn control(&self, frame: Frame, from: LinkId) {
+    fn control(&self, frame: Frame, from: LinkId) {
+        let src = frame.header.src;
         let msg = match call::decode_value::<Control>(&frame.body) {
             Ok(msg) => msg,
-            Err(e) => return warn!(error = %e, "dropped an undecodable control message"),
+            Err(e) => return warn!(src, error = %e, "dropped an undecodable control message"),
         };
         let from_parent = self.inner.parent.load(Ordering::Acquire) == from;
         match msg {
@@ -684,30 +928,37 @@ impl Router {
             Control::AddRoute { id } if !from_parent => {
                 if let Some(via) = self.inner.routes.get(&id).map(|v| *v) {
                     if via != from {
-                        return warn!(id, "refused a route for a context already reachable another way");
+                        return warn!(src, id, "refused a route for a context already reachable another way");
                     }
                 }
                 if id == self.id() || self.is_ancestor(id) {
-                    return warn!(id, "refused a route for this context or an ancestor");
+                    return warn!(src, id, "refused a route for this context or an ancestor");
+                }
+                match self.granted(id) {
+                    Some(under) if self.inner.routes.get(&under).map(|v| *v) != Some(from) => {
+                        return warn!(src, id, under, "refused a route for an id granted elsewhere in the tree");
+                    }
+                    // The controller has granted every id there is: one it did not is forged.
+                    None if self.inner.cfg.ancestors.is_empty() => {
+                        return warn!(src, id, "refused a route for an id nobody was given");
+                    }
+                    _ => {}
                 }
                 self.inner.routes.insert(id, from);
-                self.announce(Control::AddRoute { id }).await;
+                self.announce(Control::AddRoute { id });
             }
             Control::DelRoute { id, lost, reason } if !from_parent => {
                 if self.inner.routes.remove_if(&id, |_, via| *via == from).is_some() {
                     self.route_lost(id, lost, &reason);
-                    self.announce(Control::DelRoute { id, lost, reason }).await;
+                    self.announce(Control::DelRoute { id, lost, reason });
                 }
             }
             Control::AddRoute { .. } | Control::DelRoute { .. } => {
-                warn!("dropped a route message that came down from the parent");
+                warn!(src, "dropped a route message that came down from the parent");
             }
             other => {
-                if !self.is_ancestor(frame.header.auth) {
-                    return warn!(
-                        auth = frame.header.auth,
-                        "refused a control message from a context that is not an ancestor"
-                    );
+                if !from_parent || !self.is_ancestor(src) {
+                    return warn!(src, "refused a control message from a context that is not an ancestor");
                 }
                 let guard = self.inner.control.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tx) = guard.as_ref() {
@@ -717,11 +968,12 @@ impl Router {
         }
     }
 
-    /// Tell the parent, if any, about a route change below this context. Awaited, so it leaves
-    /// before any frame this context sends or forwards afterwards.
-    pub async fn announce(&self, msg: Control) {
+    /// Tell the parent, if any, about a route change below this context. Queued at once, so it
+    /// leaves before any frame this context sends or forwards afterwards.
+    fn announce(&self, msg: Control) {
         if let Some(&parent) = self.inner.cfg.ancestors.first() {
-            if let Err(e) = self.send_control(parent, &msg).await {
+            let sent = self.control_frame(parent, &msg).and_then(|f| self.push_frame(f));
+            if let Err(e) = sent {
                 debug!(error = %e, "could not tell the parent about a route change");
             }
         }
@@ -729,20 +981,27 @@ impl Router {
 
     /// Context `id` is unreachable: fail the calls waiting on it and tell who watches it.
     fn route_lost(&self, id: ContextId, lost: ContextId, reason: &str) {
+        let err = || CallError::Disconnected {
+            context: id,
+            name: format!("lost hop: context {lost}"),
+            reason: reason.to_owned(),
+        };
         let failed: Vec<u32> = self.inner.pending.iter().filter(|p| p.dst == id).map(|p| *p.key()).collect();
         for handle in failed {
             if let Some((_, p)) = self.inner.pending.remove(&handle) {
-                let err = CallError::Disconnected {
-                    context: id,
-                    name: format!("lost hop: context {lost}"),
-                    reason: reason.to_owned(),
-                };
                 match p.tx {
-                    PendingTx::Once(tx) => drop(tx.send(Err(err))),
-                    PendingTx::Stream(tx) => drop(tx.send(Err(err))),
+                    PendingTx::Once(tx) => drop(tx.send(Err(err()))),
+                    PendingTx::Stream(s) => s.fail(StreamError::Call(err())),
                 }
             }
         }
+        self.inner.inbound.retain(|(src, _), s| {
+            if *src == id {
+                s.fail(StreamError::Call(err()));
+            }
+            *src != id
+        });
+        self.forget_grants(&[id]);
         if let Some((_, watch)) = self.inner.watchers.remove(&id) {
             let _ = watch.send(Some(reason.to_owned()));
         }
@@ -754,27 +1013,27 @@ impl Router {
         self.inner.watchers.entry(id).or_insert_with(|| watch::channel(None).0).subscribe()
     }
 
-    async fn dispatch(&self, frame: Frame) {
+    async fn dispatch(&self, frame: Frame, wait: bool) {
         let h = frame.header;
         let Some((name, req)) = call::split_call(&frame.body) else {
-            return self
-                .reply(h, "(unreadable)", Err(Failure::new(RemoteErrorKind::BadRequest, "the body is not a call")))
-                .await;
+            let f = Failure::new(RemoteErrorKind::BadRequest, "the body is not a call");
+            return self.reply(h, "(unreadable)", Err(f), wait).await;
         };
         let refuse = |kind, msg: String| Err(Failure::new(kind, msg));
-        if !self.may_call(h.auth, name) {
+        if !self.may_call(h.src, name) {
             let msg = format!(
                 "calls are accepted only from ancestors {:?}, not from context {}",
-                self.inner.cfg.ancestors, h.auth
+                self.inner.cfg.ancestors, h.src
             );
-            return self.reply(h, name, refuse(RemoteErrorKind::Refused, msg)).await;
+            return self.reply(h, name, refuse(RemoteErrorKind::Refused, msg), wait).await;
         }
         if !self.inner.accepting.load(Ordering::Acquire) {
-            return self.reply(h, name, refuse(RemoteErrorKind::ShuttingDown, "no new calls are taken".into())).await;
+            let f = refuse(RemoteErrorKind::ShuttingDown, "no new calls are taken".into());
+            return self.reply(h, name, f, wait).await;
         }
         let Some(entry) = self.inner.handlers.get(name).cloned() else {
             let msg = format!("it knows {}", self.inner.handlers.names().join(", "));
-            return self.reply(h, name, refuse(RemoteErrorKind::UnknownHandler, msg)).await;
+            return self.reply(h, name, refuse(RemoteErrorKind::UnknownHandler, msg), wait).await;
         };
         let shape = match h.flags & (flags::UPLOAD | flags::DOWNLOAD) {
             0 => Shape::Plain,
@@ -784,44 +1043,46 @@ impl Router {
         };
         if shape != entry.shape || h.flags & flags::UPLOAD != 0 && h.flags & flags::DOWNLOAD != 0 {
             let msg = format!("the handler takes a {:?} call, this one is {:?}", entry.shape, shape);
-            return self.reply(h, name, refuse(RemoteErrorKind::BadRequest, msg)).await;
+            return self.reply(h, name, refuse(RemoteErrorKind::BadRequest, msg), wait).await;
+        }
+        if shape != Shape::Plain && (h.reply_to == 0 || h.flags & flags::NO_REPLY != 0) {
+            let msg = "a call with a stream needs a reply handle".to_owned();
+            return self.reply(h, name, refuse(RemoteErrorKind::BadRequest, msg), wait).await;
         }
 
         let id = self.id();
         let stream = match shape {
             Shape::Plain => StreamArg::None,
             Shape::Upload => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.inner.inbound.insert((h.src, h.reply_to), tx);
-                let credit =
-                    Header { dst: h.src, src: id, auth: id, handle: h.reply_to, reply_to: 0, flags: flags::CREDIT };
-                StreamArg::Upload(ByteReceiver::new(self.clone(), credit, rx))
+                let shared = Shared::new(0);
+                self.inner.inbound.insert((h.src, h.reply_to), shared.clone());
+                let credit = Header { dst: h.src, src: id, handle: h.reply_to, reply_to: 0, flags: flags::CREDIT };
+                StreamArg::Upload(ByteReceiver::new(self.clone(), credit, shared))
             }
             Shape::Download => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.inner.inbound.insert((h.src, h.reply_to), tx);
-                let data =
-                    Header { dst: h.src, src: id, auth: id, handle: h.reply_to, reply_to: 0, flags: flags::DATA };
-                StreamArg::Download(ByteSender::new(self.clone(), data, rx, WINDOW))
+                let shared = Shared::new(WINDOW);
+                self.inner.inbound.insert((h.src, h.reply_to), shared.clone());
+                let data = Header { dst: h.src, src: id, handle: h.reply_to, reply_to: 0, flags: flags::DATA };
+                StreamArg::Download(ByteSender::new(self.clone(), data, shared, false))
             }
         };
         let name: Arc<str> = name.into();
         let req = frame.body.slice(frame.body.len() - req.len()..);
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        let cx = Cx { router: self.clone(), caller: h.src };
+        let cx = Cx::new(self.clone(), h.src);
         let mut run = Box::pin(call::run_caught(entry, req, cx, stream));
         // Most handlers answer without waiting: poll once here and spare them a task. One that is
         // still pending goes on in a task of its own, whose first poll registers a real waker.
         let first = run.as_mut().poll(&mut TaskContext::from_waker(Waker::noop()));
         match first {
-            Poll::Ready(result) => self.finish_call(h, &name, result).await,
+            Poll::Ready(result) => self.finish_call(h, &name, result, wait).await,
             Poll::Pending => {
                 let router = self.clone();
                 let span = tracing::debug_span!("call", handler = %name, caller = h.src);
                 tokio::spawn(
                     async move {
                         let result = run.await;
-                        router.finish_call(h, &name, result).await;
+                        router.finish_call(h, &name, result, true).await;
                     }
                     .instrument(span),
                 );
@@ -830,10 +1091,10 @@ impl Router {
     }
 
     /// Answer a call whose handler has finished, and count it out.
-    async fn finish_call(&self, h: Header, name: &str, result: call::Reply) {
+    async fn finish_call(&self, h: Header, name: &str, result: call::Reply, wait: bool) {
         self.inner.inbound.remove(&(h.src, h.reply_to));
         if h.flags & flags::NO_REPLY == 0 {
-            self.reply(h, name, result).await;
+            self.reply(h, name, result, wait).await;
         } else if let Err(f) = result {
             warn!(handler = %name, error = %self.remote_error(name, f), "a fire-and-forget call failed");
         }
@@ -853,16 +1114,15 @@ impl Router {
         }
     }
 
-    async fn reply(&self, call: Header, handler: &str, result: Result<Bytes, Failure>) {
+    async fn reply(&self, call: Header, handler: &str, result: Result<Bytes, Failure>, wait: bool) {
         if call.flags & flags::NO_REPLY != 0 || call.reply_to == 0 {
             if let Err(f) = result {
                 warn!(handler, error = %self.remote_error(handler, f), "a call without a reply handle failed");
             }
             return;
         }
-        let id = self.id();
         let mut header =
-            Header { dst: call.src, src: id, auth: id, handle: call.reply_to, reply_to: 0, flags: flags::REPLY };
+            Header { dst: call.src, src: self.id(), handle: call.reply_to, reply_to: 0, flags: flags::REPLY };
         let body = match result {
             Ok(body) if body.len() + frame::HEADER_LEN <= self.inner.cfg.max_frame => body,
             Ok(body) => {
@@ -882,7 +1142,7 @@ impl Router {
                 self.encode_error(handler, f)
             }
         };
-        if let Err(e) = self.send_frame(Frame { header, body }).await {
+        if let Err(e) = self.queue(Frame { header, body }, wait).await {
             debug!(handler, error = %e, "could not send a reply");
         }
     }
@@ -911,29 +1171,4 @@ fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
         return Err(CallError::Remote(err));
     }
     call::decode_value(&frame.body).map_err(|e| CallError::Decode { handler: R::NAME, reason: e.to_string() })
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Frame>, mut w: W, max: usize) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH + CHUNK);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(f) = next.take() {
-            if f.body.len() >= WRITE_DIRECT {
-                if frame::encode_header(&f.header, f.body.len(), max, &mut buf).is_ok() {
-                    w.write_all_buf(&mut buf).await?;
-                    w.write_all(&f.body).await?;
-                }
-            } else if let Err(e) = frame::encode(&f.header, &f.body, max, &mut buf) {
-                warn!(error = %e, "dropped an oversized frame");
-            }
-            if buf.len() < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !buf.is_empty() {
-            w.write_all_buf(&mut buf).await?;
-        }
-        w.flush().await?;
-    }
-    w.shutdown().await
 }

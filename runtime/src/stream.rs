@@ -1,24 +1,46 @@
-//! Byte streams that belong to a call, with credit-based flow control.
+//! Byte streams that belong to a call, with credit-based flow control checked on arrival.
 //!
 //! Bulk data never travels as one frame: a [`ByteSender`] cuts it into chunks of at most [`CHUNK`]
-//! bytes and may have at most [`WINDOW`] bytes unacknowledged. The [`ByteReceiver`] grants credit back
-//! as its consumer takes chunks, so a slow consumer slows the producer down instead of making
-//! anyone buffer without limit.
+//! bytes and may have at most [`WINDOW`] units of credit outstanding, a chunk costing its length plus
+//! [`FRAME_COST`] (so a flood of tiny or empty chunks is bounded too). The [`ByteReceiver`] grants
+//! credit back as its consumer takes chunks.
+//!
+//! The router applies every stream frame the moment it arrives ([`Shared`]): data is counted
+//! against the credit granted so far, and a peer that sends past it is cut off there and then,
+//! before anything is buffered; credit, the end marker, an abort and the call's answer only change
+//! the stream's state. So what one stream can make its receiver hold is bounded by the window,
+//! whatever the peer sends, and however slowly the consumer reads.
+//!
+//! Dropping either end before the stream is over tells the other end (an abort frame), so a
+//! handler never waits for data from a caller that gave up, nor a caller for a handler's credit.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::call::{self, CallError};
 use crate::frame::{flags, Frame, Header};
-use crate::Router;
+use crate::{ContextId, Router};
 
 /// Largest chunk of stream data in one frame.
 pub const CHUNK: usize = 256 << 10;
-/// Bytes a sender may have in flight before it waits for credit.
+/// Credit a sender starts with: units it may send before it waits for more.
 pub const WINDOW: u64 = 4 << 20;
+/// What a chunk costs beyond its length, in credit units.
+pub const FRAME_COST: u64 = 64;
+/// Smaller chunks are copied out of the read buffer they arrived in, so a trickle of tiny chunks
+/// cannot keep whole read buffers alive.
+const COPY_BELOW: usize = 64 << 10;
+/// An abort's reason is kept to this many bytes.
+const REASON_MAX: usize = 1024;
 
-/// What arrives for a stream: frames, or the reason none will come any more.
-pub(crate) type StreamItem = Result<Frame, CallError>;
+/// Credit units that `len` bytes of data cost.
+pub(crate) fn cost(len: usize) -> u64 {
+    len as u64 + FRAME_COST
+}
 
 /// Why a stream stopped.
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +58,172 @@ pub enum StreamError {
     /// The other side broke the flow-control rules.
     #[error("flow-control violation: {0}")]
     Protocol(String),
+    /// Nothing moved on the stream for this long.
+    #[error("nothing moved on the stream for {0:?}")]
+    Timeout(Duration),
 }
 
 impl StreamError {
-    pub(crate) fn into_call_error(self, handler: &'static str) -> CallError {
+    pub(crate) fn into_call_error(self, context: ContextId, handler: &'static str) -> CallError {
         match self {
             StreamError::Call(e) => e,
+            StreamError::Timeout(after) => CallError::Timeout { context, handler, after },
             other => CallError::Stream { handler, reason: other.to_string() },
         }
+    }
+}
+
+/// How a stream ended, as far as frames say.
+#[derive(Debug)]
+enum End {
+    /// The sender finished (END), or the call was answered.
+    Finished,
+    /// The other side aborted, saying why.
+    Aborted(String),
+    /// The link went, or the other side broke the rules.
+    Failed(StreamError),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    data: VecDeque<Bytes>,
+    /// Receiving side: units arrived and not yet granted back.
+    unacked: u64,
+    /// Sending side: units it may still send.
+    credit: u64,
+    end: Option<End>,
+    /// The call's answer, on the caller's side.
+    reply: Option<Frame>,
+}
+
+/// One stream's state, shared by the router (which applies frames on arrival) and the end that
+/// consumes it.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+/// A peer sent data past its credit.
+#[derive(Debug)]
+pub(crate) struct Violation(pub(crate) String);
+
+impl Shared {
+    pub(crate) fn new(credit: u64) -> Arc<Shared> {
+        Arc::new(Shared { state: Mutex::new(State { credit, ..State::default() }), wake: Notify::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.lock());
+        self.wake.notify_one();
+    }
+
+    /// Apply one stream frame that arrived from the peer.
+    pub(crate) fn apply(&self, frame: Frame) -> Result<(), Violation> {
+        let f = frame.header.flags;
+        if f & flags::REPLY != 0 {
+            self.update(|s| {
+                s.reply = Some(frame);
+                s.end.get_or_insert(End::Finished);
+            });
+        } else if f & flags::DATA != 0 {
+            let mut s = self.lock();
+            let cost = cost(frame.body.len());
+            if s.end.is_some() {
+                return Ok(()); // late data for a stream already over: dropped
+            }
+            if s.unacked + cost > WINDOW {
+                let why = format!("{} units sent past a window of {WINDOW}", s.unacked + cost);
+                s.end = Some(End::Failed(StreamError::Protocol(why.clone())));
+                s.data.clear();
+                drop(s);
+                self.wake.notify_one();
+                return Err(Violation(why));
+            }
+            s.unacked += cost;
+            let body = if frame.body.len() < COPY_BELOW { Bytes::copy_from_slice(&frame.body) } else { frame.body };
+            s.data.push_back(body);
+            drop(s);
+            self.wake.notify_one();
+        } else if f & flags::CREDIT != 0 {
+            let grant: u64 = call::decode_value(&frame.body).unwrap_or(0);
+            self.update(|s| s.credit = s.credit.saturating_add(grant));
+        } else if f & flags::END != 0 {
+            self.update(|s| {
+                s.end.get_or_insert(End::Finished);
+            });
+        } else if f & flags::ABORT != 0 {
+            let mut reason: String = call::decode_value(&frame.body).unwrap_or_default();
+            if reason.len() > REASON_MAX {
+                let mut cut = REASON_MAX;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            self.update(|s| {
+                s.end.get_or_insert(End::Aborted(reason));
+            });
+        }
+        Ok(())
+    }
+
+    /// The stream cannot go on (its link closed, its peer was lost or broke the rules).
+    pub(crate) fn fail(&self, err: StreamError) {
+        self.update(|s| {
+            s.data.clear();
+            if !matches!(s.end, Some(End::Failed(_))) {
+                s.end = Some(End::Failed(err));
+            }
+        });
+    }
+
+    /// Wait for the next change, at most `idle`.
+    async fn changed(&self, idle: Duration) -> Result<(), StreamError> {
+        tokio::time::timeout(idle, self.wake.notified()).await.map_err(|_| StreamError::Timeout(idle))
+    }
+
+    /// Take a failure out (leaving the stream finished), or describe how it ended.
+    fn ended(s: &mut State) -> Option<StreamError> {
+        match s.end.take()? {
+            End::Finished => {
+                s.end = Some(End::Finished);
+                None
+            }
+            End::Aborted(why) => {
+                s.end = Some(End::Aborted(why.clone()));
+                Some(StreamError::Aborted(why))
+            }
+            End::Failed(e) => {
+                s.end = Some(End::Finished);
+                Some(e)
+            }
+        }
+    }
+}
+
+/// A frame to send if an end is dropped before its stream is over.
+#[derive(Debug)]
+struct AbortOnDrop {
+    router: Router,
+    header: Header,
+    why: &'static str,
+}
+
+impl AbortOnDrop {
+    fn new(router: Router, mut header: Header, why: &'static str) -> Self {
+        header.flags = flags::ABORT;
+        AbortOnDrop { router, header, why }
+    }
+
+    fn send(&self) {
+        let body = call::encode_value(self.why).unwrap_or_default();
+        // Never waits: a drop cannot.
+        let _ = self.router.push_frame(Frame { header: self.header, body });
     }
 }
 
@@ -53,37 +233,60 @@ pub struct ByteSender {
     router: Router,
     /// Template for data frames: addressing is fixed for the stream's life.
     data: Header,
-    credit: u64,
-    rx: mpsc::UnboundedReceiver<StreamItem>,
-    /// An answer to the call that arrived while sending (caller side of an upload).
-    reply: Option<Frame>,
+    shared: Arc<Shared>,
+    idle: Duration,
     finished: bool,
+    /// Sent to the receiver if this end is dropped before the stream is over (caller side).
+    abort: Option<AbortOnDrop>,
 }
 
 impl ByteSender {
-    pub(crate) fn new(router: Router, data: Header, rx: mpsc::UnboundedReceiver<StreamItem>, credit: u64) -> Self {
-        ByteSender { router, data, credit, rx, reply: None, finished: false }
+    /// `abort`: tell the receiver if this end is dropped unfinished (the caller's side of an
+    /// upload; the handler's side of a download ends with its answer instead).
+    pub(crate) fn new(router: Router, data: Header, shared: Arc<Shared>, abort: bool) -> Self {
+        let idle = router.config().call_timeout;
+        let abort = abort.then(|| AbortOnDrop::new(router.clone(), data, "the sender gave up"));
+        ByteSender { router, data, shared, idle, finished: false, abort }
     }
 
     /// Send `bytes`, in chunks of at most [`CHUNK`], waiting for credit as needed.
     pub async fn send(&mut self, mut bytes: Bytes) -> Result<(), StreamError> {
-        if self.finished || self.reply.is_some() {
+        if self.finished {
             return Err(StreamError::Closed);
         }
         while !bytes.is_empty() {
             let piece = bytes.split_to(bytes.len().min(CHUNK));
-            while self.credit < piece.len() as u64 {
-                self.wait_credit().await?;
-            }
-            self.credit -= piece.len() as u64;
+            self.take_credit(cost(piece.len())).await?;
             self.router.send_frame(Frame { header: self.data, body: piece }).await?;
         }
         Ok(())
     }
 
+    async fn take_credit(&mut self, units: u64) -> Result<(), StreamError> {
+        loop {
+            {
+                let mut s = self.shared.lock();
+                if s.reply.is_some() {
+                    return Err(StreamError::Closed);
+                }
+                if let Some(e) = Shared::ended(&mut s) {
+                    return Err(e);
+                }
+                if s.end.is_some() {
+                    return Err(StreamError::Closed);
+                }
+                if s.credit >= units {
+                    s.credit -= units;
+                    return Ok(());
+                }
+            }
+            self.shared.changed(self.idle).await?;
+        }
+    }
+
     /// Say the stream is complete. Only uploads need this: a download ends with the handler's answer.
     pub(crate) async fn finish(&mut self) -> Result<(), StreamError> {
-        if !self.finished && self.reply.is_none() {
+        if !self.finished {
             self.finished = true;
             let mut header = self.data;
             header.flags = flags::END;
@@ -92,37 +295,32 @@ impl ByteSender {
         Ok(())
     }
 
-    async fn wait_credit(&mut self) -> Result<(), StreamError> {
-        let frame = match self.rx.recv().await {
-            Some(item) => item?,
-            None => return Err(StreamError::Closed),
-        };
-        let f = frame.header.flags;
-        if f & flags::REPLY != 0 {
-            self.reply = Some(frame);
-            return Err(StreamError::Closed);
-        }
-        if f & flags::ABORT != 0 {
-            return Err(StreamError::Aborted(call::decode_value(&frame.body).unwrap_or_default()));
-        }
-        if f & flags::CREDIT != 0 {
-            let grant: u64 = call::decode_value(&frame.body)
-                .map_err(|e| StreamError::Protocol(format!("undecodable credit: {e}")))?;
-            self.credit = self.credit.saturating_add(grant);
-        }
-        Ok(())
-    }
-
-    /// Caller side of an upload: the handler's answer, skipping credit still on its way.
-    pub(crate) async fn into_reply(mut self) -> Result<Frame, CallError> {
+    /// Caller side of an upload: the handler's answer, once it comes.
+    pub(crate) async fn into_reply(mut self) -> Result<Frame, StreamError> {
         loop {
-            if let Some(frame) = self.reply.take() {
-                return Ok(frame);
+            {
+                let mut s = self.shared.lock();
+                if let Some(reply) = s.reply.take() {
+                    self.abort = None;
+                    return Ok(reply);
+                }
+                // An abort is followed by the answer saying why; a failure is final.
+                if let Some(End::Failed(_)) = s.end {
+                    if let Some(e) = Shared::ended(&mut s) {
+                        return Err(e);
+                    }
+                }
             }
-            match self.wait_credit().await {
-                Ok(()) => {}
-                Err(StreamError::Closed) if self.reply.is_some() => {}
-                Err(e) => return Err(e.into_call_error("upload")),
+            self.shared.changed(self.idle).await?;
+        }
+    }
+}
+
+impl Drop for ByteSender {
+    fn drop(&mut self) {
+        if let Some(abort) = &self.abort {
+            if self.shared.lock().reply.is_none() {
+                abort.send();
             }
         }
     }
@@ -134,52 +332,50 @@ pub struct ByteReceiver {
     router: Router,
     /// Template for credit frames back to the sender.
     credit: Header,
-    rx: mpsc::UnboundedReceiver<StreamItem>,
-    /// Bytes taken since credit was last granted.
+    shared: Arc<Shared>,
+    idle: Duration,
+    /// Units taken since credit was last granted.
     taken: u64,
-    /// Bytes received and not yet covered by a grant: more than [`WINDOW`] is a violation.
-    outstanding: u64,
-    reply: Option<Frame>,
     done: bool,
+    abort: AbortOnDrop,
 }
 
 impl ByteReceiver {
-    pub(crate) fn new(router: Router, credit: Header, rx: mpsc::UnboundedReceiver<StreamItem>) -> Self {
-        ByteReceiver { router, credit, rx, taken: 0, outstanding: 0, reply: None, done: false }
+    pub(crate) fn new(router: Router, credit: Header, shared: Arc<Shared>) -> Self {
+        let idle = router.config().call_timeout;
+        let abort = AbortOnDrop::new(router.clone(), credit, "the receiver went away");
+        ByteReceiver { router, credit, shared, idle, taken: 0, done: false, abort }
     }
 
     /// The next chunk, or `None` once the stream has ended.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, StreamError> {
-        while !self.done {
-            let frame = match self.rx.recv().await {
-                Some(item) => item?,
-                None => return Err(StreamError::Aborted("the stream ended without its end marker".into())),
+        loop {
+            let next = {
+                let mut s = self.shared.lock();
+                match s.data.pop_front() {
+                    Some(chunk) => Some(Ok(Some(chunk))),
+                    None => match Shared::ended(&mut s) {
+                        Some(e) => Some(Err(e)),
+                        None if s.end.is_some() => Some(Ok(None)),
+                        None => None,
+                    },
+                }
             };
-            let f = frame.header.flags;
-            if f & flags::DATA != 0 {
-                let n = frame.body.len() as u64;
-                self.outstanding += n;
-                if self.outstanding > WINDOW {
-                    return Err(StreamError::Protocol(format!(
-                        "{} bytes sent past a window of {WINDOW}",
-                        self.outstanding
-                    )));
+            match next {
+                Some(Ok(Some(chunk))) => {
+                    self.taken += cost(chunk.len());
+                    if self.taken >= WINDOW / 4 {
+                        self.grant().await?;
+                    }
+                    return Ok(Some(chunk));
                 }
-                self.taken += n;
-                if self.taken >= WINDOW / 4 {
-                    self.grant().await?;
+                Some(end) => {
+                    self.done = true;
+                    return end;
                 }
-                return Ok(Some(frame.body));
-            } else if f & flags::END != 0 {
-                self.done = true;
-            } else if f & flags::REPLY != 0 {
-                self.reply = Some(frame);
-                self.done = true;
-            } else if f & flags::ABORT != 0 {
-                return Err(StreamError::Aborted(call::decode_value(&frame.body).unwrap_or_default()));
+                None => self.shared.changed(self.idle).await?,
             }
         }
-        Ok(None)
     }
 
     /// Read the whole stream, discarding it, and return its length.
@@ -193,13 +389,30 @@ impl ByteReceiver {
 
     async fn grant(&mut self) -> Result<(), StreamError> {
         let body = call::encode_value(&self.taken).map_err(|e| StreamError::Protocol(e.to_string()))?;
-        self.outstanding -= self.taken;
+        {
+            // Counted out before the grant leaves: the sender cannot use it before this.
+            let mut s = self.shared.lock();
+            s.unacked = s.unacked.saturating_sub(self.taken);
+        }
         self.taken = 0;
         self.router.send_frame(Frame { header: self.credit, body }).await?;
         Ok(())
     }
 
+    /// The call's answer, once the stream has ended with it (caller side of a download).
     pub(crate) fn take_reply(&mut self) -> Option<Frame> {
-        self.reply.take()
+        let reply = self.shared.lock().reply.take();
+        if reply.is_some() {
+            self.done = true;
+        }
+        reply
+    }
+}
+
+impl Drop for ByteReceiver {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort.send();
+        }
     }
 }

@@ -93,7 +93,7 @@ pub fn handlers() -> Handlers {
         })
         // Try to make another context run something: what a compromised agent would attempt.
         .on(|CallContext(id), cx: Cx| async move {
-            Ok::<_, HandlerError>(match cx.router.call(id, &Echo("do my bidding".into())).await {
+            Ok::<_, HandlerError>(match cx.call(id, &Echo("do my bidding".into())).await {
                 Ok(_) => "obeyed".to_owned(),
                 Err(e) => format!("refused: {e}"),
             })
