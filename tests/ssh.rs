@@ -33,7 +33,7 @@ async fn the_second_start_uploads_nothing_and_login_noise_is_ignored() {
     lab.sh("noisy", "rm -rf ~/.cache/hypha");
     let rt = runtime();
     let first = rt.spawn(lab.openssh("noisy")).await.unwrap();
-    let size = hypha::bootstrap::stub::Payload::current().unwrap().gzip.len() as u64;
+    let size = hypha::bootstrap::stub::Payload::current().await.unwrap().gzip.len() as u64;
     assert_eq!(first.uploaded(), Some(size));
     let second = rt.spawn(lab.openssh("noisy")).await.unwrap();
     assert_eq!(second.uploaded(), None);

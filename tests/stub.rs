@@ -11,8 +11,9 @@ use hypha::bootstrap::{exe_hash, handshake, stub};
 use hypha::runtime::proto::Init;
 
 async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha::runtime::proto::Hello) {
-    let hash = exe_hash().unwrap();
-    let cmd = stub::command(nonce, hash);
+    let agent = stub::Fingerprint::current().await.unwrap();
+    let hash = agent.hash.as_str();
+    let cmd = stub::command(nonce, agent);
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", &cmd])
         .env("XDG_CACHE_HOME", cache)
@@ -46,7 +47,7 @@ async fn the_stub_uploads_once_then_runs_the_cached_agent() {
     let cache = std::env::temp_dir().join(format!("hypha-stub-test-{}", std::process::id()));
     std::fs::create_dir_all(&cache).unwrap();
     let (uploaded, hello) = start_stub(&cache, "first").await;
-    let payload = stub::Payload::current().unwrap();
+    let payload = stub::Payload::current().await.unwrap();
     assert_eq!(uploaded, Some(payload.gzip.len() as u64), "sent compressed");
     assert!(payload.gzip.len() < payload.raw.len());
     assert_eq!(hello.binary_hash, exe_hash().unwrap());

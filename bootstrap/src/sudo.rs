@@ -16,7 +16,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::method::{spawn_piped, BoxFuture, Method, StderrTail, Transport};
-use crate::{exe_hash, stub, BootError, Identity};
+use crate::{stub, BootError, Identity};
 
 /// What sudo prints when it wants the password (on stderr, thanks to `-S`).
 const PROMPT: &str = "[hypha-sudo-password]";
@@ -67,13 +67,15 @@ impl Method for Sudo {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let target = self.target();
-            let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let agent = stub::Fingerprint::current()
+                .await
+                .map_err(|source| BootError::Io { target: target.clone(), source })?;
             let mut cmd = Command::new(&self.program);
             cmd.args(["-S", "-p", PROMPT, "-H", "-u", &self.user]);
             if self.password.is_none() {
                 cmd.arg("-n");
             }
-            cmd.arg("--").args(stub::argv(nonce, hash));
+            cmd.arg("--").args(stub::argv(nonce, agent));
             let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, &target)?;
             let (tail, mut prompts) = watch_stderr(stderr);
             let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
