@@ -430,7 +430,11 @@ where
                             target: target.into(),
                             dir,
                             found: replaced,
-                            reason: format!("sent {} bytes ({:?}); {reason}", body.len(), report.compression),
+                            reason: format!(
+                                "sent {} bytes{}; {reason}",
+                                body.len(),
+                                if report.compression == Compression::Gzip { " of gzip" } else { "" }
+                            ),
                         })
                     }
                 }

@@ -148,18 +148,17 @@ if [ "$cmd" = SEND ]; then
         head -c "$len" > "$t"
     fi
     chmod 700 "$t" 2>/dev/null
-    if ! fits "$t"; then
+    # Everything of this start is gone before the parent reads why it failed.
+    failed() {
         rm -f "$t"
-        printf "\nHYPHA-STUB-FAILED %s the uploaded agent is damaged (%s)\n" "$n" "$bad"
+        [ -n "$lk" ] && rm -rf "$lk"
+        printf "\nHYPHA-STUB-FAILED %s %s\n" "$n" "$1"
         exit 5
-    fi
+    }
+    fits "$t" || failed "the uploaded agent is damaged ($bad)"
     # A directory (or a link to one) by the name of the agent would take the file inside it.
     [ -d "$f" ] && rm -rf "$f"
-    if ! mv -f "$t" "$f"; then
-        rm -f "$t"
-        printf "\nHYPHA-STUB-FAILED %s cannot rename it into place\n" "$n"
-        exit 6
-    fi
+    mv -f "$t" "$f" || failed "cannot rename it into place"
     [ -n "$lk" ] && rm -rf "$lk"
     printf "\nHYPHA-STUB-INSTALLED %s\n" "$n"
 elif [ "$cmd" != RUN ] || [ "$st" != CACHED ]; then
