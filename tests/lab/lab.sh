@@ -12,7 +12,7 @@
 #   noisy   10.213.0.12   MOTD, a .bashrc and a .profile that print text before anything runs
 #   locked  10.213.0.13   no writable, executable directory for the agent cache
 #   arm     10.213.0.14   `uname -m` says aarch64 (a host of another architecture, as far as we can tell)
-#   broken  10.213.0.15   the cached agent is a program that fails like a loader error
+#   broken  10.213.0.15   its test makes the loader fail there (libssl.so.3 unreadable)
 #   cache   10.213.0.16   for the agent-cache tests alone (they plant files there as another user)
 #   hop1    10.213.0.21   the first host of a chain; hop2 10.213.2.2 is reachable only from hop1,
 #   hop3 10.213.3.2 only from hop2, hop4 10.213.4.2 only from hop3 (each pair on its own veth)
