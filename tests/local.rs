@@ -230,11 +230,15 @@ async fn a_program_that_is_no_agent_fails_clearly_and_fast() {
     assert!(matches!(err, BootError::Start { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/agent"), "{err}");
 
-    // `cat` waits for input and never prints a marker: the handshake deadline ends it.
-    let quick = Local { program: Some("/bin/cat".into()), timeout: Some(Duration::from_millis(300)) };
+    // A program that waits for input and never prints a marker: the handshake deadline ends it.
+    let silent = std::env::temp_dir().join(format!("hypha-silent-{}", std::process::id()));
+    std::fs::write(&silent, "#!/bin/sh\nexec cat\n").unwrap();
+    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let quick = Local { program: Some(silent.clone()), timeout: Some(Duration::from_millis(300)) };
     let err = rt.spawn(quick).await.unwrap_err();
     assert!(matches!(err, BootError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
+    let _ = std::fs::remove_file(&silent);
     // The runtime is fine afterwards.
     assert_eq!(rt.local().await.unwrap().call(Echo("ok".into())).await.unwrap(), "ok");
     rt.shutdown().await;

@@ -33,7 +33,7 @@ async fn the_second_start_uploads_nothing_and_login_noise_is_ignored() {
     lab.sh("noisy", "rm -rf ~/.cache/hypha");
     let rt = runtime();
     let first = rt.spawn(lab.openssh("noisy")).await.unwrap();
-    let size = hypha::bootstrap::stub::Payload::current().unwrap().gzip.len() as u64;
+    let size = hypha::bootstrap::stub::Payload::current().await.unwrap().gzip.len() as u64;
     assert_eq!(first.uploaded(), Some(size));
     let second = rt.spawn(lab.openssh("noisy")).await.unwrap();
     assert_eq!(second.uploaded(), None);
@@ -228,19 +228,23 @@ async fn another_architecture_is_refused_naming_both() {
 #[tokio::test]
 async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
     let Some(lab) = lab() else { return };
-    // A "cached agent" that fails the way a loader does.
-    let hash = hypha::bootstrap::exe_hash().unwrap();
-    lab.sh(
-        "broken",
-        &format!(
-            "mkdir -p ~/.cache/hypha && printf '#!/bin/sh\\necho \"hypha-{hash}: error while loading shared libraries: libhypha.so.9: cannot open shared object file\" >&2\\nexit 127\\n' > ~/.cache/hypha/hypha-{hash} && chmod 700 ~/.cache/hypha/hypha-{hash}"
-        ),
-    );
+    // The real agent, uploaded and verified, on a host whose loader cannot load a library it
+    // needs: libssl, unreadable in `broken`'s mount namespace (sshd there does not use it). A
+    // planted script would no longer do: the stub replaces what is not the agent.
+    let lib = lab.root_sh("broken", "for l in /lib/*/libssl.so.3 /usr/lib/*/libssl.so.3 /lib64/libssl.so.3; do [ -e $l ] && readlink -f $l; done | head -n 1");
+    let lib = lib.trim();
+    assert!(!lib.is_empty(), "no libssl.so.3 to hide");
+    lab.root_sh("broken", &format!("grep -q ' {lib} ' /proc/self/mountinfo || mount --bind /dev/null {lib}"));
+    lab.root_sh("broken", "rm -rf /home/hypha/.cache/hypha");
     let rt = runtime();
-    for method in lab.both("broken") {
+    for (i, method) in lab.both("broken").into_iter().enumerate() {
         let err = rt.spawn(method).await.unwrap_err();
-        assert!(matches!(err, BootError::Exited { .. }), "{err}");
-        assert!(err.to_string().contains("error while loading shared libraries: libhypha.so.9"), "{err}");
+        assert!(matches!(err, BootError::Exited { .. }), "start {i}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("error while loading shared libraries: ") && text.contains("libssl.so.3"),
+            "start {i}: {err}"
+        );
     }
     rt.shutdown().await;
 }

@@ -11,8 +11,9 @@ use hypha::bootstrap::{exe_hash, handshake, stub};
 use hypha::runtime::proto::Init;
 
 async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha::runtime::proto::Hello) {
-    let hash = exe_hash().unwrap();
-    let cmd = stub::command(nonce, hash);
+    let agent = stub::Fingerprint::current().await.unwrap();
+    let hash = agent.hash.as_str();
+    let cmd = stub::command(nonce, agent);
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", &cmd])
         .env("XDG_CACHE_HOME", cache)
@@ -54,7 +55,7 @@ async fn the_stub_uploads_once_then_runs_the_cached_agent() {
     let cache = std::env::temp_dir().join(format!("hypha-stub-test-{}", std::process::id()));
     std::fs::create_dir_all(&cache).unwrap();
     let (uploaded, hello) = start_stub(&cache, "first").await;
-    let payload = stub::Payload::current().unwrap();
+    let payload = stub::Payload::current().await.unwrap();
     assert_eq!(uploaded, Some(payload.gzip.len() as u64), "sent compressed");
     assert!(payload.gzip.len() < payload.raw.len());
     assert_eq!(hello.binary_hash, exe_hash().unwrap());
@@ -67,4 +68,139 @@ async fn the_stub_uploads_once_then_runs_the_cached_agent() {
     assert_eq!(uploaded, None, "the second start uploads nothing");
     assert_ne!(hello2.pid, hello.pid);
     std::fs::remove_dir_all(&cache).unwrap();
+}
+
+/// Start the stub under a real `sh` with `cache` as `$XDG_CACHE_HOME` (and `path` as `$PATH`, if
+/// given).
+fn spawn_stub(
+    cache: &std::path::Path,
+    nonce: &str,
+    agent: &stub::Fingerprint,
+    path: Option<&std::path::Path>,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", &stub::command(nonce, agent)])
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A writer that flips one byte at `at` of everything written through it: a damaged upload.
+struct FlipAt<W> {
+    inner: W,
+    written: usize,
+    at: usize,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlipAt<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut data = buf.to_vec();
+        if let Some(i) = self.at.checked_sub(self.written).filter(|&i| i < data.len()) {
+            data[i] ^= 0xff;
+        }
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, &data))?;
+        self.written += n;
+        std::task::Poll::Ready(Ok(n))
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_replacement_says_what_was_found_and_what_was_tried() {
+    let cache = std::env::temp_dir().join(format!("hypha-stub-heal-{}", std::process::id()));
+    let dir = cache.join("hypha");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let agent = stub::Fingerprint::current().await.unwrap();
+    // A damaged cached agent (five bytes), and an upload that is damaged on the way.
+    let cached = dir.join(format!("hypha-{}", agent.hash));
+    std::fs::write(&cached, b"junk\n").unwrap();
+    std::fs::set_permissions(&cached, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let mut child = spawn_stub(&cache, "heal", agent, None);
+    let mut stdin = FlipAt { inner: child.stdin.take().unwrap(), written: 0, at: 100_000 };
+    let mut stdout = child.stdout.take().unwrap();
+    let err = stub::run(&mut stdout, &mut stdin, Default::default(), "heal", "sh test", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    let hypha::BootError::Install { found, .. } = &err else { panic!("{text}") };
+    assert_eq!(found.as_deref(), Some(format!("5 bytes long, not {}", agent.len).as_str()), "{text}");
+    assert!(text.starts_with("sh test: the cached agent in "), "{text}");
+    assert!(
+        text.contains("and a fresh upload failed: sent ") && text.contains("the uploaded agent is damaged"),
+        "{text}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "no temporary file or lock left: {left:?}");
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+#[tokio::test]
+async fn without_cksum_the_stub_checks_sizes_and_still_installs() {
+    // A PATH with every tool the stub uses but `cksum` (as on some busybox builds).
+    let root = std::env::temp_dir().join(format!("hypha-stub-nocksum-{}", std::process::id()));
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["sh", "id", "uname", "gzip", "ls", "mkdir", "chmod", "rm", "cat", "head", "mv", "sleep", "stty"] {
+        let real =
+            ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists()).unwrap();
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    let cache = root.join("cache");
+    let agent = stub::Fingerprint::current().await.unwrap();
+    let start = |nonce: &'static str| {
+        let mut child = spawn_stub(&cache, nonce, agent, Some(&bin));
+        async move {
+            let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+            let (outcome, rest) =
+                stub::run(&mut stdout, &mut stdin, Default::default(), nonce, "sh test", Duration::from_secs(60))
+                    .await?;
+            let expect = handshake::Expect {
+                nonce,
+                binary_hash: &agent.hash,
+                max_frame: 1 << 20,
+                timeout: Duration::from_secs(30),
+                target: "sh test",
+            };
+            let init = |_: &_| Init { id: 1, ancestors: vec![0], name: "stub".into(), max_frame: 1 << 20, ids: (0, 0) };
+            handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await?;
+            drop(stdin);
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            Ok::<_, hypha::BootError>(outcome)
+        }
+    };
+    let first = start("nock1").await.unwrap();
+    assert!(first.uploaded.is_some());
+    assert_eq!(start("nock2").await.unwrap().uploaded, None, "cached");
+    // A truncated agent: the size gives it away.
+    let cached = cache.join("hypha").join(format!("hypha-{}", agent.hash));
+    let bytes = std::fs::read(&cached).unwrap();
+    std::fs::write(cache.join("hypha").join("short"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::set_permissions(cache.join("hypha").join("short"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap();
+    std::fs::rename(cache.join("hypha").join("short"), &cached).unwrap();
+    let healed = start("nock3").await.unwrap();
+    assert!(healed.uploaded.is_some());
+    assert_eq!(healed.replaced, Some(format!("{} bytes long, not {}", bytes.len() / 2, agent.len)));
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -22,21 +22,30 @@ use tracing::{debug, info_span, Instrument};
 use crate::fdio::{take_stdio, FdStream};
 use crate::{builtins, handshake, identity, BootError, Identity};
 
-/// Environment variable that marks a process as an agent; its value is the handshake nonce.
-pub const AGENT_ENV: &str = "HYPHA_AGENT";
+/// The first argument of a process started as an agent; the second is the handshake nonce
+/// (`<exe> --hypha-agent NONCE`). An argument, not an environment variable: nothing the handlers
+/// start inherits it, and the agent never has to change its environment.
+pub const AGENT_FLAG: &str = "--hypha-agent";
 /// If set (to `error`, `warn`, `info`, `debug` or `trace`), an agent logs to its stderr.
 pub const LOG_ENV: &str = "HYPHA_LOG";
 
-/// If this process was started as an agent, serve as one and exit; otherwise return at once.
+/// If this process was started as an agent (its arguments are [`AGENT_FLAG`] and a nonce), serve
+/// as one and exit; otherwise return at once.
 ///
 /// Call it before the program prints anything. It works before or inside a tokio runtime (for
 /// example first thing in a `#[tokio::main]` function); before one, the agent starts a little faster.
 pub fn run_if_agent(handlers: &Handlers) {
-    let Ok(nonce) = std::env::var(AGENT_ENV) else {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(flag), Some(nonce)) = (args.next(), args.next()) else {
         return;
     };
-    // Not inherited by anything the handlers start.
-    std::env::remove_var(AGENT_ENV);
+    if flag != AGENT_FLAG {
+        return;
+    }
+    let Some(nonce) = nonce.to_str().map(str::to_owned) else {
+        eprintln!("hypha agent (pid {}): the nonce is not UTF-8", std::process::id());
+        std::process::exit(1);
+    };
     let result = if tokio::runtime::Handle::try_current().is_ok() {
         // Called inside `#[tokio::main]`: the agent needs a runtime of its own, which cannot be
         // started on a thread that already drives one. The caller's runtime stays idle.

@@ -70,6 +70,19 @@ pub enum BootError {
         /// The directories tried.
         tried: String,
     },
+    /// The agent could not be installed in the host's cache directory (a fresh upload failed;
+    /// when it was to replace a damaged cached agent, what was wrong with that one too).
+    #[error("{target}: {}", install(dir, found.as_deref(), reason))]
+    Install {
+        /// Method and host.
+        target: String,
+        /// The cache directory.
+        dir: String,
+        /// What was wrong with the cached agent the upload was to replace, if one was there.
+        found: Option<String>,
+        /// What was sent, and what the stub said went wrong.
+        reason: String,
+    },
     /// The host refused every credential offered.
     #[error("{target}: authentication refused: {reason}")]
     Auth {
@@ -103,6 +116,13 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn install(dir: &str, found: Option<&str>, reason: &str) -> String {
+    match found {
+        Some(found) => format!("the cached agent in {dir} was {found}, and a fresh upload failed: {reason}"),
+        None => format!("installing the agent in {dir} failed: {reason}"),
+    }
 }
 
 fn said(output: &str) -> String {

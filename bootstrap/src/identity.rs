@@ -53,13 +53,33 @@ pub fn exe_hash() -> std::io::Result<&'static str> {
     if let Some(h) = HASH.get() {
         return Ok(h);
     }
-    let h = hash_file(&std::env::current_exe()?)?;
+    let h = hash_reader(open_exe()?)?;
     Ok(HASH.get_or_init(|| h))
+}
+
+/// The path that names this process's executable: on Linux `/proc/self/exe`, which opens (and
+/// runs) the file this process was started from even after another file was renamed over its
+/// path (a sibling start installing the same agent) or it was removed; elsewhere
+/// [`std::env::current_exe`].
+pub(crate) fn exe_path() -> std::io::Result<std::path::PathBuf> {
+    let proc = std::path::Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc.exists() {
+        return Ok(proc.to_owned());
+    }
+    std::env::current_exe()
+}
+
+/// This process's executable, opened: the file that is running, not whatever its path names now.
+pub(crate) fn open_exe() -> std::io::Result<std::fs::File> {
+    std::fs::File::open(exe_path()?)
 }
 
 /// xxh3-128 of a file's content, as 32 hex digits.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    hash_reader(std::fs::File::open(path)?)
+}
+
+fn hash_reader(mut file: impl Read) -> std::io::Result<String> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -38,7 +38,7 @@ mod su;
 mod sudo;
 mod via;
 
-pub use agent::{init_logging, run_if_agent, AGENT_ENV, LOG_ENV};
+pub use agent::{init_logging, run_if_agent, AGENT_FLAG, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
 pub use error::BootError;
 pub use forward::{Agent, AgentLoans, AgentMessage};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::identity::exe_path;
 use crate::method::{BoxFuture, Method, Transport};
 use crate::{agent, BootError, Identity};
 
@@ -32,12 +33,23 @@ impl Method for Local {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let fail = |reason: String| BootError::Start { target: self.target(), reason };
-            let program = match &self.program {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().map_err(|e| fail(format!("cannot find this executable: {e}")))?,
+            let mut cmd = match &self.program {
+                Some(p) => Command::new(p),
+                None => {
+                    // What is running, even if its path now names another file (see exe_path);
+                    // ps shows the usual name.
+                    let path = exe_path().map_err(|e| fail(format!("cannot find this executable: {e}")))?;
+                    let mut cmd = Command::new(path);
+                    if let Ok(name) = std::env::current_exe() {
+                        cmd.arg0(name);
+                    }
+                    cmd
+                }
             };
-            let mut child = Command::new(&program)
-                .env(agent::AGENT_ENV, nonce)
+            let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+            let mut child = cmd
+                .arg(agent::AGENT_FLAG)
+                .arg(nonce)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -46,7 +58,7 @@ impl Method for Local {
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+                .map_err(|e| fail(format!("{program}: {e}")))?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err(fail("the child's stdio was not piped".into()));
             };

@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use crate::forward::{Agent, AgentLoans};
 use crate::method::{spawn_piped, with_stderr, BoxFuture, Method, StderrTail, Transport};
-use crate::{exe_hash, stub, BootError};
+use crate::{stub, BootError};
 
 /// What to do with the host's key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -123,9 +123,11 @@ impl Method for OpenSsh {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let target = self.target();
-            let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let agent = stub::Fingerprint::current()
+                .await
+                .map_err(|source| BootError::Io { target: target.clone(), source })?;
             let (mut child, mut stdin, mut stdout, stderr) =
-                spawn_piped(self.command(&stub::command(nonce, hash))?, &target)?;
+                spawn_piped(self.command(&stub::command(nonce, agent))?, &target)?;
             let tail = StderrTail::collect(stderr);
             let done = match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await
             {

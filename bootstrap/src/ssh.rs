@@ -27,7 +27,7 @@ use tracing::debug;
 
 use crate::forward::{Agent, AgentLoans};
 use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
-use crate::{exe_hash, stub, BootError, HostKeyPolicy};
+use crate::{stub, BootError, HostKeyPolicy};
 
 /// How long to wait for readiness before retrying anyway (libssh2 sometimes blocks without saying
 /// in which direction).
@@ -436,7 +436,7 @@ impl Method for Ssh {
         Box::pin(async move {
             let target = self.target();
             let io = |source| BootError::Io { target: target.clone(), source };
-            let hash = exe_hash().map_err(io)?;
+            let agent = stub::Fingerprint::current().await.map_err(io)?;
             let start = async {
                 let session = self.session().await?;
                 let failed = |what: &str, e: async_ssh2_lite::Error| BootError::Start {
@@ -447,7 +447,7 @@ impl Method for Ssh {
                     .channel_open("session", WINDOW, PACKET, None)
                     .await
                     .map_err(|e| failed("opening a channel", e))?;
-                channel.exec(&stub::command(nonce, hash)).await.map_err(|e| failed("running the stub", e))?;
+                channel.exec(&stub::command(nonce, agent)).await.map_err(|e| failed("running the stub", e))?;
                 Ok::<_, BootError>((session, channel))
             };
             let (session, channel) = match tokio::time::timeout(self.timeout, start).await {

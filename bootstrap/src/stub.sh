@@ -1,45 +1,145 @@
-# hypha bootstrap stub (POSIX sh). Arguments: NONCE HASH. No single quotes in this file: it is
-# sent single-quoted on the remote command line.
+# hypha bootstrap stub (POSIX sh). Arguments: NONCE HASH SIZE CKSUM: the agent is hypha-HASH, of
+# SIZE bytes with this POSIX cksum. No single quotes in this file: it is sent single-quoted on the
+# remote command line. Only POSIX tools (busybox too): ls -ldn, not stat; cksum may be missing.
 n=$1
 h=$2
+size=$3
+sum=$4
 # On a terminal (su needs one): no echo, no line editing, no newline translation from here on.
 [ -t 0 ] && stty raw -echo 2>/dev/null
+# Fields of ls are split unquoted below: no globbing.
+set -f
 uid=$(id -u 2>/dev/null || echo x)
 user=$(id -un 2>/dev/null || echo "uid$uid")
 arch=$(uname -m 2>/dev/null || echo unknown)
 z=raw
 command -v gzip >/dev/null 2>&1 && z=gzip
-cached=
-pick=
+ck=
+command -v cksum >/dev/null 2>&1 && ck=1
+# mine KIND PATH: PATH itself (a link is not followed) is of KIND (d or -), owned by this user,
+# writable by no one else (no group or other write bit, no ACL). Sets why (on failure) and sz.
+mine() {
+    l=$(ls -ldn "$2" 2>/dev/null) || { why=gone; return 1; }
+    set -- "$1" $l
+    case "$2" in
+        "$1"*) ;;
+        *) why=type=$2; return 1 ;;
+    esac
+    case "$2" in
+        ?????w* | ????????w*) why=mode=$2; return 1 ;;
+        ??????????+*) why=acl; return 1 ;;
+    esac
+    [ "$4" = "$uid" ] || { why=uid=$4; return 1; }
+    sz=$6
+}
+# safe DIR: no one but this user or root can rename entries of DIR (links followed): its owner is
+# one of them, and others may not write to it unless it is sticky (as /tmp is).
+safe() {
+    l=$(ls -ldnL "$1" 2>/dev/null) || return 1
+    set -- $l
+    [ "$3" = "$uid" ] || [ "$3" = 0 ] || return 1
+    case "$1" in
+        d????????[tT]*) ;;
+        d????w* | d???????w* | d?????????+*) return 1 ;;
+        d*) ;;
+        *) return 1 ;;
+    esac
+}
+# fits FILE: FILE is this agent, as far as the tools here can tell (the hash in the Hello of the
+# agent has the last word). Sets bad to what was wrong.
+fits() {
+    mine - "$1" || { bad=$why; return 1; }
+    [ "$sz" = "$size" ] || { bad=size=$sz; return 1; }
+    if [ -n "$ck" ]; then
+        got=$(cksum < "$1") || { bad=unreadable; return 1; }
+        got=${got%% *}
+        [ "$got" = "$sum" ] || { bad=cksum=$got; return 1; }
+    fi
+    [ -x "$1" ] || { bad=noexec; return 1; }
+}
+# cached: the agent in $d is there and fits. Sets found to what was wrong with one that is there.
+cached() {
+    [ -e "$f" ] || [ -L "$f" ] || return 1
+    fits "$f" && return 0
+    found=$bad
+    return 1
+}
+st=NODIR
+found=-
 tried=
 for d in "${XDG_CACHE_HOME:+$XDG_CACHE_HOME/hypha}" "${HOME:+$HOME/.cache/hypha}" "/tmp/hypha-$uid" "/dev/shm/hypha-$uid"; do
     [ -n "$d" ] || continue
-    if [ -f "$d/hypha-$h" ] && [ -x "$d/hypha-$h" ]; then
-        cached=$d
+    if [ ! -e "$d" ] && [ ! -L "$d" ]; then
+        mkdir -p "${d%/*}" 2>/dev/null
+        mkdir -m 700 "$d" 2>/dev/null
+    fi
+    # Another user may have made it first (in /tmp, say): then it is not ours to use.
+    if ! mine d "$d"; then
+        tried="$tried,$d ($why)"
+        continue
+    fi
+    if ! safe "${d%/*}"; then
+        tried="$tried,$d (others may rename in ${d%/*})"
+        continue
+    fi
+    f=$d/hypha-$h
+    found=-
+    if cached; then
+        st=CACHED
         break
     fi
-    [ -n "$pick" ] && continue
-    tried="$tried,$d"
-    mkdir -p "$d" 2>/dev/null && chmod 700 "$d" 2>/dev/null || continue
     p="$d/.probe-$$"
     if printf "#!/bin/sh\nexit 0\n" > "$p" 2>/dev/null && chmod 700 "$p" 2>/dev/null && "$p" 2>/dev/null; then
-        pick=$d
+        rm -f "$p"
+        st=NEED
+        break
     fi
     rm -f "$p" 2>/dev/null
+    tried="$tried,$d (not writable, or may not run programs)"
 done
-if [ -n "$cached" ]; then
-    st=CACHED
-    d=$cached
-elif [ -n "$pick" ]; then
-    st=NEED
-    d=$pick
-else
-    st=NODIR
-    d=${tried#,}
+lk=
+if [ "$st" = NEED ]; then
+    # One upload per host: the first start takes the lock, the others wait for its agent (a
+    # bounded wait; a holder that died is noticed by its pid). Past the bound they upload too.
+    lk=$d/.lock-$h
+    w=0
+    while ! mkdir "$lk" 2>/dev/null; do
+        if cached; then
+            st=CACHED
+            found=-
+            break
+        fi
+        hp=$(cat "$lk/pid" 2>/dev/null)
+        if [ -n "$hp" ] && ! kill -0 "$hp" 2>/dev/null; then
+            rm -rf "$lk"
+            continue
+        fi
+        w=$((w + 1))
+        if [ "$w" -gt 300 ]; then
+            lk=
+            break
+        fi
+        sleep 0.1 2>/dev/null || { sleep 1; w=$((w + 9)); }
+    done
+    if [ "$st" = CACHED ]; then
+        lk=
+    elif [ -n "$lk" ]; then
+        trap "rm -rf \"\$lk\"" EXIT
+        trap "rm -rf \"\$lk\"; exit 1" HUP INT TERM PIPE
+        echo $$ > "$lk/pid"
+        # Installed while we waited for the lock.
+        if cached; then
+            st=CACHED
+            found=-
+            rm -rf "$lk"
+            lk=
+        fi
+    fi
 fi
-printf "\nHYPHA-STUB %s %s %s %s %s %s\n" "$n" "$arch" "$user" "$st" "$z" "$d"
+[ "$st" = NODIR ] && d=${tried#,}
+printf "\nHYPHA-STUB %s %s %s %s %s %s %s\n" "$n" "$arch" "$user" "$st" "$z" "$found" "$d"
 [ "$st" = NODIR ] && exit 3
-read -r cmd len sum || exit 4
+read -r cmd len || exit 4
 if [ "$cmd" = SEND ]; then
     t="$d/.hypha-$h.$$"
     if [ "$z" = gzip ]; then
@@ -47,16 +147,21 @@ if [ "$cmd" = SEND ]; then
     else
         head -c "$len" > "$t"
     fi
-    got=$(cksum < "$t")
-    if [ "${got%% *}" != "$sum" ]; then
+    chmod 700 "$t" 2>/dev/null
+    # Everything of this start is gone before the parent reads why it failed.
+    failed() {
         rm -f "$t"
-        echo "hypha stub: the uploaded agent is damaged (cksum ${got%% *}, expected $sum)" >&2
+        [ -n "$lk" ] && rm -rf "$lk"
+        printf "\nHYPHA-STUB-FAILED %s %s\n" "$n" "$1"
         exit 5
-    fi
-    chmod 700 "$t" && mv -f "$t" "$d/hypha-$h" || exit 6
-elif [ "$cmd" != RUN ]; then
+    }
+    fits "$t" || failed "the uploaded agent is damaged ($bad)"
+    # A directory (or a link to one) by the name of the agent would take the file inside it.
+    [ -d "$f" ] && rm -rf "$f"
+    mv -f "$t" "$f" || failed "cannot rename it into place"
+    [ -n "$lk" ] && rm -rf "$lk"
+    printf "\nHYPHA-STUB-INSTALLED %s\n" "$n"
+elif [ "$cmd" != RUN ] || [ "$st" != CACHED ]; then
     exit 7
 fi
-HYPHA_AGENT=$n
-export HYPHA_AGENT
-exec "$d/hypha-$h"
+exec "$f" --hypha-agent "$n"

@@ -19,7 +19,7 @@ use tokio::process::Command;
 
 use crate::fdio::FdStream;
 use crate::method::{BoxFuture, Method, Transport};
-use crate::{exe_hash, stub, BootError, Identity};
+use crate::{stub, BootError, Identity};
 
 /// How long su may take to authenticate (a wrong password costs it a few seconds).
 const AUTH_DEADLINE: Duration = Duration::from_secs(15);
@@ -78,10 +78,9 @@ impl Method for Su {
         Box::pin(async move {
             let target = self.target();
             let io = |source| BootError::Io { target: target.clone(), source };
-            let hash = exe_hash().map_err(io)?;
+            let agent = stub::Fingerprint::current().await.map_err(io)?;
             let (master, slave) = openpty().map_err(io)?;
-            let [_, _, script, arg0, n, h] = stub::argv(nonce, hash);
-            let command = format!("sh -c '{script}' {arg0} {n} {h}");
+            let command = stub::command(nonce, agent);
             let mut cmd = Command::new(&self.program);
             cmd.args(["-s", "/bin/sh", &self.user, "-c", &command]);
             cmd.stdin(Stdio::from(slave.try_clone().map_err(io)?))

@@ -16,7 +16,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::method::{spawn_piped, BoxFuture, Method, StderrTail, Transport};
-use crate::{exe_hash, stub, BootError, Identity};
+use crate::{stub, BootError, Identity};
 
 /// What sudo prints when it wants the password (on stderr, thanks to `-S`).
 const PROMPT: &str = "[hypha-sudo-password]";
@@ -67,13 +67,15 @@ impl Method for Sudo {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let target = self.target();
-            let hash = exe_hash().map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let agent = stub::Fingerprint::current()
+                .await
+                .map_err(|source| BootError::Io { target: target.clone(), source })?;
             let mut cmd = Command::new(&self.program);
             cmd.args(["-S", "-p", PROMPT, "-H", "-u", &self.user]);
             if self.password.is_none() {
                 cmd.arg("-n");
             }
-            cmd.arg("--").args(stub::argv(nonce, hash));
+            cmd.arg("--").args(stub::argv(nonce, agent));
             let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, &target)?;
             let (tail, mut prompts) = watch_stderr(stderr);
             let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
@@ -132,16 +134,14 @@ fn watch_stderr(mut stderr: tokio::process::ChildStderr) -> (StderrTail, mpsc::U
     let sink = tail.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut seen = Vec::new();
+        let mut scan = PromptScan::default();
         let mut buf = [0u8; 1024];
         while let Ok(n) = stderr.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            seen.extend_from_slice(&buf[..n]);
-            while let Some(at) = seen.windows(PROMPT.len()).position(|w| w == PROMPT.as_bytes()) {
+            for _ in 0..scan.feed(&buf[..n]) {
                 let _ = tx.send(());
-                seen.drain(..at + PROMPT.len());
             }
             // The prompt is not kept in the tail: only what sudo says about why.
             sink.push(&buf[..n]);
@@ -149,6 +149,31 @@ fn watch_stderr(mut stderr: tokio::process::ChildStderr) -> (StderrTail, mpsc::U
         sink.finish();
     });
     (tail, rx)
+}
+
+/// Finds sudo's prompt in its stderr, however the reads split it, holding at most a prompt's
+/// length of it: stderr passes through here for the context's whole life.
+#[derive(Debug, Default)]
+struct PromptScan {
+    /// The end of what was read, which may hold the start of a prompt.
+    tail: Vec<u8>,
+}
+
+impl PromptScan {
+    /// Take the next bytes read; how many prompts they completed.
+    fn feed(&mut self, bytes: &[u8]) -> usize {
+        self.tail.extend_from_slice(bytes);
+        let mut found = 0;
+        while let Some(at) = self.tail.windows(PROMPT.len()).position(|w| w == PROMPT.as_bytes()) {
+            found += 1;
+            self.tail.drain(..at + PROMPT.len());
+        }
+        let keep = PROMPT.len() - 1;
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        found
+    }
 }
 
 fn classify(target: &str, user: &str, said: String) -> BootError {
@@ -169,6 +194,19 @@ fn classify(target: &str, user: &str, said: String) -> BootError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prompt_is_found_across_reads_in_bounded_memory() {
+        let mut scan = PromptScan::default();
+        let (head, rest) = PROMPT.split_at(5);
+        assert_eq!(scan.feed(format!("noise {head}").as_bytes()), 0);
+        assert_eq!(scan.feed(rest.as_bytes()), 1);
+        assert_eq!(scan.feed(format!("{PROMPT}x{PROMPT}").as_bytes()), 2);
+        for _ in 0..10_000 {
+            assert_eq!(scan.feed(&[b'z'; 1024]), 0);
+        }
+        assert!(scan.tail.len() < PROMPT.len(), "holds {} bytes", scan.tail.len());
+    }
 
     #[test]
     fn the_password_never_prints() {

@@ -12,20 +12,24 @@
 #   noisy   10.213.0.12   MOTD, a .bashrc and a .profile that print text before anything runs
 #   locked  10.213.0.13   no writable, executable directory for the agent cache
 #   arm     10.213.0.14   `uname -m` says aarch64 (a host of another architecture, as far as we can tell)
-#   broken  10.213.0.15   the cached agent is a program that fails like a loader error
+#   broken  10.213.0.15   its test makes the loader fail there (libssl.so.3 unreadable)
+#   cache   10.213.0.16   for the agent-cache tests alone (they plant files there as another user)
 #   hop1    10.213.0.21   the first host of a chain; hop2 10.213.2.2 is reachable only from hop1,
 #   hop3 10.213.3.2 only from hop2, hop4 10.213.4.2 only from hop3 (each pair on its own veth)
 # Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password), who may sudo to
-# hypha-nopw without a password and to hypha-pw with it, and to nobody else.
+# hypha-nopw without a password and to hypha-pw with it, and to nobody else. hypha-other cannot
+# log in: tests act as it (as root, in a host's mount namespace) to plant files hypha must not trust.
 set -euo pipefail
 
 LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
 LAB_NET=10.213.0
 BRIDGE=hyphabr0
-HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15 hop1:21"
+HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15 cache:16 hop1:21"
 # Chain hosts: name:subnet:upstream (the host whose namespace alone reaches it).
 CHAIN="hop2:2:hop1 hop3:3:hop2 hop4:4:hop3"
 USER_NAME=hypha
+# Users made on this machine (the hosts share its /etc/passwd).
+LAB_USERS="$USER_NAME hypha-nopw hypha-pw hypha-other"
 USER_PASSWORD=hypha-test-password
 RSA_PASSPHRASE=hypha-rsa-passphrase
 TARGET_PASSWORD=hypha-pw-password
@@ -53,7 +57,7 @@ install_packages() {
 }
 
 make_user() {
-    for user in "$USER_NAME" hypha-nopw hypha-pw; do
+    for user in $LAB_USERS; do
         id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
     done
     echo "$USER_NAME:$USER_PASSWORD" | chpasswd
@@ -194,21 +198,29 @@ host_addresses() {
 }
 
 write_known_hosts() {
-    : > "$LAB/known_hosts"
-    : > "$LAB/wrong_known_hosts"
-    : > "$LAB/known_hosts_ecdsa"
+    # Written aside and renamed into place: tests of a running lab may be reading them (an `up`
+    # that adds a host rewrites them).
+    local new="$LAB/.new"
+    mkdir -p "$new"
+    : > "$new/known_hosts"
+    : > "$new/wrong_known_hosts"
+    : > "$new/known_hosts_ecdsa"
     host_addresses | while read -r name ip; do
         local dir="$LAB/hosts/$name"
-        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$LAB/known_hosts"
+        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >> "$new/known_hosts"
         # The same host with another key: what a man in the middle would present.
-        echo "$ip $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$LAB/wrong_known_hosts"
+        echo "$ip $(cut -d' ' -f1,2 "$LAB/keys/stranger_ed25519.pub")" >> "$new/wrong_known_hosts"
         # Only the other key type, as an older client would have recorded it.
-        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ecdsa_key.pub")" >> "$LAB/known_hosts_ecdsa"
+        echo "$ip $(cut -d' ' -f1,2 "$dir/ssh_host_ecdsa_key.pub")" >> "$new/known_hosts_ecdsa"
     done
     # The same with hashed host names (HashKnownHosts).
-    cp "$LAB/known_hosts_ecdsa" "$LAB/known_hosts_ecdsa_hashed"
-    ssh-keygen -q -H -f "$LAB/known_hosts_ecdsa_hashed" >/dev/null 2>&1
-    rm -f "$LAB/known_hosts_ecdsa_hashed.old"
+    cp "$new/known_hosts_ecdsa" "$new/known_hosts_ecdsa_hashed"
+    ssh-keygen -q -H -f "$new/known_hosts_ecdsa_hashed" >/dev/null 2>&1
+    rm -f "$new/known_hosts_ecdsa_hashed.old"
+    for f in known_hosts wrong_known_hosts known_hosts_ecdsa known_hosts_ecdsa_hashed; do
+        mv -f "$new/$f" "$LAB/$f"
+    done
+    rmdir "$new"
 }
 
 up() {
@@ -216,7 +228,7 @@ up() {
     mkdir -p "$LAB"
     exec 9>"$LAB.lock"
     flock 9
-    if [ -f "$LAB/ready" ] && all_running; then
+    if [ -f "$LAB/ready" ] && all_running && users_exist; then
         return
     fi
     install_packages
@@ -241,8 +253,16 @@ up() {
         echo "LAB=$LAB"
         echo "USER=$USER_NAME"
         host_addresses | while read -r name ip; do echo "HOST_$name=$ip"; done
-    } > "$LAB/env"
+    } > "$LAB/env.new"
+    mv -f "$LAB/env.new" "$LAB/env"
     touch "$LAB/ready"
+}
+
+users_exist() {
+    local user
+    for user in $LAB_USERS; do
+        id "$user" >/dev/null 2>&1 || return 1
+    done
 }
 
 all_running() {
@@ -271,7 +291,7 @@ down() {
     ip link del "$BRIDGE" 2>/dev/null || true
     rm -f /etc/sudoers.d/hypha-lab
     # Agents cached by tests that ran as the lab users on this machine itself (sudo from root).
-    for user in "$USER_NAME" hypha-nopw hypha-pw; do
+    for user in $LAB_USERS; do
         home=$(getent passwd "$user" | cut -d: -f6) || continue
         uid=$(id -u "$user")
         rm -rf "$home/.cache/hypha" "/tmp/hypha-$uid" "/dev/shm/hypha-$uid"

@@ -306,6 +306,27 @@ impl Lab {
         self.run_ssh(ssh, name, command)
     }
 
+    /// Run a shell command as root on lab host `name`: inside its mount namespace (its own
+    /// `/home`, `/tmp`, `/dev/shm`), entered from this machine, not over ssh. Its stdout.
+    pub fn root_sh(&self, name: &str, command: &str) -> String {
+        self.sh_as(name, "root", command)
+    }
+
+    /// Run a shell command as local user `user` on lab host `name` (as [`Lab::root_sh`] does, then
+    /// dropping to the user): how a test plays another user of that host. Its stdout.
+    pub fn sh_as(&self, name: &str, user: &str, command: &str) -> String {
+        let pidfile = self.dir.join("hosts").join(name).join("sshd.pid");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args(["-t", pid.trim(), "-m", "-u", "-n", "--"]);
+        if user != "root" {
+            cmd.args(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"]);
+        }
+        let out = cmd.args(["sh", "-c", command]).output().unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Run a shell command on lab host `name` with the system ssh client; its stdout.
     pub fn sh(&self, name: &str, command: &str) -> String {
         self.run_ssh(std::process::Command::new("ssh"), name, command)
