@@ -99,15 +99,6 @@ async fn a_start_given_up_by_its_caller_leaves_nothing_running() {
     rt.shutdown().await;
 }
 
-/// Processes whose parent is `pid`.
-fn children(pid: u32) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| alive(p) && ppid(p) == pid)
-        .count()
-}
-
 /// Brings a lab link back up when dropped, whatever the test did.
 struct Cut {
     ns: String,

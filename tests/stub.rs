@@ -8,7 +8,20 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hypha::bootstrap::{exe_hash, handshake, stub};
-use hypha::runtime::proto::Init;
+use hypha::runtime::proto::{Hello, Init};
+
+/// The Init the tests answer an agent's Hello with.
+fn init(_: &Hello) -> Init {
+    Init {
+        id: 1,
+        ancestors: vec![0],
+        name: "stub".into(),
+        max_frame: 1 << 20,
+        ids: (0, 0),
+        link_timeout_ms: 30_000,
+        call_timeout_ms: 30_000,
+    }
+}
 
 async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha::runtime::proto::Hello) {
     let agent = stub::Fingerprint::current().await.unwrap();
@@ -34,15 +47,6 @@ async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha
         max_frame: 1 << 20,
         timeout: Duration::from_secs(30),
         target: "sh test",
-    };
-    let init = |_: &_| Init {
-        id: 1,
-        ancestors: vec![0],
-        name: "stub".into(),
-        max_frame: 1 << 20,
-        ids: (0, 0),
-        link_timeout_ms: 30_000,
-        call_timeout_ms: 30_000,
     };
     let (hello, _) = handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await.unwrap();
     drop(stdin); // the agent exits when its parent goes away
@@ -182,7 +186,6 @@ async fn without_cksum_the_stub_checks_sizes_and_still_installs() {
                 timeout: Duration::from_secs(30),
                 target: "sh test",
             };
-            let init = |_: &_| Init { id: 1, ancestors: vec![0], name: "stub".into(), max_frame: 1 << 20, ids: (0, 0) };
             handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await?;
             drop(stdin);
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

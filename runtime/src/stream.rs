@@ -5,7 +5,7 @@
 //! [`FRAME_COST`] (so a flood of tiny or empty chunks is bounded too). The [`ByteReceiver`] grants
 //! credit back as its consumer takes chunks.
 //!
-//! The router applies every stream frame the moment it arrives ([`Shared`]): data is counted
+//! The router applies every stream frame the moment it arrives (`Shared`): data is counted
 //! against the credit granted so far, and a peer that sends past it is cut off there and then,
 //! before anything is buffered; credit, the end marker, an abort and the call's answer only change
 //! the stream's state. So what one stream can make its receiver hold is bounded by the window,

@@ -36,6 +36,7 @@ request!(Big(usize) => String);
 request!(NotRegistered => ());
 request!(CallContext(u32) => String);
 request!(StartChild => u32);
+request!(SpawnOn(u32) => String);
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -90,6 +91,19 @@ pub fn handlers() -> Handlers {
         .on(|StartChild, cx: Cx| async move {
             let method = hypha::Local::default().into();
             hypha::bootstrap::spawn_child(&cx, method, "grandchild").await.map(|(id, _)| id).map_err(HandlerError::from)
+        })
+        // Ask another context to start a local child: what a compromised agent would attempt.
+        .on(|SpawnOn(id), cx: Cx| async move {
+            let spawn = hypha::bootstrap::Spawn {
+                id: 999,
+                name: "forged".into(),
+                method: hypha::Local::default().into(),
+                ids: (0, 0),
+            };
+            Ok::<_, HandlerError>(match cx.call(id, &spawn).await {
+                Ok(spawned) => format!("spawned pid {}", spawned.hello.pid),
+                Err(e) => format!("refused: {e}"),
+            })
         })
         // Try to make another context run something: what a compromised agent would attempt.
         .on(|CallContext(id), cx: Cx| async move {
@@ -199,6 +213,15 @@ pub fn rss() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Live processes whose parent is `pid`.
+pub fn children(pid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| alive(p) && ppid(p) == pid)
+        .count()
 }
 
 /// Send SIGKILL to `pid`.
