@@ -158,3 +158,31 @@ async fn a_silent_path_to_a_host_fails_it_like_a_dead_hop_and_spares_the_rest() 
     assert_eq!(state.trim(), "gone", "the agent cut off on hop2 exited");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_child_of_a_hop_does_not_stall_its_siblings_or_the_hop() {
+    let rt = quick_runtime();
+    let hop = rt.local().await.unwrap();
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        children.push(rt.spawn_via(&hop, Local::default()).await.unwrap());
+    }
+    let stopped = children[0].clone();
+    stop(stopped.hello().pid, libc::SIGSTOP);
+    // More than its pipe and the hop's queue for it can hold, all through the hop.
+    let page = "x".repeat(4096);
+    for _ in 0..4096 {
+        stopped.send(Echo(page.clone())).await.unwrap();
+    }
+    for ctx in [&children[1], &children[2], &hop] {
+        let answer = ctx.call_within(Echo("here".into()), Duration::from_secs(1)).await;
+        assert_eq!(answer.unwrap(), "here", "{} answered within 1 s", ctx.name());
+    }
+    // The stopped child is cut off alone: calls to it fail naming it, its siblings carry on.
+    let err = stopped.call(Echo("?".into())).await.unwrap_err();
+    assert!(err.to_string().contains(stopped.name()), "{err}");
+    assert!(matches!(stopped.closed().await, State::Disconnected { .. }));
+    assert!(gone_within(stopped.hello().pid, Duration::from_secs(10)).await, "the stopped child was reaped");
+    assert_eq!(children[2].call(Echo("still".into())).await.unwrap(), "still");
+    rt.shutdown().await;
+}

@@ -46,6 +46,11 @@ pub fn run_if_agent(handlers: &Handlers) {
         eprintln!("hypha agent (pid {}): the nonce is not UTF-8", std::process::id());
         std::process::exit(1);
     };
+    // A peer that goes away mid-write is an error on that link, never the death of the agent (a
+    // program whose `main` did not set this up yet, such as one calling this from a constructor,
+    // would otherwise die of SIGPIPE).
+    // SAFETY: setting a signal's disposition to "ignore" has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let result = if tokio::runtime::Handle::try_current().is_ok() {
         // Called inside `#[tokio::main]`: the agent needs a runtime of its own, which cannot be
         // started on a thread that already drives one. The caller's runtime stays idle.

@@ -420,13 +420,20 @@ impl Router {
         LinkHandle { id, closed: closed_rx }
     }
 
-    /// Close a link: its routes go, calls waiting through it fail, streams through it end. Returns
-    /// the writer task, which finishes once the frames already queued are written.
+    /// Close a link: its routes go, calls waiting through it fail, streams through it end. Closed
+    /// here ([`CloseReason::Local`]), the link's writer goes on until the frames already queued are
+    /// written, and is returned to wait for; closed for any other reason, what was queued for the
+    /// peer is dropped with it.
     pub fn close(&self, link: LinkId, reason: CloseReason) -> Option<JoinHandle<()>> {
         let (_, mut entry) = self.inner.links.remove(&link)?;
         debug!(link, %reason, "link closed");
         for task in &entry.tasks {
             task.abort();
+        }
+        if !matches!(reason, CloseReason::Local(_)) {
+            if let Some(writer) = entry.writer.take() {
+                writer.abort();
+            }
         }
         entry.outbox.close();
         let _ = self.inner.parent.compare_exchange(link, 0, Ordering::AcqRel, Ordering::Acquire);
