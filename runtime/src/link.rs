@@ -106,11 +106,15 @@ impl Outbox {
     /// Wait until the queue is below its soft limit, or the link has closed.
     pub(crate) async fn room(&self) {
         let st = &self.state;
+        let roomy = || st.closed.load(Ordering::Acquire) || st.queued.load(Ordering::Acquire) <= QUEUE_SOFT;
+        if roomy() {
+            return; // the usual case, without touching the notifier
+        }
         loop {
             let room = st.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if st.closed.load(Ordering::Acquire) || st.queued.load(Ordering::Acquire) <= QUEUE_SOFT {
+            if roomy() {
                 return;
             }
             room.await;

@@ -46,6 +46,9 @@ const READ_MIN: usize = 4 << 10;
 /// ...and makes room for a whole stream chunk when it has less: one read per chunk of bulk data,
 /// and a fresh buffer only every few thousand small frames.
 const READ_BATCH: usize = CHUNK + frame::HEADER_LEN + frame::LEN_PREFIX;
+/// Routes a hop keeps for one child link for ids it has not granted itself (its ancestors judge
+/// those): enough for a deep tree, and a bound on what a child can make it hold.
+const MAX_UNGRANTED: usize = 1 << 16;
 /// Default [`RouterConfig::link_timeout`].
 pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`RouterConfig::call_timeout`].
@@ -225,6 +228,8 @@ struct Link {
     closed: watch::Sender<Option<CloseReason>>,
     tasks: Vec<AbortHandle>,
     writer: Option<JoinHandle<()>>,
+    /// Routes announced on this link for ids no grant here covers.
+    ungranted: usize,
 }
 
 struct Pending {
@@ -331,6 +336,11 @@ impl Router {
         self.inner.pending.len()
     }
 
+    /// Number of contexts routed below this one (for tests and metrics).
+    pub fn route_count(&self) -> usize {
+        self.inner.routes.len()
+    }
+
     /// Number of streams of calls this context serves that are still open (for tests and metrics).
     pub fn open_streams(&self) -> usize {
         self.inner.inbound.len()
@@ -374,6 +384,7 @@ impl Router {
             closed: closed_tx,
             tasks: Vec::new(),
             writer: Some(writer),
+            ungranted: 0,
         };
         self.inner.links.insert(id, link);
         match opts.role {
@@ -809,7 +820,7 @@ impl Router {
         }
         match h.handle {
             handles::CALL => self.dispatch(frame, wait).await,
-            handles::CONTROL => self.control(frame, from),
+            handles::CONTROL => self.control(frame, from, wait).await,
             handles::HEARTBEAT => {}
             handles::STREAM => {
                 let stream = self.inner.inbound.get(&(h.src, h.reply_to)).map(|s| s.clone());
@@ -923,7 +934,7 @@ impl Router {
         }
     }
 
-    fn control(&self, frame: Frame, from: LinkId) {
+    async fn control(&self, frame: Frame, from: LinkId, wait: bool) {
         let src = frame.header.src;
         let msg = match call::decode_value::<Control>(&frame.body) {
             Ok(msg) => msg,
@@ -933,15 +944,16 @@ impl Router {
         match msg {
             // Routes are announced by descendants, up the tree, and apply to the link they came on.
             Control::AddRoute { id } if !from_parent => {
-                if let Some(via) = self.inner.routes.get(&id).map(|v| *v) {
-                    if via != from {
-                        return warn!(src, id, "refused a route for a context already reachable another way");
-                    }
+                match self.inner.routes.get(&id).map(|v| *v) {
+                    Some(via) if via == from => return, // known already: nothing new to pass on
+                    Some(_) => return warn!(src, id, "refused a route for a context already reachable another way"),
+                    None => {}
                 }
                 if id == self.id() || self.is_ancestor(id) {
                     return warn!(src, id, "refused a route for this context or an ancestor");
                 }
-                match self.granted(id) {
+                let granted = self.granted(id);
+                match granted {
                     Some(under) if self.inner.routes.get(&under).map(|v| *v) != Some(from) => {
                         return warn!(src, id, under, "refused a route for an id granted elsewhere in the tree");
                     }
@@ -949,15 +961,26 @@ impl Router {
                     None if self.inner.cfg.ancestors.is_empty() => {
                         return warn!(src, id, "refused a route for an id nobody was given");
                     }
-                    _ => {}
+                    // A hop cannot judge an id it has not heard of, and passes it up; but it keeps
+                    // only so many of them for one link.
+                    None => match self.inner.links.get_mut(&from) {
+                        Some(mut link) if link.ungranted < MAX_UNGRANTED => link.ungranted += 1,
+                        _ => return warn!(src, id, "refused a route: too many ids nobody here granted"),
+                    },
+                    Some(_) => {}
                 }
                 self.inner.routes.insert(id, from);
-                self.announce(Control::AddRoute { id });
+                self.pass_up(Control::AddRoute { id }, wait).await;
             }
             Control::DelRoute { id, lost, reason } if !from_parent => {
                 if self.inner.routes.remove_if(&id, |_, via| *via == from).is_some() {
+                    if self.granted(id).is_none() {
+                        if let Some(mut link) = self.inner.links.get_mut(&from) {
+                            link.ungranted = link.ungranted.saturating_sub(1);
+                        }
+                    }
                     self.route_lost(id, lost, &reason);
-                    self.announce(Control::DelRoute { id, lost, reason });
+                    self.pass_up(Control::DelRoute { id, lost, reason }, wait).await;
                 }
             }
             Control::AddRoute { .. } | Control::DelRoute { .. } => {
@@ -971,6 +994,20 @@ impl Router {
                 if let Some(tx) = guard.as_ref() {
                     let _ = tx.send(other);
                 }
+            }
+        }
+    }
+
+    /// Pass a route change read from a child on to the parent, waiting for room as anything else
+    /// read from a child does.
+    async fn pass_up(&self, msg: Control, wait: bool) {
+        if let Some(&parent) = self.inner.cfg.ancestors.first() {
+            let sent = match self.control_frame(parent, &msg) {
+                Ok(frame) => self.queue(frame, wait).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                debug!(error = %e, "could not tell the parent about a route change");
             }
         }
     }

@@ -321,6 +321,25 @@ async fn forged_control_messages_are_refused() {
 }
 
 #[tokio::test]
+async fn a_flood_of_route_announcements_is_bounded_and_stalls_nobody_else() {
+    let mut t = settled_tree().await;
+    let before = t.one.router.route_count();
+    // Ids nobody granted: the hop passes a bounded number up (the controller refuses them all)...
+    for id in 1_000_000..1_070_000 {
+        t.rogue.control(2, 1, &Control::AddRoute { id }).await;
+    }
+    // ...and an id of the rogue's own block, announced again and again, is one route.
+    for _ in 0..70_000 {
+        t.rogue.control(2, 1, &Control::AddRoute { id: 130 }).await;
+    }
+    settle(&mut t).await;
+    let held = t.one.router.route_count() - before;
+    assert!(held <= (1 << 16) + 1, "the hop holds {held} routes for the rogue");
+    assert_eq!(t.zero.router.route_count(), 5, "the controller took only the ids it granted (1-4, 130)");
+    assert_eq!(t.zero.router.call(3, &Touch).await.unwrap(), 3, "the hop's link upwards is fine");
+}
+
+#[tokio::test]
 async fn a_forged_answer_is_ignored_and_the_real_one_arrives() {
     let mut t = settled_tree().await;
     let call = {
