@@ -21,4 +21,5 @@ else
     # One test at a time: some lab tests look at which agents run on shared hosts.
     cargo test --locked --workspace --no-fail-fast -- --test-threads=1
 fi
+bash scripts/fuzz.sh 5  # each fuzz target for 5 s over its committed corpus (nightly, cargo-fuzz)
 cargo test --locked --workspace --doc
