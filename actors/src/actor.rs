@@ -99,6 +99,8 @@ pub(crate) enum Start {
     Via {
         /// The parent context.
         parent: ContextId,
+        /// The contexts between the controller and `parent`, which must hear of the new ids.
+        hops: Vec<ContextId>,
         /// The method, ready to travel.
         spec: Box<MethodSpec>,
         /// The ssh-agents lent to `parent` for this start.
@@ -175,14 +177,22 @@ impl Actor for ContextActor {
                 let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
                 Ok((hello, booted.transport.uploaded, Gone::Link(link), booted.transport.process))
             }),
-            Start::Via { parent, spec, loans } => self.io.spawn(async move {
+            Start::Via { parent, hops, spec, loans } => self.io.spawn(async move {
                 // Watch before asking: a child that dies at once must still be noticed.
                 let gone = router.watch_route(id);
                 let target = format!("{} via context {parent}", spec.method().target());
                 // The new context may be announced only from below its parent, and its block only
-                // from below it.
+                // from below it: here, and at every hop on the way (told before the start travels
+                // the same links).
                 router.grant((id, id + 1), parent);
                 router.grant(ids, id);
+                for hop in hops {
+                    let told = async {
+                        router.grant_at(hop, (id, id + 1), parent).await?;
+                        router.grant_at(hop, ids, id).await
+                    };
+                    told.await.map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+                }
                 // Every stage of a start has its own deadline on the parent; this bounds the lot.
                 let deadline = spec.method().handshake_timeout() * 3 + Duration::from_secs(30);
                 let spawned = router

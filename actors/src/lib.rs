@@ -211,11 +211,17 @@ impl Runtime {
         let spec = spec
             .for_remote(&mut loans)
             .map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
-        self.launch(Start::Via { parent: parent.id(), spec: Box::new(spec), loans }, &kind).await
+        // The hops above `parent` must hear of the new context's ids before its announcement.
+        let hops = self.inner.contexts.above(parent.id());
+        self.launch(Start::Via { parent: parent.id(), hops, spec: Box::new(spec), loans }, &kind).await
     }
 
     async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let via = match &start {
+            Start::Via { parent, .. } => Some(*parent),
+            Start::Direct(_) => None,
+        };
         // Every context gets a block of ids for children it may start by itself.
         let first = self.inner.next_block.fetch_add(ID_BLOCK, Ordering::Relaxed);
         let ids = (first, first.saturating_add(ID_BLOCK));
@@ -251,7 +257,7 @@ impl Runtime {
         };
         let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
         let hello = ready_rx.await.map_err(|_| stopped())??;
-        self.inner.contexts.insert(id, actor.clone());
+        self.inner.contexts.insert(id, actor.clone(), via);
         let ctx = Context::new(id, name, hello, self.inner.router.clone(), actor, state_rx);
         let (rt, watched) = (Arc::downgrade(&self.inner), ctx.clone());
         self.inner.io.spawn(async move {

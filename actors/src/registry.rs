@@ -1,4 +1,4 @@
-//! The runtime's list of live contexts, for shutting them all down.
+//! The runtime's list of live contexts, for shutting them all down, and who started whom.
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -8,19 +8,46 @@ use hypha_runtime::ContextId;
 use crate::actor::ContextActor;
 
 #[derive(Default)]
-pub(crate) struct Registry(Mutex<HashMap<ContextId, Addr<ContextActor>>>);
+pub(crate) struct Registry(Mutex<Contexts>);
+
+#[derive(Default)]
+struct Contexts {
+    actors: HashMap<ContextId, Addr<ContextActor>>,
+    /// The parent of each context started via another.
+    parents: HashMap<ContextId, ContextId>,
+}
 
 impl Registry {
-    pub(crate) fn insert(&self, id: ContextId, addr: Addr<ContextActor>) {
-        self.lock().insert(id, addr);
+    /// `parent`: the context it was started via, if any.
+    pub(crate) fn insert(&self, id: ContextId, addr: Addr<ContextActor>, parent: Option<ContextId>) {
+        let mut c = self.lock();
+        c.actors.insert(id, addr);
+        if let Some(parent) = parent {
+            c.parents.insert(id, parent);
+        }
     }
     pub(crate) fn remove(&self, id: ContextId) {
-        self.lock().remove(&id);
+        let mut c = self.lock();
+        c.actors.remove(&id);
+        c.parents.remove(&id);
     }
     pub(crate) fn drain(&self) -> Vec<Addr<ContextActor>> {
-        self.lock().drain().map(|(_, a)| a).collect()
+        let mut c = self.lock();
+        c.parents.clear();
+        c.actors.drain().map(|(_, a)| a).collect()
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContextId, Addr<ContextActor>>> {
+    /// The contexts between the controller and `id`, nearest to `id` first.
+    pub(crate) fn above(&self, id: ContextId) -> Vec<ContextId> {
+        let c = self.lock();
+        let mut hops = Vec::new();
+        let mut at = id;
+        while let Some(&up) = c.parents.get(&at) {
+            hops.push(up);
+            at = up;
+        }
+        hops
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Contexts> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -63,6 +63,15 @@ pub enum Control {
         /// The new context.
         id: ContextId,
     },
+    /// Ids `ids` may be announced (`AddRoute`) only from below context `under`: sent by the
+    /// controller to each hop above a context it starts via another, before the start, so that
+    /// every hop on the way can judge the announcement.
+    Grant {
+        /// The ids: a context's own id, or its block.
+        ids: IdBlock,
+        /// The context below which they may appear.
+        under: ContextId,
+    },
     /// Context `id`, behind the link this arrived on, is gone because hop `lost` was lost.
     DelRoute {
         /// The context no longer reachable.

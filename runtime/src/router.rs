@@ -46,9 +46,6 @@ const READ_MIN: usize = 4 << 10;
 /// ...and makes room for a whole stream chunk when it has less: one read per chunk of bulk data,
 /// and a fresh buffer only every few thousand small frames.
 const READ_BATCH: usize = CHUNK + frame::HEADER_LEN + frame::LEN_PREFIX;
-/// Routes a hop keeps for one child link for ids it has not granted itself (its ancestors judge
-/// those): enough for a deep tree, and a bound on what a child can make it hold.
-const MAX_UNGRANTED: usize = 1 << 16;
 /// Default [`RouterConfig::link_timeout`].
 pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`RouterConfig::call_timeout`].
@@ -228,8 +225,6 @@ struct Link {
     closed: watch::Sender<Option<CloseReason>>,
     tasks: Vec<AbortHandle>,
     writer: Option<JoinHandle<()>>,
-    /// Routes announced on this link for ids no grant here covers.
-    ungranted: usize,
 }
 
 struct Pending {
@@ -384,7 +379,6 @@ impl Router {
             closed: closed_tx,
             tasks: Vec::new(),
             writer: Some(writer),
-            ungranted: 0,
         };
         self.inner.links.insert(id, link);
         match opts.role {
@@ -489,15 +483,23 @@ impl Router {
     }
 
     /// Let ids `ids` be announced (as new contexts) only from below context `under`: its own link
-    /// if it is a child, or the link its route came up. The controller grants every id it gives
-    /// out, so a context cannot claim an id it was not given; a hop grants what it gives to the
-    /// children it starts, and passes up announcements of ids it has not heard of, for its
-    /// ancestors to judge.
+    /// if it is a child, or the link its route came up. Announcements of ids nobody granted are
+    /// refused, so every context on the way up must hear of an id first: the controller grants
+    /// every id it gives out, and tells the hops above a via start ([`Router::grant_at`]); a hop
+    /// grants the blocks of the children it starts. Grants do not nest (blocks are disjoint), so
+    /// the one that starts nearest below an id is the one that covers it, if any does.
     pub fn grant(&self, ids: IdBlock, under: ContextId) {
         if ids.0 < ids.1 {
             let mut grants = self.inner.grants.lock().unwrap_or_else(|e| e.into_inner());
             grants.insert(ids.0, Grant { end: ids.1, under });
         }
+    }
+
+    /// Tell context `hop` (a descendant) to [`grant`](Router::grant) `ids` below `under`; frames
+    /// stay in order, so a start sent afterwards along the same path finds it there.
+    pub async fn grant_at(&self, hop: ContextId, ids: IdBlock, under: ContextId) -> Result<(), CallError> {
+        let frame = self.control_frame(hop, &Control::Grant { ids, under })?;
+        self.send_frame(frame).await
     }
 
     fn granted(&self, id: ContextId) -> Option<ContextId> {
@@ -952,39 +954,32 @@ impl Router {
                 if id == self.id() || self.is_ancestor(id) {
                     return warn!(src, id, "refused a route for this context or an ancestor");
                 }
-                let granted = self.granted(id);
-                match granted {
-                    Some(under) if self.inner.routes.get(&under).map(|v| *v) != Some(from) => {
+                // Every id that may appear below a link was granted here first (by this context when
+                // it started the child, or by the controller for a start further down).
+                match self.granted(id) {
+                    Some(under) if self.inner.routes.get(&under).map(|v| *v) == Some(from) => {}
+                    Some(under) => {
                         return warn!(src, id, under, "refused a route for an id granted elsewhere in the tree");
                     }
-                    // The controller has granted every id there is: one it did not is forged.
-                    None if self.inner.cfg.ancestors.is_empty() => {
-                        return warn!(src, id, "refused a route for an id nobody was given");
-                    }
-                    // A hop cannot judge an id it has not heard of, and passes it up; but it keeps
-                    // only so many of them for one link.
-                    None => match self.inner.links.get_mut(&from) {
-                        Some(mut link) if link.ungranted < MAX_UNGRANTED => link.ungranted += 1,
-                        _ => return warn!(src, id, "refused a route: too many ids nobody here granted"),
-                    },
-                    Some(_) => {}
+                    None => return warn!(src, id, "refused a route for an id nobody granted below that link"),
                 }
                 self.inner.routes.insert(id, from);
                 self.pass_up(Control::AddRoute { id }, wait).await;
             }
             Control::DelRoute { id, lost, reason } if !from_parent => {
                 if self.inner.routes.remove_if(&id, |_, via| *via == from).is_some() {
-                    if self.granted(id).is_none() {
-                        if let Some(mut link) = self.inner.links.get_mut(&from) {
-                            link.ungranted = link.ungranted.saturating_sub(1);
-                        }
-                    }
                     self.route_lost(id, lost, &reason);
                     self.pass_up(Control::DelRoute { id, lost, reason }, wait).await;
                 }
             }
             Control::AddRoute { .. } | Control::DelRoute { .. } => {
                 warn!(src, "dropped a route message that came down from the parent");
+            }
+            Control::Grant { ids, under } => {
+                if !from_parent || !self.is_ancestor(src) {
+                    return warn!(src, "refused a grant from a context that is not an ancestor");
+                }
+                self.grant(ids, under);
             }
             other => {
                 if !from_parent || !self.is_ancestor(src) {
@@ -1165,8 +1160,10 @@ impl Router {
             }
             return;
         }
+        // From the context called: this one, or (a call this hop could not forward) the one it was
+        // for, on whose behalf the hop answers; the caller takes answers only from there.
         let mut header =
-            Header { dst: call.src, src: self.id(), handle: call.reply_to, reply_to: 0, flags: flags::REPLY };
+            Header { dst: call.src, src: call.dst, handle: call.reply_to, reply_to: 0, flags: flags::REPLY };
         let body = match result {
             Ok(body) if body.len() + frame::HEADER_LEN <= self.inner.cfg.max_frame => body,
             Ok(body) => {
