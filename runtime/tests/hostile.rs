@@ -334,7 +334,7 @@ async fn forged_control_messages_are_refused() {
 }
 
 #[tokio::test]
-async fn a_flood_of_route_announcements_is_bounded_and_stalls_nobody_else() {
+async fn a_flood_of_route_announcements_is_refused_and_stalls_nobody_else() {
     let mut t = settled_tree().await;
     let before = t.one.router.route_count();
     // Ids nobody granted: refused at the hop already...
