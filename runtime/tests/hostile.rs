@@ -371,17 +371,23 @@ fn raw_parent(victim: &Node) -> (Raw, LinkHandle) {
     Raw::attach(&victim.router, Role::Parent)
 }
 
-#[tokio::test]
-async fn a_peer_that_ignores_credit_is_cut_off_when_its_data_arrives() {
-    let victim = node(cfg(1, vec![0]));
-    let (mut parent, mut link) = raw_parent(&victim);
-    // An upload call to a handler that sleeps before reading...
+/// The test, as `victim`'s parent, calls its upload handler that sleeps before reading. Returns
+/// the header of that upload's data frames.
+async fn napping_upload(victim: &Node) -> (Raw, LinkHandle, Header) {
+    let (mut parent, link) = raw_parent(victim);
     let h = Header { dst: 1, src: 0, handle: handles::CALL, reply_to: 7000, flags: flags::UPLOAD };
     let mut body = rmp_serde::to_vec(Nap::NAME).unwrap();
     body.extend(rmp_serde::to_vec(&Nap).unwrap());
     parent.send(h, &body).await.unwrap();
-    // ...and then 64 windows of data, without waiting for credit.
     let data = Header { dst: 1, src: 0, handle: handles::STREAM, reply_to: 7000, flags: flags::DATA };
+    (parent, link, data)
+}
+
+#[tokio::test]
+async fn a_peer_that_ignores_credit_is_cut_off_when_its_data_arrives() {
+    let victim = node(cfg(1, vec![0]));
+    let (mut parent, mut link, data) = napping_upload(&victim).await;
+    // 64 windows of data, without waiting for credit.
     let chunk = vec![0u8; 256 << 10];
     let mut sent = 0u64;
     let mut refused = false;
@@ -404,12 +410,7 @@ async fn a_peer_that_ignores_credit_is_cut_off_when_its_data_arrives() {
 #[tokio::test]
 async fn a_flood_of_empty_chunks_is_a_violation_too() {
     let victim = node(cfg(1, vec![0]));
-    let (mut parent, mut link) = raw_parent(&victim);
-    let h = Header { dst: 1, src: 0, handle: handles::CALL, reply_to: 7000, flags: flags::UPLOAD };
-    let mut body = rmp_serde::to_vec(Nap::NAME).unwrap();
-    body.extend(rmp_serde::to_vec(&Nap).unwrap());
-    parent.send(h, &body).await.unwrap();
-    let data = Header { dst: 1, src: 0, handle: handles::STREAM, reply_to: 7000, flags: flags::DATA };
+    let (mut parent, mut link, data) = napping_upload(&victim).await;
     let mut batch = BytesMut::new();
     for _ in 0..1024 {
         frame::encode(&data, b"", 1 << 20, &mut batch).unwrap();
