@@ -54,7 +54,7 @@ impl Request for Quit {
 }
 
 /// A context of the test: its router, how often `t.touch` ran in it, what control messages reached
-/// it, and how its stream handlers ended.
+/// it, and when its stream handlers got going and how they ended.
 struct Node {
     router: Router,
     touched: Arc<AtomicUsize>,
@@ -88,7 +88,12 @@ fn node(cfg: RouterConfig) -> Node {
                 let mut n = 0;
                 let end = loop {
                     match rx.recv().await {
-                        Ok(Some(chunk)) => n += chunk.len() as u64,
+                        Ok(Some(chunk)) => {
+                            if n == 0 {
+                                let _ = ended.send("started".into());
+                            }
+                            n += chunk.len() as u64
+                        }
                         Ok(None) => break "complete".to_owned(),
                         Err(e) => break e.to_string(),
                     }
@@ -102,9 +107,13 @@ fn node(cfg: RouterConfig) -> Node {
             let ended = e2.clone();
             async move {
                 let chunk = Bytes::from(vec![1u8; 64 << 10]);
+                let mut first = true;
                 let end = loop {
                     if let Err(e) = tx.send(chunk.clone()).await {
                         break e.to_string();
+                    }
+                    if std::mem::take(&mut first) {
+                        let _ = ended.send("started".into());
                     }
                 };
                 let _ = ended.send(end);
@@ -459,7 +468,7 @@ async fn dropping_an_upload_or_a_download_ends_the_handler_and_drain_completes()
         let router = parent.router.clone();
         tokio::spawn(async move { router.upload(1, &Drip, tokio::io::repeat(3)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(child.ended.recv().await.unwrap(), "started");
     upload.abort();
     let end = tokio::time::timeout(Duration::from_secs(5), child.ended.recv()).await.expect("the handler ended");
     assert!(end.unwrap().contains("aborted the stream: the sender gave up"));
@@ -468,7 +477,7 @@ async fn dropping_an_upload_or_a_download_ends_the_handler_and_drain_completes()
         let router = parent.router.clone();
         tokio::spawn(async move { router.download(1, &Quit, tokio::io::sink()).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(child.ended.recv().await.unwrap(), "started");
     download.abort();
     let end = tokio::time::timeout(Duration::from_secs(5), child.ended.recv()).await.expect("the handler ended");
     assert!(end.unwrap().contains("aborted the stream: the receiver went away"));
