@@ -509,7 +509,10 @@ async fn a_child_that_stops_reading_does_not_stall_its_siblings_or_its_parent() 
             tokio::spawn(async move { zero.call(3, &Touch).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every call of the flood is on its way before the siblings are asked.
+    while zero.router.pending_calls() < flood.len() {
+        tokio::task::yield_now().await;
+    }
     for (id, who) in [(2, 2), (4, 4), (1, 1)] {
         let answer = zero.router.call_within(id, &Touch, Duration::from_secs(1)).await;
         assert_eq!(answer.unwrap(), who, "context {id} answered within 1 s");
