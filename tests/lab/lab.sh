@@ -11,11 +11,17 @@
 #   plain   10.213.0.11   an ordinary host
 #   noisy   10.213.0.12   MOTD, a .bashrc and a .profile that print text before anything runs
 #   locked  10.213.0.13   no writable, executable directory for the agent cache
-#   arm     10.213.0.14   `uname -m` says aarch64 (a host of another architecture, as far as we can tell)
-#   broken  10.213.0.15   its test makes the loader fail there (libssl.so.3 unreadable)
+#   arm     10.213.0.14   a real aarch64 userland (arm64 busybox) run by qemu-user: `uname -m` says aarch64
+#   broken  10.213.0.15   its test hides /proc there, so the agent cannot read /proc/self/exe
 #   cache   10.213.0.16   for the agent-cache tests alone (they plant files there as another user)
+#   bb      10.213.0.17   a userland that is a static busybox alone (no libc, no coreutils, no cksum)
+#   old     10.213.0.18   an older distribution's userland: Debian 11 (glibc 2.31, OpenSSL 1.1 only)
 #   hop1    10.213.0.21   the first host of a chain; hop2 10.213.2.2 is reachable only from hop1,
 #   hop3 10.213.3.2 only from hop2, hop4 10.213.4.2 only from hop3 (each pair on its own veth)
+# The sessions of arm, bb and old run in a userland of their own (sshd's ChrootDirectory, a tree
+# under $LAB/hosts/NAME/root in the host's mount namespace), built from base trees kept in
+# $LAB_CACHE across `down`. Inside: the lab users, /home, /tmp and /dev/shm (the host's own), a few
+# devices, /proc, and $LAB read-only at the same path.
 # Users on every host: hypha (ed25519 + RSA-with-passphrase keys, and a password), who may sudo to
 # hypha-nopw without a password and to hypha-pw with it, and to nobody else. hypha-other cannot
 # log in: tests act as it (as root, in a host's mount namespace) to plant files hypha must not trust.
@@ -24,9 +30,13 @@ set -euo pipefail
 LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
 LAB_NET=10.213.0
 BRIDGE=hyphabr0
-HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15 cache:16 hop1:21"
+HOSTS="plain:11 noisy:12 locked:13 arm:14 broken:15 cache:16 bb:17 old:18 hop1:21"
 # Chain hosts: name:subnet:upstream (the host whose namespace alone reaches it).
 CHAIN="hop2:2:hop1 hop3:3:hop2 hop4:4:hop3"
+# Hosts whose sessions run in a userland of their own: name:base tree (in $LAB_CACHE).
+ROOTS="bb:busybox-amd64 old:bullseye-amd64 arm:busybox-arm64"
+LAB_CACHE="${HYPHA_LAB_CACHE:-/var/cache/hypha-lab}"
+DEBIAN_MIRROR=http://deb.debian.org/debian
 USER_NAME=hypha
 # Users made on this machine (the hosts share its /etc/passwd).
 LAB_USERS="$USER_NAME hypha-nopw hypha-pw hypha-other"
@@ -43,7 +53,7 @@ need_root() {
 
 install_packages() {
     local missing=()
-    for pkg in openssh-server openssh-client sudo iproute2 util-linux passwd; do
+    for pkg in openssh-server openssh-client sudo iproute2 util-linux passwd debootstrap qemu-user-static; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -54,6 +64,131 @@ install_packages() {
     fi
     # The package's own sshd (if it started one) is not ours to use: the lab runs its own.
     mkdir -p /run/sshd
+}
+
+# The .deb of SPEC (such as busybox-static:arm64), downloaded into DIR (with fresh package lists
+# if the ones here do not know it).
+download_deb() {
+    local spec="$1" dir="$2"
+    (cd "$dir" && apt-get download -qq "$spec" >&2 2>/dev/null) && return
+    apt-get update -qq >&2
+    (cd "$dir" && apt-get download -qq "$spec" >&2)
+}
+
+# A base tree whose only program is Debian's static busybox for ARCH, with a link for each of its
+# applets but cksum (busybox builds often lack it: the stub must do without).
+busybox_tree() {
+    local tree="$LAB_CACHE/$1" arch="$2" run=
+    [ -f "$tree.complete" ] && return
+    echo "lab: building $tree" >&2
+    local new="$tree.new"
+    rm -rf --one-file-system "$new"
+    mkdir -p "$new/deb" "$new/root/bin"
+    if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+        if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+            dpkg --add-architecture "$arch"
+            apt-get update -qq >&2
+        fi
+        run=/usr/bin/qemu-$(arch_of "$arch")-static
+    fi
+    download_deb "busybox-static:$arch" "$new/deb"
+    dpkg-deb -x "$new"/deb/busybox-static_*.deb "$new/deb/x"
+    local root="$new/root"
+    cp "$new/deb/x/bin/busybox" "$root/bin/busybox"
+    local path
+    $run "$root/bin/busybox" --list-full | while read -r path; do
+        case "$path" in
+            */cksum | bin/busybox) continue ;;
+            */*) mkdir -p "$root/${path%/*}" ;;
+            *) path=bin/$path ;;
+        esac
+        ln -sf /bin/busybox "$root/$path"
+    done
+    # sshd runs commands with the user's login shell, bash on this machine.
+    if [ ! -e "$root/bin/bash" ]; then
+        printf '#!/bin/sh\n# The login shell of the lab users: busybox has no bash.\nexec /bin/sh "$@"\n' > "$root/bin/bash"
+        chmod 755 "$root/bin/bash"
+    fi
+    chmod 755 "$root"
+    rm -rf "$tree"
+    mv "$root" "$tree"
+    rm -rf "$new"
+    touch "$tree.complete"
+}
+
+# A minimal Debian SUITE tree for ARCH (debootstrap), with EXTRA packages.
+debian_tree() {
+    local tree="$LAB_CACHE/$1" suite="$2" arch="$3" extra="$4"
+    [ -f "$tree.complete" ] && return
+    echo "lab: debootstrapping $suite ($arch) into $tree" >&2
+    local new="$tree.new"
+    unmount_under "$new"
+    rm -rf --one-file-system "$new"
+    mkdir -p "$new"
+    if ! debootstrap --variant=minbase --arch="$arch" --include="$extra" "$suite" "$new" "$DEBIAN_MIRROR" > "$tree.log" 2>&1; then
+        echo "lab: debootstrap failed:" >&2
+        tail -n 20 "$tree.log" >&2
+        unmount_under "$new"
+        exit 1
+    fi
+    unmount_under "$new"
+    # Nothing of the build is needed in the tree.
+    rm -rf "$new"/var/cache/apt/archives/*.deb "$new"/var/lib/apt/lists/*
+    chmod 755 "$new"
+    rm -rf --one-file-system "$tree"
+    mv "$new" "$tree"
+    touch "$tree.complete"
+}
+
+# The kernel's (and qemu's) name of Debian architecture $1.
+arch_of() {
+    case "$1" in
+        arm64) echo aarch64 ;;
+        amd64) echo x86_64 ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# Unmount everything mounted at or below $1 (deepest first).
+unmount_under() {
+    local target
+    findmnt -rn -o TARGET | sort -r | while read -r target; do
+        case "$target" in
+            "$1" | "$1"/*) umount -l "$target" 2>/dev/null || true ;;
+        esac
+    done
+}
+
+# aarch64 programs run by qemu-user (qemu-user-static), registered with the kernel's binfmt_misc
+# as Debian's package describes it (no systemd here to do it), always with the F flag: the kernel
+# opens the interpreter at registration, so it runs programs inside a chroot that has no qemu.
+register_qemu() {
+    local fs=/proc/sys/fs/binfmt_misc name=qemu-aarch64 conf
+    [ -e "$fs/register" ] || mount -t binfmt_misc binfmt_misc "$fs"
+    if [ -e "$fs/$name" ]; then
+        if grep -q '^flags: .*F' "$fs/$name"; then
+            grep -qx enabled "$fs/$name" || echo 1 > "$fs/$name"
+            return
+        fi
+        echo -1 > "$fs/$name"
+    fi
+    for conf in /usr/lib/binfmt.d/$name.conf /usr/lib/binfmt.d/$name-static.conf ""; do
+        [ -f "$conf" ] && break
+    done
+    [ -n "$conf" ] || { echo "lab: qemu-user-static registers no $name" >&2; exit 1; }
+    local line type offset magic mask interpreter flags
+    line=$(grep -v '^#' "$conf" | head -n 1)
+    IFS=: read -r _ _ type offset magic mask interpreter flags <<< "$line"
+    case "$flags" in *F*) ;; *) flags="${flags}F" ;; esac
+    printf ':%s:%s:%s:%s:%s:%s:%s' "$name" "$type" "$offset" "$magic" "$mask" "$interpreter" "$flags" > "$fs/register"
+}
+
+# The base trees of the hosts in ROOTS.
+make_roots() {
+    busybox_tree busybox-amd64 amd64
+    debian_tree bullseye-amd64 bullseye amd64 libssl1.1
+    register_qemu
+    busybox_tree busybox-arm64 arm64
 }
 
 make_user() {
@@ -115,15 +250,46 @@ mount -o remount,noexec /dev/shm
 mount -o remount,ro /home
 EOF
             ;;
-        arm)
-            cat <<EOF
-cp /usr/bin/uname $dir/uname.real
-printf '#!/bin/sh\ncase "\$*" in -m) echo aarch64;; -sm|"-s -m") echo Linux aarch64;; *) exec $dir/uname.real "\$@";; esac\n' > $dir/uname
-chmod 755 $dir/uname
-mount --bind $dir/uname /usr/bin/uname
-EOF
-            ;;
     esac
+    local base
+    if base=$(root_base "$name"); then
+        # The session's userland: the base tree under a writable layer of this host's own. The
+        # tree and every directory above it are root's and written by no one else (sshd's check).
+        cat <<EOF
+root=$dir/root
+mkdir -p $dir/rw \$root
+mount -t tmpfs -o mode=755 tmpfs $dir/rw
+mkdir -m 755 $dir/rw/upper $dir/rw/work
+mount -t overlay overlay -o lowerdir=$LAB_CACHE/$base,upperdir=$dir/rw/upper,workdir=$dir/rw/work \$root
+mkdir -p \$root/etc \$root/home \$root/tmp \$root/dev \$root/proc \$root$LAB
+grep -E '^(root|nogroup|nobody|$(echo $LAB_USERS | tr ' ' '|')):' /etc/passwd > \$root/etc/passwd
+grep -E '^(root|nogroup|nobody|$(echo $LAB_USERS | tr ' ' '|')):' /etc/group > \$root/etc/group
+mount --bind /home \$root/home
+mount --bind /tmp \$root/tmp
+mount -t tmpfs -o mode=755 tmpfs \$root/dev
+for n in null zero full random urandom tty; do
+    touch \$root/dev/\$n
+    mount --bind /dev/\$n \$root/dev/\$n
+done
+mkdir -m 1777 \$root/dev/shm
+mount --bind /dev/shm \$root/dev/shm
+mount -t proc proc \$root/proc
+mount --bind $LAB \$root$LAB
+mount -o remount,bind,ro \$root$LAB
+EOF
+    fi
+}
+
+# The base tree (in LAB_CACHE) of host $1's userland, if it has one of its own.
+root_base() {
+    local entry
+    for entry in $ROOTS; do
+        if [ "${entry%%:*}" = "$1" ]; then
+            echo "${entry#*:}"
+            return
+        fi
+    done
+    return 1
 }
 
 bridge_host_net() {
@@ -156,13 +322,38 @@ start_host() {
     local name="$1" ip="$2"
     local ns="hypha-$name" dir="$LAB/hosts/$name"
     mkdir -p "$dir"
+    # sshd's ChrootDirectory wants every directory above a userland to be root's, written by no one else.
+    chmod 755 "$LAB" "$LAB/hosts" "$dir"
+    host_config "$name" "$ip" > "$dir/sshd_config.new"
+    { host_setup_script "$name"; echo "exec /usr/sbin/sshd -f $dir/sshd_config -E $dir/sshd.log"; } > "$dir/setup.sh.new"
     if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
-        return
+        # A host with a userland of its own that an older version of this script started (as the
+        # fake arm was) is started again; the others are left alone.
+        if ! root_base "$name" >/dev/null \
+            || { cmp -s "$dir/sshd_config.new" "$dir/sshd_config" && cmp -s "$dir/setup.sh.new" "$dir/setup.sh"; }; then
+            rm -f "$dir/sshd_config.new" "$dir/setup.sh.new"
+            return
+        fi
+        echo "lab: restarting $name (its definition changed)" >&2
+        stop_host "$name"
     fi
     [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$dir/ssh_host_ed25519_key"
     # A second key type, as most servers have: clients must check the type they know.
     [ -f "$dir/ssh_host_ecdsa_key" ] || ssh-keygen -q -t ecdsa -N "" -f "$dir/ssh_host_ecdsa_key"
-    cat > "$dir/sshd_config" <<EOF
+    mv -f "$dir/sshd_config.new" "$dir/sshd_config"
+    mv -f "$dir/setup.sh.new" "$dir/setup.sh"
+    rm -f "$dir/sshd.pid"
+    ip netns exec "$ns" unshare --mount --uts --propagation private sh -c "hostname lab-$name && exec sh $dir/setup.sh"
+    for _ in $(seq 50); do
+        [ -f "$dir/sshd.pid" ] && break
+        sleep 0.1
+    done
+    [ -f "$dir/sshd.pid" ] || { echo "lab: sshd on $name did not start: $(cat "$dir/sshd.log" 2>/dev/null)" >&2; exit 1; }
+}
+
+host_config() {
+    local name="$1" ip="$2" dir="$LAB/hosts/$1"
+    cat <<EOF
 ListenAddress $ip
 Port 22
 HostKey $dir/ssh_host_ed25519_key
@@ -182,14 +373,25 @@ MaxSessions 200
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 EOF
-    host_setup_script "$name" > "$dir/setup.sh"
-    echo "exec /usr/sbin/sshd -f $dir/sshd_config -E $dir/sshd.log" >> "$dir/setup.sh"
-    ip netns exec "$ns" unshare --mount --uts --propagation private sh -c "hostname lab-$name && exec sh $dir/setup.sh"
-    for _ in $(seq 50); do
-        [ -f "$dir/sshd.pid" ] && break
-        sleep 0.1
-    done
-    [ -f "$dir/sshd.pid" ] || { echo "lab: sshd on $name did not start: $(cat "$dir/sshd.log" 2>/dev/null)" >&2; exit 1; }
+    if root_base "$name" >/dev/null; then
+        echo "ChrootDirectory $dir/root"
+    fi
+}
+
+# Stop host $1's sshd and everything running in its namespace (its mounts go with them).
+stop_host() {
+    local pidfile="$LAB/hosts/$1/sshd.pid"
+    if [ -f "$pidfile" ]; then
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+    if ip netns pids "hypha-$1" >/dev/null 2>&1; then
+        ip netns pids "hypha-$1" | xargs -r kill -9 2>/dev/null || true
+        # Gone before anything binds its address again.
+        for _ in $(seq 50); do
+            [ -z "$(ip netns pids "hypha-$1" 2>/dev/null)" ] && break
+            sleep 0.1
+        done
+    fi
 }
 
 host_addresses() {
@@ -234,6 +436,7 @@ up() {
     install_packages
     make_user
     make_keys
+    make_roots
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link add "$BRIDGE" type bridge
         ip addr add "$LAB_NET.1/24" dev "$BRIDGE"
@@ -253,6 +456,7 @@ up() {
         echo "LAB=$LAB"
         echo "USER=$USER_NAME"
         host_addresses | while read -r name ip; do echo "HOST_$name=$ip"; done
+        for entry in $ROOTS; do echo "ROOT_${entry%%:*}=$LAB/hosts/${entry%%:*}/root"; done
     } > "$LAB/env.new"
     mv -f "$LAB/env.new" "$LAB/env"
     touch "$LAB/ready"
@@ -277,14 +481,7 @@ down() {
     need_root
     # Chain hosts first: their veths live in upstream namespaces.
     for name in $(host_addresses | cut -d' ' -f1 | tac); do
-        local pidfile="$LAB/hosts/$name/sshd.pid"
-        if [ -f "$pidfile" ]; then
-            kill "$(cat "$pidfile")" 2>/dev/null || true
-        fi
-        # Anything still running in the namespace (agents, shells) goes too.
-        if ip netns pids "hypha-$name" >/dev/null 2>&1; then
-            ip netns pids "hypha-$name" | xargs -r kill -9 2>/dev/null || true
-        fi
+        stop_host "$name"
         ip netns del "hypha-$name" 2>/dev/null || true
         ip link del "veth-$name" 2>/dev/null || true
     done
@@ -296,7 +493,10 @@ down() {
         uid=$(id -u "$user")
         rm -rf "$home/.cache/hypha" "/tmp/hypha-$uid" "/dev/shm/hypha-$uid"
     done
-    rm -rf "$LAB"
+    # The hosts' mounts lived in their own namespaces, gone with their processes; none may be left
+    # here before the lab's directory goes (a userland holds the lab's directory read-only).
+    unmount_under "$LAB"
+    rm -rf --one-file-system "$LAB"
 }
 
 case "${1:-}" in
