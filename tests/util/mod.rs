@@ -276,12 +276,21 @@ pub struct Lab {
     pub dir: std::path::PathBuf,
     pub user: String,
     hosts: std::collections::HashMap<String, String>,
+    /// Where the userland of a host with one of its own (`bb`, `old`, `arm`) is, in its mount namespace.
+    roots: std::collections::HashMap<String, String>,
 }
 
 impl Lab {
-    /// The address of lab host `name` (`plain`, `noisy`, `locked`, `arm`, `broken`).
+    /// The address of lab host `name` (`plain`, `noisy`, `locked`, `arm`, `broken`, `bb`, `old`, ...).
     pub fn host(&self, name: &str) -> &str {
         self.hosts.get(name).map(String::as_str).unwrap_or_else(|| panic!("no lab host {name}"))
+    }
+    /// The directory that is `/` for the sessions of lab host `name`, as [`Lab::root_sh`] sees it:
+    /// the userland of `bb`, `old` and `arm` (sshd's ChrootDirectory), `""` for the others. So
+    /// `format!("{}/home/hypha/.cache/hypha", lab.root_dir(name))` is that host's agent cache.
+    pub fn root_dir(&self, name: &str) -> &str {
+        self.host(name);
+        self.roots.get(name).map_or("", String::as_str)
     }
     pub fn key(&self) -> std::path::PathBuf {
         self.dir.join("keys/id_ed25519")
@@ -388,17 +397,20 @@ pub fn lab() -> Option<Lab> {
         let dir = std::path::PathBuf::from(std::env::var("HYPHA_LAB_DIR").unwrap_or_else(|_| "/run/hypha-lab".into()));
         let env = std::fs::read_to_string(dir.join("env")).map_err(|e| e.to_string())?;
         let mut hosts = std::collections::HashMap::new();
+        let mut roots = std::collections::HashMap::new();
         let mut user = String::new();
         for line in env.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 if let Some(name) = k.strip_prefix("HOST_") {
                     hosts.insert(name.to_owned(), v.to_owned());
+                } else if let Some(name) = k.strip_prefix("ROOT_") {
+                    roots.insert(name.to_owned(), v.to_owned());
                 } else if k == "USER" {
                     user = v.to_owned();
                 }
             }
         }
-        Ok(Lab { dir, user, hosts })
+        Ok(Lab { dir, user, hosts, roots })
     });
     match lab {
         Ok(lab) => Some(lab.clone()),
