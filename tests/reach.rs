@@ -70,12 +70,14 @@ async fn reach(lab: &Lab, rt: &Runtime, name: &str, arch: &str, deadline: Durati
     for i in 0..2 {
         lab.root_sh(name, &format!("rm -rf {cache}"));
         let started = Instant::now();
-        let first = rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
+        let first =
+            rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
         let upload_took = started.elapsed();
         let uploaded = first.uploaded();
         assert!(uploaded.is_some_and(|n| n > 0), "{name}, method {i}: the first start uploads: {uploaded:?}");
         let started = Instant::now();
-        let second = rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
+        let second =
+            rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
         let cached_took = started.elapsed();
         assert_eq!(second.uploaded(), None, "{name}, method {i}: the second start finds the agent cached");
         // Timings for the record (`--no-capture`), never asserted.
@@ -116,7 +118,8 @@ async fn bb_a_busybox_userland_without_cksum_runs_agents() {
     // What the sessions there have: busybox alone, no cksum for the stub to check the agent with.
     let there = lab.sh("bb", "ls -l /bin/sh; command -v cksum || echo no-cksum");
     assert!(there.contains("/bin/busybox") && there.contains("no-cksum"), "{there}");
-    let found = lab.root_sh("bb", &format!("ls {root}/lib {root}/usr/lib 2>/dev/null; true", root = lab.root_dir("bb")));
+    let found =
+        lab.root_sh("bb", &format!("ls {root}/lib {root}/usr/lib 2>/dev/null; true", root = lab.root_dir("bb")));
     assert!(found.trim().is_empty(), "bb has no libraries: {found}");
     let rt = runtime();
     reach(&lab, &rt, "bb", std::env::consts::ARCH, Duration::from_secs(60)).await;
