@@ -53,7 +53,7 @@ need_root() {
 
 install_packages() {
     local missing=()
-    for pkg in openssh-server openssh-client sudo iproute2 util-linux passwd debootstrap qemu-user-static; do
+    for pkg in openssh-server openssh-client sudo iproute2 util-linux passwd debootstrap debian-archive-keyring qemu-user-static; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
