@@ -220,7 +220,9 @@ async fn another_architecture_is_refused_naming_both() {
         let BootError::Arch { remote, local, .. } = &err else { panic!("{err}") };
         assert_eq!(remote, "aarch64");
         assert_eq!(local, std::env::consts::ARCH);
-        assert!(err.to_string().contains("the host is aarch64, but this binary is built for x86_64"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("the host is aarch64, and this program has builds for x86_64 only"), "{text}");
+        assert!(text.contains("Options::agent_for(\"aarch64\", PATH), or --agent aarch64=PATH"), "{text}");
     }
     rt.shutdown().await;
 }
