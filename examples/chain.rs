@@ -45,7 +45,7 @@ async fn run() -> anyhow::Result<()> {
         bail!("no hops (see --help)");
     }
 
-    let rt = Runtime::start(Handlers::new())?;
+    let rt = Runtime::start_with(Handlers::new(), opts.runtime())?;
     let mut parent: Option<Context> = None;
     for (i, (hop, jump)) in hops.iter().enumerate() {
         let n = i + 1;

@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! cargo run --example remote -- [--method ssh|openssh] [--port N] [--identity FILE]
-//!     [--password-env VAR] [--known-hosts FILE | --accept-new | --ignore-host-key] [user@]host
+//!     [--password-env VAR] [--known-hosts FILE | --accept-new | --ignore-host-key]
+//!     [--agent ARCH=PATH]... [user@]host
 //! ```
 //! `ssh` (the default) runs SSH in process; `openssh` runs the system `ssh` client, so
-//! `~/.ssh/config` applies. On failure it prints the error and exits with status 1.
+//! `~/.ssh/config` applies. `--agent aarch64=PATH` serves the build of this example at PATH to an
+//! aarch64 host (`scripts/build-agents.sh` makes them). On failure it prints the error and exits with status 1.
 
 mod common;
 
@@ -33,7 +35,7 @@ async fn run() -> anyhow::Result<()> {
     let Some(destination) = destination else { bail!("which host? (see --help)") };
     let method = opts.method(&destination, &[])?;
 
-    let rt = Runtime::start(Handlers::new())?;
+    let rt = Runtime::start_with(Handlers::new(), opts.runtime())?;
     let started = Instant::now();
     let ctx = rt.spawn(method).await?;
     let took = started.elapsed();

@@ -223,7 +223,8 @@ async fn another_architecture_is_refused_naming_both() {
         assert_eq!(remote, "aarch64");
         assert_eq!(local, std::env::consts::ARCH);
         let text = err.to_string();
-        assert!(text.contains("aarch64") && text.contains(std::env::consts::ARCH), "names both: {err}");
+        assert!(text.contains("the host is aarch64, and this program has builds for x86_64 only"), "{text}");
+        assert!(text.contains("Options::agent_for(\"aarch64\", PATH), or --agent aarch64=PATH"), "{text}");
     }
     rt.shutdown().await;
 }

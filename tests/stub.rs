@@ -7,7 +7,7 @@ mod util;
 use std::process::Stdio;
 use std::time::Duration;
 
-use hypha::bootstrap::{exe_hash, handshake, stub};
+use hypha::bootstrap::{builds, exe_hash, handshake, stub};
 use hypha::runtime::proto::{Hello, Init};
 
 /// The Init the tests answer an agent's Hello with.
@@ -24,9 +24,9 @@ fn init(_: &Hello) -> Init {
 }
 
 async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha::runtime::proto::Hello) {
-    let agent = stub::Fingerprint::current().await.unwrap();
-    let hash = agent.hash.as_str();
-    let cmd = stub::command(nonce, agent);
+    let builds = builds::Builds::current().await.unwrap();
+    let hash = stub::Fingerprint::current().await.unwrap().hash.as_str();
+    let cmd = stub::command(nonce, &builds);
     let mut child = tokio::process::Command::new("sh")
         .args(["-c", &cmd])
         .env("XDG_CACHE_HOME", cache)
@@ -37,7 +37,7 @@ async fn start_stub(cache: &std::path::Path, nonce: &str) -> (Option<u64>, hypha
         .unwrap();
     let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let (outcome, rest) =
-        stub::run(&mut stdout, &mut stdin, Default::default(), nonce, "sh test", Duration::from_secs(60))
+        stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &builds, "sh test", Duration::from_secs(60))
             .await
             .unwrap();
     assert_eq!(outcome.dir, cache.join("hypha").display().to_string());
@@ -79,11 +79,11 @@ async fn the_stub_uploads_once_then_runs_the_cached_agent() {
 fn spawn_stub(
     cache: &std::path::Path,
     nonce: &str,
-    agent: &stub::Fingerprint,
+    builds: &builds::Builds,
     path: Option<&std::path::Path>,
 ) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.args(["-c", &stub::command(nonce, agent)])
+    cmd.args(["-c", &stub::command(nonce, builds)])
         .env("XDG_CACHE_HOME", cache)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -140,12 +140,14 @@ async fn a_failed_replacement_says_what_was_found_and_what_was_tried() {
     let cached = dir.join(format!("hypha-{}", agent.hash));
     std::fs::write(&cached, b"junk\n").unwrap();
     std::fs::set_permissions(&cached, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let mut child = spawn_stub(&cache, "heal", agent, None);
+    let builds = builds::Builds::current().await.unwrap();
+    let mut child = spawn_stub(&cache, "heal", &builds, None);
     let mut stdin = FlipAt { inner: child.stdin.take().unwrap(), written: 0, at: 100_000 };
     let mut stdout = child.stdout.take().unwrap();
-    let err = stub::run(&mut stdout, &mut stdin, Default::default(), "heal", "sh test", Duration::from_secs(60))
-        .await
-        .unwrap_err();
+    let err =
+        stub::run(&mut stdout, &mut stdin, Default::default(), "heal", &builds, "sh test", Duration::from_secs(60))
+            .await
+            .unwrap_err();
     let text = err.to_string();
     let hypha::BootError::Install { found, .. } = &err else { panic!("{text}") };
     assert_eq!(found.as_deref(), Some(format!("5 bytes long, not {}", agent.len).as_str()), "{text}");
@@ -159,51 +161,90 @@ async fn a_failed_replacement_says_what_was_found_and_what_was_tried() {
     std::fs::remove_dir_all(&cache).unwrap();
 }
 
-#[tokio::test]
-async fn without_cksum_the_stub_checks_sizes_and_still_installs() {
-    // A PATH with every tool the stub uses but `cksum` (as on some busybox builds).
-    let root = std::env::temp_dir().join(format!("hypha-stub-nocksum-{}", std::process::id()));
+/// A directory of links to the real `tools`, to run the stub with as its whole `PATH`.
+fn only_tools(tag: &str, tools: &[&str]) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("hypha-stub-{tag}-{}", std::process::id()));
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for tool in ["sh", "id", "uname", "gzip", "ls", "mkdir", "chmod", "rm", "cat", "head", "mv", "sleep", "stty"] {
+    for tool in tools {
         let real =
             ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists()).unwrap();
         std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
     }
-    let cache = root.join("cache");
+    root
+}
+
+/// Start the stub with only the tools in `root/bin` on its `PATH` and `root/cache` as its cache,
+/// through the handshake.
+async fn start_with_path(root: &std::path::Path, nonce: &str) -> Result<stub::Outcome, hypha::BootError> {
+    let builds = builds::Builds::current().await.unwrap();
     let agent = stub::Fingerprint::current().await.unwrap();
-    let start = |nonce: &'static str| {
-        let mut child = spawn_stub(&cache, nonce, agent, Some(&bin));
-        async move {
-            let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
-            let (outcome, rest) =
-                stub::run(&mut stdout, &mut stdin, Default::default(), nonce, "sh test", Duration::from_secs(60))
-                    .await?;
-            let expect = handshake::Expect {
-                nonce,
-                binary_hash: &agent.hash,
-                max_frame: 1 << 20,
-                timeout: Duration::from_secs(30),
-                target: "sh test",
-            };
-            handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await?;
-            drop(stdin);
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            Ok::<_, hypha::BootError>(outcome)
-        }
+    let mut child = spawn_stub(&root.join("cache"), nonce, &builds, Some(&root.join("bin")));
+    let (mut stdin, mut stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let (outcome, rest) =
+        stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &builds, "sh test", Duration::from_secs(60))
+            .await?;
+    let expect = handshake::Expect {
+        nonce,
+        binary_hash: &agent.hash,
+        max_frame: 1 << 20,
+        timeout: Duration::from_secs(30),
+        target: "sh test",
     };
-    let first = start("nock1").await.unwrap();
+    handshake::parent(&mut stdout, &mut stdin, &expect, init, rest).await?;
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Ok(outcome)
+}
+
+#[tokio::test]
+async fn without_cksum_the_stub_checks_sizes_and_still_installs() {
+    // Every tool the stub uses but `cksum` (as on some busybox builds).
+    let tools = ["sh", "id", "uname", "gzip", "ls", "mkdir", "chmod", "rm", "cat", "head", "mv", "sleep", "stty"];
+    let root = only_tools("nocksum", &tools);
+    let agent = stub::Fingerprint::current().await.unwrap();
+    let first = start_with_path(&root, "nock1").await.unwrap();
     assert!(first.uploaded.is_some());
-    assert_eq!(start("nock2").await.unwrap().uploaded, None, "cached");
+    assert_eq!(start_with_path(&root, "nock2").await.unwrap().uploaded, None, "cached");
     // A truncated agent: the size gives it away.
+    let cache = root.join("cache");
     let cached = cache.join("hypha").join(format!("hypha-{}", agent.hash));
     let bytes = std::fs::read(&cached).unwrap();
     std::fs::write(cache.join("hypha").join("short"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::set_permissions(cache.join("hypha").join("short"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .unwrap();
     std::fs::rename(cache.join("hypha").join("short"), &cached).unwrap();
-    let healed = start("nock3").await.unwrap();
+    let healed = start_with_path(&root, "nock3").await.unwrap();
     assert!(healed.uploaded.is_some());
     assert_eq!(healed.replaced, Some(format!("{} bytes long, not {}", bytes.len() / 2, agent.len)));
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[tokio::test]
+async fn with_the_fewest_tools_the_stub_takes_the_agent_raw_through_dd() {
+    // No cksum, gzip, head, stty or sleep: the stub falls back to a raw upload read by `dd`
+    // (whole blocks, `iflag=fullblock`, as GNU and busybox dd have).
+    let root = only_tools("fewest", &["sh", "id", "uname", "ls", "mkdir", "chmod", "rm", "cat", "mv", "dd"]);
+    let first = start_with_path(&root, "few1").await.unwrap();
+    let payload = stub::Payload::current().await.unwrap();
+    assert_eq!(first.uploaded, Some(payload.raw_len), "sent raw");
+    assert_eq!(start_with_path(&root, "few2").await.unwrap().uploaded, None, "cached");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[tokio::test]
+async fn a_host_with_no_build_for_its_architecture_says_so_and_makes_nothing() {
+    // The stub as a controller with only a riscv64 build would run it here.
+    let builds = builds::Builds::current().await.unwrap();
+    let mut argv = stub::argv("nob", &builds);
+    let at = argv.iter().position(|a| a == std::env::consts::ARCH).unwrap();
+    argv[at] = "riscv64".into();
+    let cache = std::env::temp_dir().join(format!("hypha-stub-nobuild-{}", std::process::id()));
+    let out = std::process::Command::new(&argv[0]).args(&argv[1..]).env("XDG_CACHE_HOME", &cache).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = stub::Report::parse(text.trim()).unwrap();
+    assert_eq!(report.arch, std::env::consts::ARCH);
+    assert_eq!(report.cache, stub::Cache::NoBuild);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!cache.exists(), "no cache directory made for a build that is not there");
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use hypha_bootstrap::builds::Builds;
 use hypha_bootstrap::{boot, AgentLoans, BootError, Method, MethodSpec, Spawn};
 use hypha_runtime::proto::{Hello, IdBlock, Init};
 use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
@@ -71,7 +72,6 @@ pub(crate) struct ContextActor {
     pub(crate) ids: IdBlock,
     pub(crate) router: Router,
     pub(crate) io: tokio::runtime::Handle,
-    pub(crate) binary_hash: &'static str,
     pub(crate) max_frame: usize,
     /// Deadlines handed to the agent in its Init.
     pub(crate) link_timeout: Duration,
@@ -134,8 +134,7 @@ impl Actor for ContextActor {
         let Some(start) = self.start.take() else {
             return;
         };
-        let (router, hash, max_frame, id, span) =
-            (self.router.clone(), self.binary_hash, self.max_frame, self.id, self.span.clone());
+        let (router, max_frame, id, span) = (self.router.clone(), self.max_frame, self.id, self.span.clone());
         let (name, ids) = (self.name.clone(), self.ids);
         let (link_timeout_ms, call_timeout_ms) = (millis(self.link_timeout), millis(self.call_timeout));
         let caller_gone = self.caller_gone.take();
@@ -160,7 +159,7 @@ impl Actor for ContextActor {
                     }
                 };
                 let booted = tokio::select! {
-                    booted = boot(&*method, hash, max_frame, init) => booted?,
+                    booted = boot(&*method, max_frame, init) => booted?,
                     () = gave_up => {
                         return Err(BootError::Start { target, reason: "the caller gave up before it started".into() });
                     }
@@ -195,8 +194,17 @@ impl Actor for ContextActor {
                 }
                 // Every stage of a start has its own deadline on the parent; this bounds the lot.
                 let deadline = spec.method().handshake_timeout() * 3 + Duration::from_secs(30);
+                // The parent serves the build for the child's architecture: its own, or one it
+                // fetches from here when a child first needs it.
+                let builds = Builds::current()
+                    .await
+                    .map_err(|e| BootError::Start {
+                        target: target.clone(),
+                        reason: format!("this program's builds: {e}"),
+                    })?
+                    .offers();
                 let spawned = router
-                    .call_within(parent, &Spawn { id, name, method: *spec, ids }, deadline)
+                    .call_within(parent, &Spawn { id, name, method: *spec, ids, builds }, deadline)
                     .await
                     .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
                 drop(loans);

@@ -28,11 +28,13 @@ mod actor;
 mod context;
 mod registry;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, ArbiterHandle, System};
+use hypha_bootstrap::builds::{BuildError, BuildRequest};
 use hypha_bootstrap::{AgentLoans, AgentMessage, BootError, Identity, Local, Method, MethodSpec, Ssh};
 use hypha_runtime::frame::DEFAULT_MAX_FRAME;
 use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
@@ -66,6 +68,9 @@ pub struct Options {
     /// How long a call waits for its answer unless it says otherwise (`Context::call_within`);
     /// for a call with a stream, how long nothing may move on it (default 300 s).
     pub call_timeout: Duration,
+    /// Builds of this program for other architectures, served to hosts of those (see
+    /// [`Options::agent_for`]).
+    pub agents: Vec<(String, PathBuf)>,
 }
 
 impl Options {
@@ -86,6 +91,18 @@ impl Options {
         self.call_timeout = timeout;
         self
     }
+
+    /// Serve the executable at `path` to hosts of architecture `arch` (`aarch64`, `x86_64`,
+    /// `arm`, ...; `uname -m` names like `arm64` work too): a build of this same program for
+    /// that architecture, best static (hypha's `scripts/build-agents.sh` makes them). Contexts
+    /// started via another context get it from there; it crosses each link to a parent once,
+    /// when a first child needs it. [`Runtime::start_with`] checks that it is an executable for
+    /// `arch`. Without a build for a host's architecture, a start there fails with
+    /// [`BootError::Arch`], naming both.
+    pub fn agent_for(mut self, arch: &str, path: impl Into<PathBuf>) -> Self {
+        self.agents.push((arch.to_owned(), path.into()));
+        self
+    }
 }
 
 impl Default for Options {
@@ -94,6 +111,7 @@ impl Default for Options {
             max_frame: DEFAULT_MAX_FRAME,
             link_timeout: hypha_runtime::DEFAULT_LINK_TIMEOUT,
             call_timeout: hypha_runtime::DEFAULT_CALL_TIMEOUT,
+            agents: Vec::new(),
         }
     }
 }
@@ -111,6 +129,9 @@ pub enum StartError {
     /// The actor thread did not start.
     #[error("cannot start the actor thread: {0}")]
     Actors(std::io::Error),
+    /// A build named with [`Options::agent_for`] cannot serve as one.
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// The controller: context 0, parent of the contexts it starts. Cheap to clone.
@@ -125,7 +146,6 @@ struct Inner {
     system: System,
     arbiter: ArbiterHandle,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    binary_hash: &'static str,
     options: Options,
     next_id: AtomicU32,
     next_block: AtomicU32,
@@ -154,7 +174,10 @@ impl Runtime {
     /// [`Runtime::start`] with explicit [`Options`].
     pub fn start_with(handlers: Handlers, options: Options) -> Result<Runtime, StartError> {
         let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
-        let binary_hash = hypha_bootstrap::exe_hash().map_err(StartError::Exe)?;
+        hypha_bootstrap::exe_hash().map_err(StartError::Exe)?;
+        for (arch, path) in &options.agents {
+            hypha_bootstrap::builds::add_build(arch, path)?;
+        }
         let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
         let cfg = RouterConfig::new(0, Vec::new(), Identity::current().origin())
             .with_max_frame(options.max_frame)
@@ -163,6 +186,8 @@ impl Runtime {
         let router = Router::new(cfg, hypha_bootstrap::install_builtins(handlers));
         // Hops started via a context sign with the agents lent to them; they check their loans.
         router.open_handler_to_descendants(AgentMessage::NAME);
+        // Parents of contexts started via them fetch the builds for their children from here.
+        router.open_handler_to_descendants(BuildRequest::NAME);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 router,
@@ -170,7 +195,6 @@ impl Runtime {
                 system,
                 arbiter,
                 thread: Mutex::new(Some(thread)),
-                binary_hash,
                 options,
                 next_id: AtomicU32::new(1),
                 next_block: AtomicU32::new(FIRST_BLOCK),
@@ -201,7 +225,8 @@ impl Runtime {
     }
 
     /// Start a context *from* `parent` (Mitogen's `via=`): `parent` runs the method from its own
-    /// host and serves it its own binary; calls route through `parent`. Credentials and known hosts
+    /// host and serves it the build for its architecture (its own, or one of [`Options::agent_for`]
+    /// it fetches from here once); calls route through `parent`. Credentials and known hosts
     /// for an ssh hop are read here and travel in memory.
     pub async fn spawn_via(&self, parent: &Context, method: impl Into<MethodSpec>) -> Result<Context, BootError> {
         let spec = method.into();
@@ -233,7 +258,7 @@ impl Runtime {
         let (_waiting, caller_gone) = oneshot::channel::<()>();
         let actor = {
             let (name, router, io) = (name.clone(), self.inner.router.clone(), self.inner.io.clone());
-            let (hash, o) = (self.inner.binary_hash, &self.inner.options);
+            let o = &self.inner.options;
             let (max_frame, link_timeout, call_timeout) = (o.max_frame, o.link_timeout, o.call_timeout);
             ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
                 id,
@@ -242,7 +267,6 @@ impl Runtime {
                 ids,
                 router,
                 io,
-                binary_hash: hash,
                 max_frame,
                 link_timeout,
                 call_timeout,

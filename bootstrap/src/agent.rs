@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use hypha_runtime::proto::Control;
-use hypha_runtime::{Handlers, LinkOptions, Role, Router, RouterConfig};
+use hypha_runtime::{Handlers, LinkOptions, Request, Role, Router, RouterConfig};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
@@ -35,7 +35,7 @@ pub const LOG_ENV: &str = "HYPHA_LOG";
 /// Call it before the program prints anything. It works before or inside a tokio runtime (for
 /// example first thing in a `#[tokio::main]` function); before one, the agent starts a little faster.
 pub fn run_if_agent(handlers: &Handlers) {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = process_args().into_iter().skip(1);
     let (Some(flag), Some(nonce)) = (args.next(), args.next()) else {
         return;
     };
@@ -88,6 +88,19 @@ fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
     })
 }
 
+/// This process's arguments. Before `main` (a constructor calling [`run_if_agent`]) the standard
+/// library has them only on glibc; on musl they are read from `/proc/self/cmdline`.
+fn process_args() -> Vec<std::ffi::OsString> {
+    let args: Vec<_> = std::env::args_os().collect();
+    if !args.is_empty() {
+        return args;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let Some(cmdline) = cmdline.strip_suffix(&[0]) else { return Vec::new() };
+    cmdline.split(|&b| b == 0).map(|a| std::ffi::OsStr::from_bytes(a).to_owned()).collect()
+}
+
 async fn serve(
     handlers: Handlers,
     init: hypha_runtime::proto::Init,
@@ -101,6 +114,8 @@ async fn serve(
         .with_call_timeout(Duration::from_millis(init.call_timeout_ms));
     let router = Router::new(cfg, handlers);
     router.grant_ids(init.ids);
+    // Children started via this context by a context of its own may fetch builds from it.
+    router.open_handler_to_descendants(crate::builds::BuildRequest::NAME);
     let (control_tx, mut control) = mpsc::unbounded_channel();
     router.set_control(control_tx);
     let opts =

@@ -52,14 +52,18 @@ pub enum BootError {
         /// What was wrong.
         reason: String,
     },
-    /// The host's architecture is not the one this binary was built for.
-    #[error("{target}: the host is {remote}, but this binary is built for {local}")]
+    /// There is no build of this program for the host's architecture.
+    #[error(
+        "{target}: the host is {remote}, and this program has builds for {local} only: build it for {remote} \
+         (as hypha's scripts/build-agents.sh {remote} does) and name the build with \
+         Options::agent_for(\"{remote}\", PATH), or --agent {remote}=PATH"
+    )]
     Arch {
         /// Method and host.
         target: String,
-        /// `uname -m` on the host.
+        /// The host's architecture (`uname -m`, normalized as `builds::normalize_arch` does).
         remote: String,
-        /// This binary's architecture.
+        /// The architectures there are builds for, comma-separated.
         local: String,
     },
     /// No directory on the host is both writable and allowed to run programs.

@@ -79,6 +79,11 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
     hash_reader(std::fs::File::open(path)?)
 }
 
+/// xxh3-128 of `data`, as 32 hex digits (the form [`exe_hash`] gives).
+pub(crate) fn hash_bytes(data: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
+}
+
 fn hash_reader(mut file: impl Read) -> std::io::Result<String> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -10,11 +10,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hypha_bootstrap::BootError> {
-//! use hypha_bootstrap::{boot, exe_hash, Local};
+//! use hypha_bootstrap::{boot, Local};
 //! use hypha_runtime::proto::Init;
 //!
-//! let hash = exe_hash().expect("readable executable");
-//! let booted = boot(&Local::default(), hash, 1 << 20, |_hello| Init {
+//! let booted = boot(&Local::default(), 1 << 20, |_hello| Init {
 //!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20, ids: (0, 0),
 //!     link_timeout_ms: 30_000, call_timeout_ms: 300_000,
 //! }).await?;
@@ -23,6 +22,7 @@
 //! ```
 
 mod agent;
+pub mod builds;
 mod builtins;
 mod error;
 pub mod fdio;

@@ -31,6 +31,9 @@ pub struct Transport {
     pub uploaded: Option<u64>,
     /// What the far side writes to stderr, kept for error messages.
     pub stderr: Option<StderrTail>,
+    /// The hash of the build started (the one the stub picked for the host), which the agent's
+    /// Hello must carry; `None`: this executable.
+    pub agent_hash: Option<String>,
 }
 
 impl Transport {
@@ -47,14 +50,17 @@ impl Transport {
             read_ahead: BytesMut::new(),
             uploaded: None,
             stderr: None,
+            agent_hash: None,
         }
     }
 
     /// The stream once a bootstrap stub has run on it: the bytes it read past the stub's report,
-    /// whether it uploaded the agent, and the far side's stderr if it was collected.
+    /// whether it uploaded the agent, which build it started, and the far side's stderr if it was
+    /// collected.
     pub fn after_stub(mut self, (outcome, rest): (crate::stub::Outcome, BytesMut), stderr: Option<StderrTail>) -> Self {
         self.read_ahead = rest;
         self.uploaded = outcome.uploaded;
+        self.agent_hash = Some(outcome.hash);
         self.stderr = stderr;
         self
     }
@@ -162,16 +168,21 @@ pub struct Booted {
     pub leftover: BytesMut,
 }
 
-/// Start an agent with `method`, check its Hello against this binary, and send it `init`.
+/// Start an agent with `method`, check its Hello against the build started (the one the stub
+/// picked for the host; this executable if the method ran none), and send it `init`.
 pub async fn boot(
     method: &dyn Method,
-    binary_hash: &str,
     max_frame: usize,
     init: impl FnOnce(&Hello) -> Init,
 ) -> Result<Booted, BootError> {
     let nonce = handshake::nonce();
     let target = method.target();
     let mut transport = method.start(&nonce).await?;
+    let own = || crate::exe_hash().map_err(|source| BootError::Io { target: target.clone(), source });
+    let binary_hash = match &transport.agent_hash {
+        Some(hash) => hash.as_str(),
+        None => own()?,
+    };
     let expect = handshake::Expect {
         nonce: &nonce,
         binary_hash,

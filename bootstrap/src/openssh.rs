@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::builds::Builds;
 use crate::forward::{Agent, AgentLoans};
 use crate::method::{spawn_piped, with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{stub, BootError};
@@ -123,20 +124,20 @@ impl Method for OpenSsh {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let target = self.target();
-            let agent = stub::Fingerprint::current()
-                .await
-                .map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let builds = Builds::current().await.map_err(|source| BootError::Io { target: target.clone(), source })?;
             let (mut child, mut stdin, mut stdout, stderr) =
-                spawn_piped(self.command(&stub::command(nonce, agent))?, &target)?;
+                spawn_piped(self.command(&stub::command(nonce, &builds))?, &target)?;
             let tail = StderrTail::collect(stderr);
-            let done = match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &target, self.timeout).await
-            {
-                Ok(done) => done,
-                Err(e) => {
-                    let _ = child.start_kill();
-                    return Err(classify(with_stderr(e, Some(&tail)).await));
-                }
-            };
+            let done =
+                match stub::run(&mut stdout, &mut stdin, Default::default(), nonce, &builds, &target, self.timeout)
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let _ = child.start_kill();
+                        return Err(classify(with_stderr(e, Some(&tail)).await));
+                    }
+                };
             Ok(Transport::new(stdout, stdin, Some(child)).after_stub(done, Some(tail)))
         })
     }

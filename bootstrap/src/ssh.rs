@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
+use crate::builds::Builds;
 use crate::forward::{Agent, AgentLoans};
 use crate::method::{with_stderr, BoxFuture, Method, StderrTail, Transport};
 use crate::{stub, BootError, HostKeyPolicy};
@@ -436,7 +437,7 @@ impl Method for Ssh {
         Box::pin(async move {
             let target = self.target();
             let io = |source| BootError::Io { target: target.clone(), source };
-            let agent = stub::Fingerprint::current().await.map_err(io)?;
+            let builds = Builds::current().await.map_err(io)?;
             let start = async {
                 let session = self.session().await?;
                 let failed = |what: &str, e: async_ssh2_lite::Error| BootError::Start {
@@ -447,7 +448,7 @@ impl Method for Ssh {
                     .channel_open("session", WINDOW, PACKET, None)
                     .await
                     .map_err(|e| failed("opening a channel", e))?;
-                channel.exec(&stub::command(nonce, agent)).await.map_err(|e| failed("running the stub", e))?;
+                channel.exec(&stub::command(nonce, &builds)).await.map_err(|e| failed("running the stub", e))?;
                 Ok::<_, BootError>((session, channel))
             };
             let (session, channel) = match tokio::time::timeout(self.timeout, start).await {
@@ -458,11 +459,13 @@ impl Method for Ssh {
             let tail = StderrTail::default();
             tokio::spawn(pump(session, channel, far, tail.clone(), self.keepalive));
             let (mut reader, mut writer) = tokio::io::split(near);
-            let done = match stub::run(&mut reader, &mut writer, Default::default(), nonce, &target, self.timeout).await
-            {
-                Ok(done) => done,
-                Err(e) => return Err(with_stderr(e, Some(&tail)).await),
-            };
+            let done =
+                match stub::run(&mut reader, &mut writer, Default::default(), nonce, &builds, &target, self.timeout)
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(e) => return Err(with_stderr(e, Some(&tail)).await),
+                };
             Ok(Transport::new(reader, writer, None).after_stub(done, Some(tail)))
         })
     }

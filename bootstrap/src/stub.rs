@@ -1,18 +1,22 @@
 //! The sh stub: what a remote host runs before the agent exists there.
 //!
-//! The stub (`stub.sh`, run as `sh -c '<stub>' hypha NONCE HASH SIZE CKSUM`) picks the first of
-//! `$XDG_CACHE_HOME/hypha`, `~/.cache/hypha`, `/tmp/hypha-$UID` and `/dev/shm/hypha-$UID` that is
-//! the connecting user's own (owned by them, writable by no one else, in a parent no one else can
-//! rename entries of) and either holds the agent or takes a new one and lets it run. It uses a
-//! cached `hypha-HASH` only if that is the user's own regular file, writable by no one else, of
-//! SIZE bytes and with this POSIX `cksum` (when the host has `cksum`; the Hello's hash check is
-//! the last word either way). It prints one line, which [`Report::parse`] reads:
+//! The stub (`stub.sh`, run as `sh -c '<stub>' hypha NONCE [ARCH HASH SIZE CKSUM]...`, one
+//! quadruple per build of the program, [`Builds`]) picks the build for its host's `uname -m`, then
+//! the first of `$XDG_CACHE_HOME/hypha`, `~/.cache/hypha`, `/tmp/hypha-$UID` and
+//! `/dev/shm/hypha-$UID` that is the connecting user's own (owned by them, writable by no one
+//! else, in a parent no one else can rename entries of) and either holds that build or takes it
+//! and lets it run. It uses a cached `hypha-HASH` only if that is the user's own regular file,
+//! writable by no one else, of SIZE bytes and with this POSIX `cksum` (when the host has `cksum`;
+//! the Hello's hash check is the last word either way). It needs only POSIX sh and the common
+//! busybox applets, and falls back where one is missing (no `cksum`: size only; no `gzip`: raw;
+//! no `head -c`: `dd`). It prints one line, which [`Report::parse`] reads:
 //!
 //! ```text
-//! HYPHA-STUB <nonce> <arch> <user> CACHED|NEED|NODIR gzip|raw <found> <dir, or the dirs tried>
+//! HYPHA-STUB <nonce> <arch> <user> CACHED|NEED|NODIR|NOBUILD gzip|raw <found> <dir, or the dirs tried>
 //! ```
 //! `<found>` is `-`, or what was wrong with a cached agent that NEED will replace (`size=N`,
-//! `cksum=N`, `uid=N`, `mode=M`, ...). The parent answers `RUN` (cached) or `SEND <len>` followed
+//! `cksum=N`, `uid=N`, `mode=M`, ...); NOBUILD says no build was offered for `<arch>`. The parent
+//! answers `RUN` (cached) or `SEND <len>` followed
 //! by `len` bytes (gzip when the host has it); the stub writes them under a temporary name, checks
 //! size and `cksum`, makes the file executable, renames it into place, says
 //! `HYPHA-STUB-INSTALLED <nonce>` (or `HYPHA-STUB-FAILED <nonce> <why>`) and `exec`s it as the
@@ -21,23 +25,24 @@
 //! upload it once.
 
 use std::io::{Read, Write};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
+use crate::builds::{blocking, Builds};
 use crate::identity::open_exe;
-use crate::{exe_hash, BootError, Identity};
+use crate::{exe_hash, BootError};
 
 const STUB: &str = include_str!("stub.sh");
 /// At most this much output before the stub's line is skipped.
 const MAX_PREAMBLE: usize = 1 << 20;
 
-/// What the stub must find to run a cached agent: this executable's content hash (the file's name),
-/// its size and its POSIX `cksum`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the stub must find to run a cached agent: the build's content hash (the file's name), its
+/// size and its POSIX `cksum`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
     /// xxh3-128 of the executable, as [`exe_hash`] gives it.
     pub hash: String,
@@ -53,60 +58,65 @@ impl Fingerprint {
     /// the next one.
     pub async fn current() -> std::io::Result<&'static Fingerprint> {
         static FINGERPRINT: OnceCell<Fingerprint> = OnceCell::const_new();
-        FINGERPRINT.get_or_try_init(|| blocking(Fingerprint::compute)).await
+        FINGERPRINT
+            .get_or_try_init(|| {
+                blocking(|| {
+                    let hash = exe_hash()?.to_owned();
+                    let (len, cksum) = sum_reader(open_exe()?)?;
+                    Ok(Fingerprint { hash, len, cksum })
+                })
+            })
+            .await
     }
 
-    fn compute() -> std::io::Result<Fingerprint> {
-        let hash = exe_hash()?.to_owned();
-        let mut file = open_exe()?;
-        let (mut crc, mut len) = (Cksum::new(), 0u64);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            crc.update(&buf[..n]);
-            len += n as u64;
+    /// The fingerprint of the file at `path` (read now, on this thread).
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<Fingerprint> {
+        let hash = crate::hash_file(path)?;
+        let (len, cksum) = sum_reader(std::fs::File::open(path)?)?;
+        Ok(Fingerprint { hash, len, cksum })
+    }
+}
+
+/// Size and `cksum` of everything `file` yields.
+fn sum_reader(mut file: impl Read) -> std::io::Result<(u64, u32)> {
+    let (mut crc, mut len) = (Cksum::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
         }
-        Ok(Fingerprint { hash, len, cksum: crc.finish() })
+        crc.update(&buf[..n]);
+        len += n as u64;
     }
+    Ok((len, crc.finish()))
 }
 
-/// Run `work` on tokio's blocking pool: reading the executable must not stall a single-threaded
-/// runtime's other links.
-async fn blocking<T: Send + 'static>(work: fn() -> std::io::Result<T>) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("reading this executable: {e}"))))
+/// The remote command line that runs the stub, offering `builds`.
+pub fn command(nonce: &str, builds: &Builds) -> String {
+    let argv = argv(nonce, builds);
+    format!("sh -c '{}' {}", argv[2], argv[3..].join(" "))
 }
 
-/// The remote command line that runs the stub.
-pub fn command(nonce: &str, agent: &Fingerprint) -> String {
-    let [_, _, script, arg0, rest @ ..] = argv(nonce, agent);
-    format!("sh -c '{script}' {arg0} {}", rest.join(" "))
+/// The stub as an argument vector, for methods that run it without a shell (sudo, su): after the
+/// nonce, `ARCH HASH SIZE CKSUM` for each build.
+pub fn argv(nonce: &str, builds: &Builds) -> Vec<String> {
+    let mut argv = vec!["sh".into(), "-c".into(), STUB.into(), "hypha".into(), nonce.into()];
+    for b in builds.iter() {
+        let f = b.fingerprint();
+        argv.extend([b.arch().to_owned(), f.hash.clone(), f.len.to_string(), f.cksum.to_string()]);
+    }
+    argv
 }
 
-/// The stub as an argument vector, for methods that run it without a shell (sudo, su).
-pub fn argv(nonce: &str, agent: &Fingerprint) -> [String; 8] {
-    [
-        "sh".into(),
-        "-c".into(),
-        STUB.into(),
-        "hypha".into(),
-        nonce.into(),
-        agent.hash.clone(),
-        agent.len.to_string(),
-        agent.cksum.to_string(),
-    ]
-}
-
-/// This executable, ready to upload.
+/// A build, ready to upload.
 #[derive(Debug)]
 pub struct Payload {
-    /// The executable's size.
+    /// Its content hash, as [`exe_hash`] gives it.
+    pub hash: String,
+    /// Its size.
     pub raw_len: u64,
-    /// POSIX `cksum` CRC of the executable.
+    /// POSIX `cksum` CRC of it.
     pub cksum: u32,
     /// The executable itself.
     pub raw: Vec<u8>,
@@ -118,18 +128,34 @@ impl Payload {
     /// This executable's payload, read and compressed once per process on a blocking thread
     /// (concurrent first callers wait for the same result). Cancel safe, like
     /// [`Fingerprint::current`].
-    pub async fn current() -> std::io::Result<&'static Payload> {
-        static PAYLOAD: OnceCell<Payload> = OnceCell::const_new();
-        PAYLOAD.get_or_try_init(|| blocking(Payload::read)).await
+    pub async fn current() -> std::io::Result<Arc<Payload>> {
+        static PAYLOAD: OnceCell<Arc<Payload>> = OnceCell::const_new();
+        PAYLOAD.get_or_try_init(|| blocking(|| Ok(Arc::new(Payload::from_reader(open_exe()?)?)))).await.cloned()
     }
 
-    fn read() -> std::io::Result<Payload> {
+    /// The payload of everything `file` yields.
+    pub fn from_reader(mut file: impl Read) -> std::io::Result<Payload> {
         let mut raw = Vec::new();
-        open_exe()?.read_to_end(&mut raw)?;
+        file.read_to_end(&mut raw)?;
         let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 2), flate2::Compression::fast());
         gz.write_all(&raw)?;
         let gzip = gz.finish()?;
-        Ok(Payload { raw_len: raw.len() as u64, cksum: cksum(&raw), raw, gzip })
+        Ok(Payload::new(raw, gzip))
+    }
+
+    /// The payload of `gzip`, which must inflate to at most `limit` bytes.
+    pub fn from_gzip(gzip: Vec<u8>, limit: u64) -> std::io::Result<Payload> {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gzip[..]).take(limit.saturating_add(1)).read_to_end(&mut raw)?;
+        if raw.len() as u64 > limit {
+            return Err(std::io::Error::other(format!("a build larger than the {limit} bytes it was said to be")));
+        }
+        Ok(Payload::new(raw, gzip))
+    }
+
+    fn new(raw: Vec<u8>, gzip: Vec<u8>) -> Payload {
+        let hash = crate::identity::hash_bytes(&raw);
+        Payload { hash, raw_len: raw.len() as u64, cksum: cksum(&raw), raw, gzip }
     }
 }
 
@@ -250,6 +276,8 @@ pub enum Cache {
         /// `cksum=N`, `uid=N`, `mode=M`, `type=M`, `acl`, `noexec`, `unreadable`).
         found: Option<String>,
     },
+    /// There is no build for the host's architecture among those offered.
+    NoBuild,
     /// No directory is both the user's own and able to take and run the agent.
     NoDir {
         /// The directories tried, each with why it was not used.
@@ -310,6 +338,7 @@ impl Report {
             "CACHED" => Cache::Cached { dir },
             "NEED" => Cache::Need { dir, found: (found != "-").then(|| found.to_owned()) },
             "NODIR" => Cache::NoDir { tried: dir },
+            "NOBUILD" => Cache::NoBuild,
             _ => return Err(bad("unknown status")),
         };
         Ok(Report { nonce: nonce.into(), arch: arch.into(), user: user.into(), compression, cache })
@@ -376,16 +405,20 @@ pub struct Outcome {
     pub user: String,
     /// What was wrong with the cached agent the upload replaced, in words, if one was there.
     pub replaced: Option<String>,
+    /// The hash of the build that runs: the agent's Hello must say the same.
+    pub hash: String,
 }
 
-/// Talk to a running stub: read its report, refuse a host we cannot serve, send the agent if it is
-/// not cached (and wait for the stub to say it is installed). `buf` holds bytes already read.
-/// Returns what happened and any bytes read past the stub's last line.
+/// Talk to a running stub started with `builds` ([`command`]): read its report, refuse a host
+/// there is no build for, send the build for the host's architecture if it is not cached (and wait
+/// for the stub to say it is installed). `buf` holds bytes already read. Returns what happened and
+/// any bytes read past the stub's last line.
 pub async fn run<R, W>(
     reader: &mut R,
     writer: &mut W,
     mut buf: BytesMut,
     nonce: &str,
+    builds: &Builds,
     target: &str,
     timeout: Duration,
 ) -> Result<(Outcome, BytesMut), BootError>
@@ -400,24 +433,23 @@ where
         if report.nonce != nonce {
             return Err(garbled(format!("the stub's report is for another start: {line:?}")));
         }
-        let ours = &Identity::current().arch;
-        if &report.arch != ours {
-            return Err(BootError::Arch { target: target.into(), remote: report.arch, local: ours.clone() });
-        }
+        let no_build =
+            || BootError::Arch { target: target.into(), remote: report.arch.clone(), local: builds.arches() };
+        let build = builds.get(&report.arch).ok_or_else(no_build)?;
+        let agent = build.fingerprint();
         let io = |source| BootError::Io { target: target.into(), source };
         let outcome = match report.cache {
             Cache::Cached { dir } => {
                 writer.write_all(b"RUN\n").await.map_err(io)?;
                 writer.flush().await.map_err(io)?;
-                Outcome { uploaded: None, dir, user: report.user, replaced: None }
+                Outcome { uploaded: None, dir, user: report.user, replaced: None, hash: agent.hash.clone() }
             }
             Cache::Need { dir, found } => {
-                let agent = Fingerprint::current().await.map_err(io)?;
                 let replaced = found.map(|f| describe_found(&f, agent));
                 if let Some(what) = &replaced {
                     tracing::warn!(%target, %dir, "the cached agent there is {what}: uploading a fresh one");
                 }
-                let payload = Payload::current().await.map_err(io)?;
+                let payload = build.payload().await.map_err(io)?;
                 let body = if report.compression == Compression::Gzip { &payload.gzip } else { &payload.raw };
                 writer.write_all(format!("SEND {}\n", body.len()).as_bytes()).await.map_err(io)?;
                 writer.write_all(body).await.map_err(io)?;
@@ -438,8 +470,11 @@ where
                         })
                     }
                 }
-                Outcome { uploaded: Some(body.len() as u64), dir, user: report.user, replaced }
+                let hash = agent.hash.clone();
+                Outcome { uploaded: Some(body.len() as u64), dir, user: report.user, replaced, hash }
             }
+            // The stub was offered every build; it found none for its host (checked above, too).
+            Cache::NoBuild => return Err(no_build()),
             Cache::NoDir { tried } => {
                 return Err(BootError::NoCacheDir { target: target.into(), tried: tried.replace(',', ", ") })
             }

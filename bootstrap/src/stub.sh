@@ -1,17 +1,38 @@
-# hypha bootstrap stub (POSIX sh). Arguments: NONCE HASH SIZE CKSUM: the agent is hypha-HASH, of
-# SIZE bytes with this POSIX cksum. No single quotes in this file: it is sent single-quoted on the
-# remote command line. Only POSIX tools (busybox too): ls -ldn, not stat; cksum may be missing.
+# hypha bootstrap stub (POSIX sh). Arguments: NONCE, then ARCH HASH SIZE CKSUM for each build of
+# the program: the agent for this host is hypha-HASH of the build for its architecture, of SIZE
+# bytes with this POSIX cksum. No single quotes in this file: it is sent single-quoted on the
+# remote command line. Only POSIX sh and the common busybox applets (ls -ldn, not stat); cksum,
+# gzip, head -c, fractional sleep and stty may be missing: each has a fallback.
 n=$1
-h=$2
-size=$3
-sum=$4
+shift
 # On a terminal (su needs one): no echo, no line editing, no newline translation from here on.
 [ -t 0 ] && stty raw -echo 2>/dev/null
 # Fields of ls are split unquoted below: no globbing.
 set -f
 uid=$(id -u 2>/dev/null || echo x)
 user=$(id -un 2>/dev/null || echo "uid$uid")
+# The architecture by the name builds go by (as Rust names it), then the build for it.
 arch=$(uname -m 2>/dev/null || echo unknown)
+case "$arch" in
+    amd64 | x64) arch=x86_64 ;;
+    arm64) arch=aarch64 ;;
+    i[3456]86) arch=x86 ;;
+    ppc64 | ppc64le) arch=powerpc64 ;;
+    armv*) arch=arm ;;
+esac
+h=
+while [ "$#" -ge 4 ]; do
+    if [ "$1" = "$arch" ]; then
+        h=$2
+        size=$3
+        sum=$4
+    fi
+    shift 4
+done
+if [ -z "$h" ]; then
+    printf "\nHYPHA-STUB %s %s %s NOBUILD raw - -\n" "$n" "$arch" "$user"
+    exit 3
+fi
 z=raw
 command -v gzip >/dev/null 2>&1 && z=gzip
 ck=
@@ -142,10 +163,21 @@ printf "\nHYPHA-STUB %s %s %s %s %s %s %s\n" "$n" "$arch" "$user" "$st" "$z" "$f
 read -r cmd len || exit 4
 if [ "$cmd" = SEND ]; then
     t="$d/.hypha-$h.$$"
-    if [ "$z" = gzip ]; then
-        head -c "$len" | gzip -dc > "$t"
+    # Exactly len bytes: what follows on stdin is for the agent.
+    if head -c 0 < /dev/null > /dev/null 2>&1; then
+        take() { head -c "$len"; }
+    elif dd bs=1 count=0 iflag=fullblock < /dev/null > /dev/null 2>&1; then
+        take() {
+            dd bs=65536 count=$((len / 65536)) iflag=fullblock 2>/dev/null
+            [ $((len % 65536)) -eq 0 ] || dd bs=$((len % 65536)) count=1 iflag=fullblock 2>/dev/null
+        }
     else
-        head -c "$len" > "$t"
+        take() { dd bs=1 count="$len" 2>/dev/null; }
+    fi
+    if [ "$z" = gzip ]; then
+        take | gzip -dc > "$t"
+    else
+        take > "$t"
     fi
     chmod 700 "$t" 2>/dev/null
     # Everything of this start is gone before the parent reads why it failed.

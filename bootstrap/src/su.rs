@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::builds::Builds;
 use crate::fdio::FdStream;
 use crate::method::{BoxFuture, Method, Transport};
 use crate::{stub, BootError, Identity};
@@ -78,9 +79,9 @@ impl Method for Su {
         Box::pin(async move {
             let target = self.target();
             let io = |source| BootError::Io { target: target.clone(), source };
-            let agent = stub::Fingerprint::current().await.map_err(io)?;
+            let builds = Builds::current().await.map_err(io)?;
             let (master, slave) = openpty().map_err(io)?;
-            let command = stub::command(nonce, agent);
+            let command = stub::command(nonce, &builds);
             let mut cmd = Command::new(&self.program);
             cmd.args(["-s", "/bin/sh", &self.user, "-c", &command]);
             cmd.stdin(Stdio::from(slave.try_clone().map_err(io)?))
@@ -144,7 +145,7 @@ impl Method for Su {
             // Everything before the stub's report (the prompt, su's noise) is not ours.
             let at = buf.windows(prefix.len()).position(|w| w == prefix.as_bytes()).unwrap_or(0);
             let _ = buf.split_to(at);
-            let done = stub::run(&mut reader, &mut output, buf, nonce, &target, self.timeout).await?;
+            let done = stub::run(&mut reader, &mut output, buf, nonce, &builds, &target, self.timeout).await?;
             Ok(Transport::new(reader, output, Some(child)).after_stub(done, None))
         })
     }

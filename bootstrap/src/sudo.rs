@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::builds::Builds;
 use crate::method::{spawn_piped, BoxFuture, Method, StderrTail, Transport};
 use crate::{stub, BootError, Identity};
 
@@ -67,15 +68,13 @@ impl Method for Sudo {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let target = self.target();
-            let agent = stub::Fingerprint::current()
-                .await
-                .map_err(|source| BootError::Io { target: target.clone(), source })?;
+            let builds = Builds::current().await.map_err(|source| BootError::Io { target: target.clone(), source })?;
             let mut cmd = Command::new(&self.program);
             cmd.args(["-S", "-p", PROMPT, "-H", "-u", &self.user]);
             if self.password.is_none() {
                 cmd.arg("-n");
             }
-            cmd.arg("--").args(stub::argv(nonce, agent));
+            cmd.arg("--").args(stub::argv(nonce, &builds));
             let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, &target)?;
             let (tail, mut prompts) = watch_stderr(stderr);
             let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
@@ -118,7 +117,7 @@ impl Method for Sudo {
                     }
                 }
             }
-            let done = stub::run(&mut stdout, &mut stdin, buf, nonce, &target, self.timeout).await?;
+            let done = stub::run(&mut stdout, &mut stdin, buf, nonce, &builds, &target, self.timeout).await?;
             Ok(Transport::new(stdout, stdin, Some(child)).after_stub(done, Some(tail)))
         })
     }

@@ -1,8 +1,10 @@
 //! Starting a context *from* another context (Mitogen's `via=`).
 //!
 //! The controller sends `hypha.spawn` ([`Spawn`]) to the context that is to be the parent. That
-//! context runs the method from its own host, serves its own binary to the child (it is the same
-//! binary, so the child's cache key and the handshake's hash check agree), lets only the child's
+//! context runs the method from its own host and serves the child the build of the program for the
+//! child's architecture: its own executable, or a build named in the request, which it fetches from
+//! the context that asked, once, when a first child needs it ([`crate::builds`]). It lets only the
+//! child's
 //! subtree announce the ids of the child's block (`Router::grant`), attaches the child's link (which
 //! announces the new route to its ancestors, `Control::AddRoute`, before the answer, so the answer
 //! cannot overtake it), and answers with the child's Hello.
@@ -14,11 +16,13 @@
 use std::time::Duration;
 
 use hypha_runtime::proto::{Hello, IdBlock, Init};
-use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role};
+use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role, Router};
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
+use crate::builds::{blocking, learn, Build, BuildRequest, Offer, Source};
 use crate::forward::{relay_agents, AgentLoans, Relay};
+use crate::stub::Payload;
 use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
 
 #[cfg(doc)]
@@ -118,6 +122,9 @@ pub struct Spawn {
     pub method: MethodSpec,
     /// Ids the child may give to children it starts by itself.
     pub ids: IdBlock,
+    /// The builds of the program the asking context can serve, one per architecture; the parent
+    /// offers them to the child's host and fetches the one it needs and lacks.
+    pub builds: Vec<Offer>,
 }
 
 /// The started child.
@@ -152,7 +159,7 @@ pub async fn spawn_child(cx: &Cx, method: MethodSpec, name: &str) -> Result<(Con
     };
     let (id, _) = cx.router().allocate_ids(1).ok_or_else(no_ids)?;
     let ids = cx.router().allocate_ids(CHILD_IDS).unwrap_or((0, 0));
-    let spawned = spawn(Spawn { id, name: name.to_owned(), method, ids }, cx.clone()).await?;
+    let spawned = spawn(Spawn { id, name: name.to_owned(), method, ids, builds: Vec::new() }, cx.clone()).await?;
     Ok((id, spawned))
 }
 
@@ -165,7 +172,7 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     let mut spec = req.method;
     let target = spec.method().target();
     let io = |source| BootError::Io { target: target.clone(), source };
-    let hash = exe_hash().map_err(io)?;
+    learn_builds(&req.builds, cx.caller(), &router).map_err(io)?;
     // Agents lent by an ancestor are reached through relays that last as long as the start.
     let relays = relay_agents(&mut spec, &router).map_err(io)?;
     let (link_timeout_ms, call_timeout_ms) = (millis(cfg.link_timeout), millis(cfg.call_timeout));
@@ -178,7 +185,7 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
         link_timeout_ms,
         call_timeout_ms,
     };
-    let booted = boot(spec.method(), hash, max_frame, init).await.map_err(|e| match e {
+    let booted = boot(spec.method(), max_frame, init).await.map_err(|e| match e {
         // Why a lent agent failed is known here, not in the method: add it.
         BootError::Auth { target, reason } => {
             let lent: Vec<String> = relays.iter().filter_map(Relay::refused).collect();
@@ -213,4 +220,66 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
         }
     });
     Ok(Spawned { hello, uploaded: booted.transport.uploaded })
+}
+
+/// Offer the builds a via start named to this context's children: those that are not this
+/// executable are fetched from `from` (the context that asked) when a child first needs one.
+fn learn_builds(offers: &[Offer], from: ContextId, router: &Router) -> std::io::Result<()> {
+    let own = exe_hash()?;
+    for offer in offers.iter().filter(|o| o.fingerprint.hash != own) {
+        let (router, hash, len) = (router.clone(), offer.fingerprint.hash.clone(), offer.fingerprint.len);
+        let fetch = move || -> crate::BoxFuture<'static, std::io::Result<Payload>> {
+            let (router, hash) = (router.clone(), hash.clone());
+            Box::pin(async move {
+                let mut gzip = Bounded { data: Vec::new(), limit: len.saturating_add(len / 8 + (1 << 16)) };
+                let raw_len =
+                    router.download(from, &BuildRequest { hash: hash.clone() }, &mut gzip).await.map_err(|e| {
+                        std::io::Error::other(format!("fetching the build {hash} from context {from}: {e}"))
+                    })?;
+                if raw_len != len {
+                    return Err(std::io::Error::other(format!(
+                        "context {from} sent a build of {raw_len} bytes, not {len}"
+                    )));
+                }
+                blocking(move || Payload::from_gzip(gzip.data, len)).await
+            })
+        };
+        learn(Build::new(&offer.arch, offer.fingerprint.clone(), Source::Fetch(Box::new(fetch))));
+    }
+    Ok(())
+}
+
+/// A writer that takes at most `limit` bytes: a fetched build may be no larger than it was said to
+/// be (compressed, it is smaller; a little slack for incompressible builds).
+struct Bounded {
+    data: Vec<u8>,
+    limit: u64,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if (self.data.len() + buf.len()) as u64 > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other("a build larger than it was said to be")));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }

@@ -1,15 +1,17 @@
-//! The ssh options shared by the `remote` and `chain` examples.
+//! The ssh and agent options shared by the `remote` and `chain` examples.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use hypha::{Auth, HostKeyPolicy, MethodSpec, OpenSsh, Ssh};
+use hypha::{Auth, HostKeyPolicy, MethodSpec, OpenSsh, Options, Ssh};
 
 /// `--method ssh|openssh`, `--port N`, `--identity FILE`, `--password-env VAR`,
-/// `--known-hosts FILE`, `--accept-new`, `--ignore-host-key`.
+/// `--known-hosts FILE`, `--accept-new`, `--ignore-host-key`, and `--agent ARCH=PATH`
+/// (repeatable: a build of this program for hosts of another architecture).
 #[derive(Debug, Default)]
 pub(crate) struct SshOptions {
+    agents: Vec<(String, PathBuf)>,
     method: Option<String>,
     port: Option<u16>,
     identity: Option<PathBuf>,
@@ -20,7 +22,7 @@ pub(crate) struct SshOptions {
 
 /// What the ssh options say about their flags.
 pub(crate) const SSH_USAGE: &str = "[--method ssh|openssh] [--port N] [--identity FILE] [--password-env VAR] \
-                             [--known-hosts FILE | --accept-new | --ignore-host-key]";
+                             [--known-hosts FILE | --accept-new | --ignore-host-key] [--agent ARCH=PATH]...";
 
 impl SshOptions {
     /// Take `arg` (and its value from `rest`) if it is one of the ssh options.
@@ -34,9 +36,21 @@ impl SshOptions {
             "--known-hosts" => self.known_hosts = Some(value()?.into()),
             "--accept-new" => self.policy = Some(HostKeyPolicy::AcceptNew),
             "--ignore-host-key" => self.policy = Some(HostKeyPolicy::Ignore),
+            "--agent" => {
+                let value = value()?;
+                let Some((arch, path)) = value.split_once('=').filter(|(a, p)| !a.is_empty() && !p.is_empty()) else {
+                    bail!("--agent takes ARCH=PATH (as aarch64=target/agents/aarch64/remote), not {value:?}");
+                };
+                self.agents.push((arch.to_owned(), path.into()));
+            }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// The runtime's options: the builds named with `--agent`.
+    pub(crate) fn runtime(&self) -> Options {
+        self.agents.iter().fold(Options::default(), |o, (arch, path)| o.agent_for(arch, path))
     }
 
     /// The method for `[user@]host[:port]`, through `jump` hosts (each `[user@]host[:port]`).

@@ -99,6 +99,7 @@ pub fn handlers() -> Handlers {
                 name: "forged".into(),
                 method: hypha::Local::default().into(),
                 ids: (0, 0),
+                builds: Vec::new(),
             };
             Ok::<_, HandlerError>(match cx.call(id, &spawn).await {
                 Ok(spawned) => format!("spawned pid {}", spawned.hello.pid),
