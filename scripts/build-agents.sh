@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Static agents for other hosts: this repository's examples (and, with --tests, its integration-test
-# binaries) built for each architecture named, as static musl executables.
+# Static agents for other hosts: this repository's examples (or, with --tests, its integration-test
+# binaries instead) built for each architecture named, as static musl executables.
 #
 #   scripts/build-agents.sh [--tests] [ARCH...]      ARCH: x86_64, aarch64, ... (default: x86_64 aarch64)
 #
@@ -72,14 +72,15 @@ place() {
 
 for arch in "${arches[@]}"; do
     out=$target_dir/agents/$arch
-    echo "build-agents: examples for $arch (release)" >&2
     mkdir -p "$out"
-    built=$(build "$arch" --release --examples)
-    while read -r kind name exe; do
-        [ "$kind" = example ] || continue
-        place "$exe" "$out/$name"
-    done <<<"$built"
-    if $tests; then
+    if ! $tests; then
+        echo "build-agents: examples for $arch (release)" >&2
+        built=$(build "$arch" --release --examples)
+        while read -r kind name exe; do
+            [ "$kind" = example ] || continue
+            place "$exe" "$out/$name"
+        done <<<"$built"
+    else
         echo "build-agents: integration tests for $arch (dev)" >&2
         mkdir -p "$out/tests"
         built=$(build "$arch" --tests)

@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ]; then
     trap 'bash tests/lab/lab.sh down' EXIT
 fi
 
+bash scripts/setup.sh  # the static default build's target and C toolchain, if missing
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet

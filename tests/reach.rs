@@ -179,24 +179,28 @@ async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
     let mut to_arm = lab.ssh("arm");
     to_arm.timeout = EMULATED;
     let mut children: Vec<Context> = Vec::new();
-    for n in 0..2 {
+    for n in 0..3 {
+        // The second child finds the host's cache empty again: the hop must upload the build it kept.
+        if n == 1 {
+            lab.root_sh("arm", &format!("rm -rf {}", cache_dir(&lab, "arm")));
+        }
         let started = Instant::now();
         let child = rt.spawn_via(&gw, to_arm.clone()).await.unwrap_or_else(|e| panic!("child {n}: {e}"));
         eprintln!("timing: arm via plain, child {n}: {:.2?} (uploaded {:?})", started.elapsed(), child.uploaded());
         let who = child.call(hypha::Whoami).await.unwrap();
         assert_eq!((who.arch.as_str(), who.host.as_str()), ("aarch64", "lab-arm"));
         assert_eq!(child.call(Echo(format!("child {n}"))).await.unwrap(), format!("child {n}"));
+        assert_eq!(child.hello().binary_hash, hypha::bootstrap::hash_file(&build).unwrap(), "the aarch64 build runs");
         children.push(child);
     }
     assert!(children[0].uploaded().is_some_and(|n| n > 0), "the first child uploads");
-    assert_eq!(children[1].uploaded(), None, "the second finds it cached");
-    assert_ne!(children[0].hello().pid, children[1].hello().pid);
-    // TODO(lead, issue 9): assert that the aarch64 build crossed the controller→plain link once, not
-    // once per child, with the counter the `agent_for` work exposes (the lead's work in progress has
-    // `hypha::bootstrap::builds::served()` here, and a hop keeps a fetched build in memory):
-    //     let before = served();  ... both children ...  assert_eq!(served() - before, 1);
-    // Start the two children at once as well then, so that the second cannot just find the first's
-    // agent in the cache.
+    assert!(children[1].uploaded().is_some_and(|n| n > 0), "the second uploads again");
+    assert_eq!(children[2].uploaded(), None, "the third finds it cached");
+    assert_eq!(
+        hypha::bootstrap::builds::served(),
+        1,
+        "the aarch64 build crossed the controller's link to the hop once, not once per child"
+    );
     for child in children {
         child.shutdown().await;
     }
