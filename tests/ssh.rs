@@ -232,18 +232,30 @@ async fn another_architecture_is_refused_naming_both() {
 #[tokio::test]
 async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
     let Some(lab) = lab() else { return };
-    // The real agent, uploaded and verified, on a host where it cannot read its own executable to
-    // hash it: `broken`'s mount namespace hides /proc under an empty tmpfs (sshd and the stub do
-    // without it). A planted script would not do: the stub replaces what is not the agent.
-    lab.root_sh("broken", "[ ! -e /proc/self/exe ] || mount -t tmpfs -o ro,mode=555 no-proc /proc");
+    // The real agent, uploaded and verified, on a host where it cannot start: in `broken`'s mount
+    // namespace /dev/null may be written by everyone (sshd, the shell and the stub only write to
+    // it) but read by root alone, and the agent opens it read-write to put in place of its stdin.
+    // A planted script would not do: the stub replaces what is not the agent. (Hiding /proc would
+    // hide this test's own arguments from it too: a static build that starts as an agent from a
+    // constructor reads them from /proc/self/cmdline, so it would not know it is one.)
+    let dir = lab.dir.join("hosts/broken/dev");
+    let dir = dir.display();
+    lab.root_sh(
+        "broken",
+        &format!(
+            "[ -c {dir}/null ] || {{ mkdir -p {dir} && mount -t tmpfs -o mode=755 lab-dev {dir} \
+             && mknod -m 0222 {dir}/null c 1 3 && mount --bind {dir}/null /dev/null; }}"
+        ),
+    );
     lab.root_sh("broken", "rm -rf /home/hypha/.cache/hypha");
     let rt = runtime();
     for (i, method) in lab.both("broken").into_iter().enumerate() {
         let err = rt.spawn(method).await.unwrap_err();
         assert!(matches!(err, BootError::Exited { .. }), "start {i}: {err}");
-        // The agent's own words: `hypha agent (pid N): ...`, and what it could not read.
+        // The agent's own words: `hypha agent (pid N): agent start-up: ...`.
         let text = err.to_string();
-        assert!(text.contains("hypha agent (pid ") && text.contains("/proc/self/exe"), "start {i}: {err}");
+        assert!(text.contains("hypha agent (pid ") && text.contains("agent start-up"), "start {i}: {err}");
+        assert!(text.contains("Permission denied"), "start {i}: {err}");
     }
     rt.shutdown().await;
 }
