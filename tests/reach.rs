@@ -158,31 +158,32 @@ async fn arm_runs_the_aarch64_build() {
 async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
     let Some(lab) = lab() else { return };
     let Some(build) = aarch64_agent() else { return };
-    lab.root_sh("arm", &format!("rm -rf {}", cache_dir(&lab, "arm")));
+    let wipe = || lab.root_sh("arm", &format!("rm -rf {}", cache_dir(&lab, "arm")));
     let rt = runtime_with_aarch64(&build);
+    // plain runs this machine's build; it has no aarch64 one until a child on arm needs it.
     let gw = rt.spawn(lab.ssh("plain")).await.unwrap();
     let mut to_arm = lab.ssh("arm");
     to_arm.timeout = EMULATED;
     let mut children: Vec<Context> = Vec::new();
     for n in 0..2 {
+        // A clean cache each time: both children need the build uploaded, from plain.
+        wipe();
         let started = Instant::now();
         let child = rt.spawn_via(&gw, to_arm.clone()).await.unwrap_or_else(|e| panic!("child {n}: {e}"));
         eprintln!("timing: arm via plain, child {n}: {:.2?} (uploaded {:?})", started.elapsed(), child.uploaded());
+        assert!(child.uploaded().is_some_and(|n| n > 0), "child {n} uploads");
         let who = child.call(hypha::Whoami).await.unwrap();
         assert_eq!((who.arch.as_str(), who.host.as_str()), ("aarch64", "lab-arm"));
         assert_eq!(child.call(Echo(format!("child {n}"))).await.unwrap(), format!("child {n}"));
         children.push(child);
     }
-    assert!(children[0].uploaded().is_some_and(|n| n > 0), "the first child uploads");
-    assert_eq!(children[1].uploaded(), None, "the second finds it cached");
     assert_ne!(children[0].hello().pid, children[1].hello().pid);
-    // TODO(lead, issue 9): assert that the aarch64 build crossed the controller→plain link once, not
-    // once per child, with the counter the `agent_for` work exposes (the lead's work in progress has
-    // `hypha::bootstrap::builds::served()` here, and a hop keeps a fetched build in memory):
-    //     let before = served();  ... both children ...  assert_eq!(served() - before, 1);
-    // Start the two children at once as well then, so that the second cannot just find the first's
-    // agent in the cache.
-    for child in children {
+    // The aarch64 build crossed the controller→plain link once: plain kept it for the second.
+    assert_eq!(hypha::bootstrap::builds::served(), 1, "fetched once, not once per child");
+    // A third start finds it cached.
+    let third = rt.spawn_via(&gw, to_arm.clone()).await.unwrap();
+    assert_eq!(third.uploaded(), None);
+    for child in children.into_iter().chain([third]) {
         child.shutdown().await;
     }
     rt.shutdown().await;
