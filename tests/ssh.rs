@@ -232,22 +232,24 @@ async fn another_architecture_is_refused_naming_both() {
 #[tokio::test]
 async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
     let Some(lab) = lab() else { return };
-    // The real agent, uploaded and verified, on a host where it cannot start: in `broken`'s mount
-    // namespace /dev/null may be written by everyone (sshd, the shell and the stub only write to
-    // it) but read by root alone, and the agent opens it read-write to put in place of its stdin.
-    // A planted script would not do: the stub replaces what is not the agent. (Hiding /proc would
-    // hide this test's own arguments from it too: a static build that starts as an agent from a
-    // constructor reads them from /proc/self/cmdline, so it would not know it is one.)
-    let dir = lab.dir.join("hosts/broken/dev");
-    let dir = dir.display();
+    // The real agent on a host where it cannot read its own executable to hash it: cached in
+    // `broken` as a file that may be run but not read (mode 100), on a host without cksum (hidden
+    // in broken's mount namespace), so the stub, which checks what its tools can, runs it. The
+    // other ways at hand fail earlier or elsewhere: without /proc a static test binary, which
+    // starts as an agent from a constructor, cannot read its arguments, so it would not know it is
+    // one; an unreadable /dev/null stops the stub too.
+    lab.root_sh("broken", "[ -c /usr/bin/cksum ] || mount --bind /dev/null /usr/bin/cksum");
+    let cache = "/home/hypha/.cache/hypha";
+    let exe = std::env::current_exe().unwrap();
+    let hash = hypha::bootstrap::exe_hash().unwrap();
     lab.root_sh(
         "broken",
         &format!(
-            "[ -c {dir}/null ] || {{ mkdir -p {dir} && mount -t tmpfs -o mode=755 lab-dev {dir} \
-             && mknod -m 0222 {dir}/null c 1 3 && mount --bind {dir}/null /dev/null; }}"
+            "rm -rf {cache} && install -d -o hypha -g hypha -m 700 /home/hypha/.cache {cache} \
+             && install -o hypha -g hypha -m 100 {exe} {cache}/hypha-{hash}",
+            exe = exe.display()
         ),
     );
-    lab.root_sh("broken", "rm -rf /home/hypha/.cache/hypha");
     let rt = runtime();
     for (i, method) in lab.both("broken").into_iter().enumerate() {
         let err = rt.spawn(method).await.unwrap_err();
