@@ -232,18 +232,32 @@ async fn another_architecture_is_refused_naming_both() {
 #[tokio::test]
 async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
     let Some(lab) = lab() else { return };
-    // The real agent, uploaded and verified, on a host where it cannot read its own executable to
-    // hash it: `broken`'s mount namespace hides /proc under an empty tmpfs (sshd and the stub do
-    // without it). A planted script would not do: the stub replaces what is not the agent.
-    lab.root_sh("broken", "[ ! -e /proc/self/exe ] || mount -t tmpfs -o ro,mode=555 no-proc /proc");
-    lab.root_sh("broken", "rm -rf /home/hypha/.cache/hypha");
+    // The real agent on a host where it cannot read its own executable to hash it: cached in
+    // `broken` as a file that may be run but not read (mode 100), on a host without cksum (hidden
+    // in broken's mount namespace), so the stub, which checks what its tools can, runs it. The
+    // other ways at hand fail earlier or elsewhere: without /proc a static test binary, which
+    // starts as an agent from a constructor, cannot read its arguments, so it would not know it is
+    // one; an unreadable /dev/null stops the stub too.
+    lab.root_sh("broken", "[ -c /usr/bin/cksum ] || mount --bind /dev/null /usr/bin/cksum");
+    let cache = "/home/hypha/.cache/hypha";
+    let exe = std::env::current_exe().unwrap();
+    let hash = hypha::bootstrap::exe_hash().unwrap();
+    lab.root_sh(
+        "broken",
+        &format!(
+            "rm -rf {cache} && install -d -o hypha -g hypha -m 700 /home/hypha/.cache {cache} \
+             && install -o hypha -g hypha -m 100 {exe} {cache}/hypha-{hash}",
+            exe = exe.display()
+        ),
+    );
     let rt = runtime();
     for (i, method) in lab.both("broken").into_iter().enumerate() {
         let err = rt.spawn(method).await.unwrap_err();
         assert!(matches!(err, BootError::Exited { .. }), "start {i}: {err}");
-        // The agent's own words: `hypha agent (pid N): ...`, and what it could not read.
+        // The agent's own words: `hypha agent (pid N): agent start-up: ...`.
         let text = err.to_string();
-        assert!(text.contains("hypha agent (pid ") && text.contains("/proc/self/exe"), "start {i}: {err}");
+        assert!(text.contains("hypha agent (pid ") && text.contains("agent start-up"), "start {i}: {err}");
+        assert!(text.contains("Permission denied"), "start {i}: {err}");
     }
     rt.shutdown().await;
 }
