@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Static agents for other hosts: this repository's examples (or, with --tests, its integration-test
-# binaries instead) built for each architecture named, as static musl executables.
+# Static agents for other hosts: this repository's examples (or, with --tests or --test NAME, its
+# integration-test binaries instead) built for each architecture named, as static musl executables.
 #
-#   scripts/build-agents.sh [--tests] [ARCH...]      ARCH: x86_64, aarch64, ... (default: x86_64 aarch64)
+#   scripts/build-agents.sh [--tests | --test NAME...] [ARCH...]
+#                                     ARCH: x86_64, aarch64, ... (default: x86_64 aarch64)
 #
 # Examples are built in release and copied to target/agents/ARCH/NAME; with --tests, the test
 # binaries are built with the test suite's profile (dev, so the build is shared with `cargo test
@@ -18,10 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests=false
-if [ "${1:-}" = --tests ]; then
-    tests=true
-    shift
-fi
+which=()
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        --tests) tests=true; which=(--tests); shift ;;
+        --test) tests=true; which+=(--test "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
 arches=("$@")
 if [ "${#arches[@]}" = 0 ]; then
     arches=(x86_64 aarch64)
@@ -83,7 +88,7 @@ for arch in "${arches[@]}"; do
     else
         echo "build-agents: integration tests for $arch (dev)" >&2
         mkdir -p "$out/tests"
-        built=$(build "$arch" --tests)
+        built=$(build "$arch" "${which[@]}")
         while read -r kind name exe; do
             [ "$kind" = test ] || continue
             place "$exe" "$out/tests/$name"

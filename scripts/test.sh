@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 # The reach tests serve an aarch64 build of themselves to the lab's (emulated) arm host.
-bash scripts/build-agents.sh --tests aarch64 >/dev/null
+bash scripts/build-agents.sh --test reach aarch64 >/dev/null
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --locked --workspace --no-fail-fast
 else
