@@ -11,6 +11,15 @@
 //! The crate's README follows, with the API example (run as a doctest).
 #![doc = include_str!("../README.md")]
 
+/// A static (musl) build's allocator, for every program that uses hypha (its agents are the same
+/// program): musl's own allocator halves bulk transfer rates, as its `free` of a large buffer hands
+/// the pages back to the kernel and the next buffer faults them in again. The default feature
+/// `mimalloc`; a program with a `#[global_allocator]` of its own turns it off
+/// (`default-features = false`).
+#[cfg(all(feature = "mimalloc", target_env = "musl"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use hypha_actors as actors;
 pub use hypha_bootstrap as bootstrap;
 pub use hypha_runtime as runtime;
