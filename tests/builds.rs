@@ -93,3 +93,25 @@ async fn a_build_changed_after_it_was_named_is_not_served() {
     rt.shutdown().await;
     std::fs::remove_file(&path).unwrap();
 }
+
+#[tokio::test]
+async fn a_build_name_that_is_not_a_plain_token_never_reaches_a_command_line() {
+    let rt = runtime();
+    let gw = rt.local().await.unwrap();
+    let agent = hypha::bootstrap::stub::Fingerprint::current().await.unwrap();
+    for (arch, hash) in [("x86_64; touch /tmp/hypha-pwned", "00ff"), ("aarch64", "00ff $(reboot)")] {
+        let fingerprint = hypha::bootstrap::stub::Fingerprint { hash: hash.into(), ..agent.clone() };
+        let spawn = hypha::bootstrap::Spawn {
+            id: 4242,
+            name: "forged-build".into(),
+            method: hypha::Sudo::new("hypha-nopw").into(),
+            ids: (0, 0),
+            builds: vec![builds::Offer { arch: arch.into(), fingerprint }],
+        };
+        let err = rt.router().call(gw.id(), &spawn).await.unwrap_err().to_string();
+        assert!(err.contains("refusing a build named"), "{err}");
+    }
+    assert!(!std::path::Path::new("/tmp/hypha-pwned").exists());
+    assert_eq!(gw.call(Echo("still fine".into())).await.unwrap(), "still fine");
+    rt.shutdown().await;
+}

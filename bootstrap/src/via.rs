@@ -227,6 +227,13 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
 fn learn_builds(offers: &[Offer], from: ContextId, router: &Router) -> std::io::Result<()> {
     let own = exe_hash()?;
     for offer in offers.iter().filter(|o| o.fingerprint.hash != own) {
+        // They go on a remote command line (the stub's arguments): plain tokens only.
+        let plain = |s: &str, ok: fn(char) -> bool| !s.is_empty() && s.len() <= 64 && s.chars().all(ok);
+        if !plain(&offer.arch, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || !plain(&offer.fingerprint.hash, |c| c.is_ascii_hexdigit())
+        {
+            return Err(std::io::Error::other(format!("refusing a build named {:?}", offer.arch)));
+        }
         let (router, hash, len) = (router.clone(), offer.fingerprint.hash.clone(), offer.fingerprint.len);
         let fetch = move || -> crate::BoxFuture<'static, std::io::Result<Payload>> {
             let (router, hash) = (router.clone(), hash.clone());
