@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hypha_bootstrap::builds::Builds;
 use hypha_bootstrap::stub::{self, Payload};
 use hypha_bootstrap::BootError;
 use libfuzzer_sys::fuzz_target;
@@ -83,12 +84,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = stub::Installed::parse(line, NONCE);
     }
     runtime().block_on(async {
+        let builds = Builds::current().await.expect("this executable is readable");
         let mut out = Counting::default();
         let result = if closes {
-            stub::run(&mut { rest }, &mut out, BytesMut::from(ahead), NONCE, "fuzz", TIMEOUT).await
+            stub::run(&mut { rest }, &mut out, BytesMut::from(ahead), NONCE, &builds, "fuzz", TIMEOUT).await
         } else {
             let mut reader = rest.chain(Silent);
-            stub::run(&mut reader, &mut out, BytesMut::from(ahead), NONCE, "fuzz", TIMEOUT).await
+            stub::run(&mut reader, &mut out, BytesMut::from(ahead), NONCE, &builds, "fuzz", TIMEOUT).await
         };
         match result {
             Ok((outcome, left)) => {
@@ -116,4 +118,3 @@ fuzz_target!(|data: &[u8]| {
         }
     });
 });
-
