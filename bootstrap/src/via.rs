@@ -4,10 +4,9 @@
 //! context runs the method from its own host and serves the child the build of the program for the
 //! child's architecture: its own executable, or a build named in the request, which it fetches from
 //! the context that asked, once, when a first child needs it ([`crate::builds`]). It lets only the
-//! child's
-//! subtree announce the ids of the child's block (`Router::grant`), attaches the child's link (which
-//! announces the new route to its ancestors, `Control::AddRoute`, before the answer, so the answer
-//! cannot overtake it), and answers with the child's Hello.
+//! child's subtree announce the ids of the child's block (`Router::grant`), attaches the child's
+//! link (which announces the new route to its ancestors, `Control::AddRoute`, before the answer, so
+//! the answer cannot overtake it), and answers with the child's Hello.
 //!
 //! Credentials for an ssh hop travel inside the request, in memory: [`MethodSpec::for_remote`] turns
 //! key files into [`Auth::KeyData`] and known_hosts into lines the hop checks against. The hop hands
