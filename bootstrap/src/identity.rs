@@ -81,20 +81,30 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
 
 /// xxh3-128 of `data`, as 32 hex digits (the form [`exe_hash`] gives).
 pub(crate) fn hash_bytes(data: &[u8]) -> String {
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
+    hex(xxhash_rust::xxh3::xxh3_128(data))
 }
 
-fn hash_reader(mut file: impl Read) -> std::io::Result<String> {
+/// An xxh3-128 digest as the 32 hex digits hashes are written in.
+pub(crate) fn hex(digest: u128) -> String {
+    format!("{digest:032x}")
+}
+
+fn hash_reader(file: impl Read) -> std::io::Result<String> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    each_chunk(file, |chunk| hasher.update(chunk))?;
+    Ok(hex(hasher.digest128()))
+}
+
+/// Feed everything `file` yields to `f`, a MiB at a time.
+pub(crate) fn each_chunk(mut file: impl Read, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        hasher.update(&buf[..n]);
+        f(&buf[..n]);
     }
-    Ok(format!("{:032x}", hasher.digest128()))
 }
 
 fn user_name() -> String {

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
 use crate::builds::{blocking, Builds};
-use crate::identity::open_exe;
+use crate::identity::{each_chunk, hex, open_exe};
 use crate::{exe_hash, BootError};
 
 const STUB: &str = include_str!("stub.sh");
@@ -69,27 +69,22 @@ impl Fingerprint {
             .await
     }
 
-    /// The fingerprint of the file at `path` (read now, on this thread).
+    /// The fingerprint of the file at `path` (read now, once, on this thread).
     pub fn of_file(path: &std::path::Path) -> std::io::Result<Fingerprint> {
-        let hash = crate::hash_file(path)?;
-        let (len, cksum) = sum_reader(std::fs::File::open(path)?)?;
-        Ok(Fingerprint { hash, len, cksum })
+        let (mut hasher, mut crc) = (xxhash_rust::xxh3::Xxh3::new(), Cksum::new());
+        each_chunk(std::fs::File::open(path)?, |chunk| {
+            hasher.update(chunk);
+            crc.update(chunk);
+        })?;
+        Ok(Fingerprint { hash: hex(hasher.digest128()), len: crc.len, cksum: crc.finish() })
     }
 }
 
 /// Size and `cksum` of everything `file` yields.
-fn sum_reader(mut file: impl Read) -> std::io::Result<(u64, u32)> {
-    let (mut crc, mut len) = (Cksum::new(), 0u64);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((len, crc.finish()))
+fn sum_reader(file: impl Read) -> std::io::Result<(u64, u32)> {
+    let mut crc = Cksum::new();
+    each_chunk(file, |chunk| crc.update(chunk))?;
+    Ok((crc.len, crc.finish()))
 }
 
 /// The remote command line that runs the stub, offering `builds`.
