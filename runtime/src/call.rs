@@ -20,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::kind::{ErrorKind, KindedError};
 use crate::stream::{ByteReceiver, ByteSender};
 use crate::{ContextId, Router};
 
@@ -146,6 +147,25 @@ pub struct RemoteError {
     pub context: ContextId,
     /// Where that context runs, e.g. `alice@web1 pid 4242`.
     pub origin: String,
+    /// For a handler's error: its kind, when the handler said (a [`KindedError`], or a
+    /// [`CallError`] it passed on).
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
+}
+
+impl RemoteError {
+    /// What kind of failure it is (see [`CallError::kind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self.kind {
+            RemoteErrorKind::Handler => self.error_kind.unwrap_or(ErrorKind::Handler),
+            RemoteErrorKind::Panic => ErrorKind::Handler,
+            RemoteErrorKind::UnknownHandler => ErrorKind::UnknownHandler,
+            RemoteErrorKind::BadRequest => ErrorKind::BadRequest,
+            RemoteErrorKind::Refused => ErrorKind::Refused,
+            RemoteErrorKind::ShuttingDown => ErrorKind::ShuttingDown,
+            RemoteErrorKind::NoRoute => ErrorKind::NoRoute,
+        }
+    }
 }
 
 impl fmt::Display for RemoteError {
@@ -228,17 +248,33 @@ pub enum CallError {
     },
 }
 
+impl CallError {
+    /// What kind of failure it is, to branch on without reading the text. A handler's error has
+    /// the kind the handler gave it ([`KindedError`]), or [`ErrorKind::Handler`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CallError::Remote(e) => e.kind(),
+            CallError::Disconnected { .. } => ErrorKind::Disconnected,
+            CallError::NoRoute(_) => ErrorKind::NoRoute,
+            CallError::Timeout { .. } => ErrorKind::TimedOut,
+            CallError::Encode { .. } | CallError::Decode { .. } => ErrorKind::BadRequest,
+            CallError::Stream { .. } => ErrorKind::Io,
+        }
+    }
+}
+
 /// A failure inside a handler, before the dispatcher adds where it happened.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) kind: RemoteErrorKind,
     pub(crate) message: String,
     pub(crate) causes: Vec<String>,
+    pub(crate) error_kind: Option<ErrorKind>,
 }
 
 impl Failure {
     pub(crate) fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
-        Failure { kind, message: message.into(), causes: Vec::new() }
+        Failure { kind, message: message.into(), causes: Vec::new(), error_kind: None }
     }
 
     fn from_error(err: HandlerError) -> Self {
@@ -248,7 +284,12 @@ impl Failure {
             causes.push(cause.to_string());
             next = cause.source();
         }
-        Failure { kind: RemoteErrorKind::Handler, message: err.to_string(), causes }
+        let error_kind = match (err.downcast_ref::<KindedError>(), err.downcast_ref::<CallError>()) {
+            (Some(e), _) => Some(e.kind()),
+            (None, Some(e)) => Some(e.kind()),
+            (None, None) => None,
+        };
+        Failure { kind: RemoteErrorKind::Handler, message: err.to_string(), causes, error_kind }
     }
 
     fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
@@ -511,6 +552,15 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_error_keeps_the_kind_it_was_given() {
+        let kinded = KindedError::new(ErrorKind::Authentication, "refused");
+        assert_eq!(Failure::from_error(Box::new(kinded)).error_kind, Some(ErrorKind::Authentication));
+        let passed_on = CallError::Timeout { context: 2, handler: "x", after: std::time::Duration::ZERO };
+        assert_eq!(Failure::from_error(Box::new(passed_on)).error_kind, Some(ErrorKind::TimedOut));
+        assert_eq!(Failure::from_error("plain".into()).error_kind, None);
+    }
+
+    #[test]
     fn remote_error_reads_as_a_sentence() {
         let e = RemoteError {
             kind: RemoteErrorKind::Handler,
@@ -519,6 +569,7 @@ mod tests {
             causes: vec!["permission denied".into()],
             context: 3,
             origin: "alice@web1 pid 42".into(),
+            error_kind: None,
         };
         assert_eq!(
             e.to_string(),

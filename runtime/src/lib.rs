@@ -37,12 +37,14 @@
 
 pub mod call;
 pub mod frame;
+mod kind;
 mod link;
 pub mod proto;
 mod router;
 pub mod stream;
 
 pub use call::{CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request};
+pub use kind::{ErrorKind, KindedError};
 pub use router::{
     CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig, DEFAULT_CALL_TIMEOUT,
     DEFAULT_LINK_TIMEOUT,

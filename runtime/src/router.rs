@@ -1150,6 +1150,7 @@ impl Router {
             causes: f.causes,
             context: self.id(),
             origin: self.inner.cfg.origin.clone(),
+            error_kind: f.error_kind,
         }
     }
 
