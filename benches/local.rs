@@ -56,7 +56,7 @@ fn pipe_floor(c: &mut Criterion) {
 
 fn start(c: &mut Criterion) {
     let rt = tokio_rt();
-    let hypha = rt.block_on(async { Runtime::start(handlers()) }).expect("hypha");
+    let hypha = rt.block_on(async { Runtime::new(handlers()) }).expect("hypha");
     let mut g = c.benchmark_group("local_start");
     g.sample_size(30);
     g.bench_function("spawn_to_first_call", |b| {
@@ -111,7 +111,7 @@ fn start(c: &mut Criterion) {
 fn calls(c: &mut Criterion) {
     let rt = tokio_rt();
     let (hypha, ctx) = rt.block_on(async {
-        let hypha = Runtime::start(handlers()).expect("hypha");
+        let hypha = Runtime::new(handlers()).expect("hypha");
         let ctx = hypha.local().await.expect("start");
         (hypha, ctx)
     });

@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,9 +70,9 @@ impl Lab {
 
 fn start(c: &mut Criterion, lab: &Lab) {
     let rt = tokio_rt();
-    let hypha = rt.block_on(async { Runtime::start(handlers()) }).expect("hypha");
+    let hypha = rt.block_on(async { Runtime::new(handlers()) }).expect("hypha");
     // Make sure the agent is cached before measuring cached starts.
-    rt.block_on(async { hypha.spawn(lab.ssh()).await.expect("first start").shutdown().await });
+    rt.block_on(async { hypha.start(lab.ssh()).await.expect("first start").shutdown().await });
     let mut g = c.benchmark_group("ssh_start");
     g.sample_size(20);
     for name in ["ssh_cached", "openssh_cached"] {
@@ -86,7 +87,7 @@ fn start(c: &mut Criterion, lab: &Lab) {
                 rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let (took, ctx) = timed_start(hypha.spawn(method())).await;
+                        let (took, ctx) = timed_start(hypha.start(method())).await;
                         total += took;
                         ctx.shutdown().await;
                     }
@@ -102,7 +103,7 @@ fn start(c: &mut Criterion, lab: &Lab) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     lab.clear_cache();
-                    let (took, ctx) = timed_start(hypha.spawn(lab.ssh())).await;
+                    let (took, ctx) = timed_start(hypha.start(lab.ssh())).await;
                     total += took;
                     assert!(ctx.uploaded().is_some());
                     ctx.shutdown().await;
@@ -118,8 +119,8 @@ fn start(c: &mut Criterion, lab: &Lab) {
 fn calls(c: &mut Criterion, lab: &Lab) {
     let rt = tokio_rt();
     let (hypha, ctx) = rt.block_on(async {
-        let hypha = Runtime::start(handlers()).expect("hypha");
-        let ctx = hypha.spawn(lab.ssh()).await.expect("start");
+        let hypha = Runtime::new(handlers()).expect("hypha");
+        let ctx = hypha.start(lab.ssh()).await.expect("start");
         (hypha, ctx)
     });
     bench_call_rtt(c, "ssh_call_rtt", &rt, &ctx);
@@ -127,7 +128,7 @@ fn calls(c: &mut Criterion, lab: &Lab) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));
     g.throughput(Throughput::Bytes(BULK));
-    let openssh = rt.block_on(hypha.spawn(lab.openssh())).expect("start");
+    let openssh = rt.block_on(hypha.start(lab.openssh()).into_future()).expect("start");
     for (name, ctx) in [("upload_1gib", &ctx), ("upload_1gib_openssh", &openssh)] {
         bench_upload(&mut g, name, &rt, ctx, BULK);
     }

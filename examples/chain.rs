@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use common::{say, SshOptions, SSH_USAGE};
-use hypha::{Context, Handlers, Local, MethodSpec, Ping, Runtime, Su, Sudo, Whoami};
+use common::{say, start, SshOptions, SSH_USAGE};
+use hypha::{Context, Handlers, Local, Ping, Runtime, Su, Sudo, Whoami};
 
 async fn run() -> anyhow::Result<()> {
     let mut opts = SshOptions::default();
@@ -45,27 +45,24 @@ async fn run() -> anyhow::Result<()> {
         bail!("no hops (see --help)");
     }
 
-    let rt = Runtime::start_with(Handlers::new(), opts.runtime())?;
+    let rt = Runtime::with_options(Handlers::new(), opts.runtime())?;
     let mut parent: Option<Context> = None;
     for (i, (hop, jump)) in hops.iter().enumerate() {
         let n = i + 1;
-        let method: MethodSpec = match hop.split_once(':') {
-            Some(("ssh", destination)) => opts.method(destination, jump)?,
+        let started = Instant::now();
+        let via = parent.as_ref();
+        let ctx = match hop.split_once(':') {
+            Some(("ssh", destination)) => opts.method(destination, jump)?.start(&rt, via).await,
             Some(("sudo", user)) => match &sudo_password {
-                Some(password) => Sudo::with_password(user, password.clone()).into(),
-                None => Sudo::new(user).into(),
+                Some(password) => start(&rt, Sudo::with_password(user, password.clone()), via).await,
+                None => start(&rt, Sudo::new(user), via).await,
             },
             Some(("su", user)) => {
                 let password = su_password.clone().ok_or_else(|| anyhow!("hop {n} ({hop}) needs --su-password-env"))?;
-                Su::new(user, password).into()
+                start(&rt, Su::new(user, password), via).await
             }
-            None if hop == "local" => Local::default().into(),
+            None if hop == "local" => start(&rt, Local::default(), via).await,
             _ => bail!("hop {n}: {hop:?} is not ssh:..., sudo:..., su:... or local"),
-        };
-        let started = Instant::now();
-        let ctx = match &parent {
-            None => rt.spawn(method).await,
-            Some(parent) => rt.spawn_via(parent, method).await,
         }
         .map_err(|e| anyhow!("hop {n} ({hop}): {e}"))?;
         let took = started.elapsed();

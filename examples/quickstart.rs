@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     // In a context this process started, this serves calls and never returns.
     hypha::run_if_agent(&handlers);
 
-    let rt = Runtime::start(handlers)?;
+    let rt = Runtime::new(handlers)?;
     let mut starts = tokio::task::JoinSet::new();
     for _ in 0..CONTEXTS {
         let rt = rt.clone();

@@ -35,9 +35,9 @@ async fn run() -> anyhow::Result<()> {
     let Some(destination) = destination else { bail!("which host? (see --help)") };
     let method = opts.method(&destination, &[])?;
 
-    let rt = Runtime::start_with(Handlers::new(), opts.runtime())?;
+    let rt = Runtime::with_options(Handlers::new(), opts.runtime())?;
     let started = Instant::now();
-    let ctx = rt.spawn(method).await?;
+    let ctx = method.start(&rt, None).await?;
     let took = started.elapsed();
     let hello = ctx.hello();
     say!("context {} ({})", ctx.id(), ctx.name());

@@ -24,12 +24,24 @@ pub use hypha_actors as actors;
 pub use hypha_bootstrap as bootstrap;
 pub use hypha_runtime as runtime;
 
-pub use hypha_actors::{call_all, Context, Exit, Options, Runtime, StartError, State};
+pub use hypha_actors::{
+    call_all, Context, Event, Events, Exit, Options, Restart, Runtime, Start, StartError, StartFrom, State,
+};
 pub use hypha_bootstrap::{
-    run_if_agent, Agent, Auth, BootError, HostKeyPolicy, Identity, Local, Method, MethodSpec, OpenSsh, Ssh, Su, Sudo,
-    Whoami,
+    run_if_agent, Agent, Auth, BootError, HostKeyPolicy, Identity, Local, Method, OpenSsh, Portable, RegisterMethod,
+    Ssh, Su, Sudo, Whoami,
 };
 pub use hypha_runtime::{
-    ByteReceiver, ByteSender, CallError, ContextId, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind,
-    Request, StreamError,
+    ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, HandlerError, Handlers, KindedError, Ping,
+    RemoteError, RemoteErrorKind, Request, StreamError,
 };
+
+/// What most programs import: `use hypha::prelude::*;` brings the runtime, the handle, requests
+/// and handlers, and the traits that add `cx.start(..)` to handler code and `.method::<M>()` to
+/// [`Handlers`].
+pub mod prelude {
+    pub use crate::{
+        Context, Cx, ErrorKind, HandlerError, Handlers, Local, Method, Portable, RegisterMethod, Request, Restart,
+        Runtime, StartFrom,
+    };
+}

@@ -33,11 +33,11 @@ async fn a_via_parent_fetches_a_build_once_and_serves_it_to_every_child() {
     };
     wipe();
     let options = Options::default().agent_for(std::env::consts::ARCH, &path);
-    let rt = Runtime::start_with(handlers(), options).unwrap();
+    let rt = Runtime::with_options(handlers(), options).unwrap();
     // Local contexts run this executable; the stub is offered the build that was named.
     let gw = rt.local().await.unwrap();
     assert_eq!(gw.hello().binary_hash, hypha::bootstrap::exe_hash().unwrap());
-    let first = rt.spawn_via(&gw, Sudo::new("hypha-nopw")).await.unwrap();
+    let first = rt.start(Sudo::new("hypha-nopw")).via(&gw).await.unwrap();
     assert_eq!(first.hello().binary_hash, hash, "the named build runs");
     assert!(first.uploaded().is_some());
     assert_eq!(first.call(Whoami).await.unwrap().user, "hypha-nopw");
@@ -45,15 +45,15 @@ async fn a_via_parent_fetches_a_build_once_and_serves_it_to_every_child() {
     assert_eq!(builds::served(), 1, "the parent fetched the build from the controller");
     // A second child, with the host's cache gone: the parent uploads the build it kept.
     wipe();
-    let second = rt.spawn_via(&gw, Sudo::new("hypha-nopw")).await.unwrap();
+    let second = rt.start(Sudo::new("hypha-nopw")).via(&gw).await.unwrap();
     assert!(second.uploaded().is_some());
     assert_eq!(second.hello().binary_hash, hash);
     // A third finds it cached.
-    let third = rt.spawn_via(&gw, Sudo::new("hypha-nopw")).await.unwrap();
+    let third = rt.start(Sudo::new("hypha-nopw")).via(&gw).await.unwrap();
     assert_eq!(third.uploaded(), None);
     assert_eq!(builds::served(), 1, "fetched once, not once per child");
     // The controller serves it from the file itself.
-    let direct = rt.spawn(Sudo::new("hypha-nopw")).await.unwrap();
+    let direct = rt.start(Sudo::new("hypha-nopw")).await.unwrap();
     assert_eq!(direct.hello().binary_hash, hash);
     rt.shutdown().await;
     std::fs::remove_file(&path).unwrap();
@@ -63,15 +63,15 @@ async fn a_via_parent_fetches_a_build_once_and_serves_it_to_every_child() {
 async fn a_build_that_is_not_one_for_its_architecture_is_refused_at_start() {
     let (path, _) = second_build();
     let other = if std::env::consts::ARCH == "aarch64" { "x86_64" } else { "aarch64" };
-    let err = Runtime::start_with(handlers(), Options::default().agent_for(other, &path)).unwrap_err();
+    let err = Runtime::with_options(handlers(), Options::default().agent_for(other, &path)).unwrap_err();
     assert!(matches!(err, StartError::Build(_)), "{err}");
     let text = err.to_string();
     assert!(text.contains(&format!("the {other} build")) && text.contains("is an ELF executable for"), "{text}");
     let script = std::env::temp_dir().join(format!("hypha-not-a-build-{}", std::process::id()));
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
-    let err = Runtime::start_with(handlers(), Options::default().agent_for(other, &script)).unwrap_err();
+    let err = Runtime::with_options(handlers(), Options::default().agent_for(other, &script)).unwrap_err();
     assert!(err.to_string().contains("is not an ELF executable"), "{err}");
-    let err = Runtime::start_with(handlers(), Options::default().agent_for(other, "/nonexistent")).unwrap_err();
+    let err = Runtime::with_options(handlers(), Options::default().agent_for(other, "/nonexistent")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent"), "{err}");
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&script).unwrap();
@@ -81,13 +81,13 @@ async fn a_build_that_is_not_one_for_its_architecture_is_refused_at_start() {
 async fn a_build_changed_after_it_was_named_is_not_served() {
     let Some(_lab) = lab() else { return };
     let (path, _) = second_build();
-    let rt = Runtime::start_with(handlers(), Options::default().agent_for(std::env::consts::ARCH, &path)).unwrap();
+    let rt = Runtime::with_options(handlers(), Options::default().agent_for(std::env::consts::ARCH, &path)).unwrap();
     // Replaced under the same name after the fingerprint was taken (another byte at the end).
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.push(1);
     std::fs::write(&path, &bytes).unwrap();
     let _ = std::process::Command::new("sh").args(["-c", "rm -rf ~hypha-nopw/.cache/hypha"]).status();
-    let err = rt.spawn(Sudo::new("hypha-nopw")).await.unwrap_err();
+    let err = rt.start(Sudo::new("hypha-nopw")).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("is not the one named") && text.contains("changed since it was added"), "{text}");
     rt.shutdown().await;
@@ -104,7 +104,7 @@ async fn a_build_name_that_is_not_a_plain_token_never_reaches_a_command_line() {
         let spawn = hypha::bootstrap::Spawn {
             id: 4242,
             name: "forged-build".into(),
-            method: hypha::Sudo::new("hypha-nopw").into(),
+            method: hypha::Sudo::new("hypha-nopw"),
             ids: (0, 0),
             builds: vec![builds::Offer { arch: arch.into(), fingerprint }],
         };

@@ -62,7 +62,7 @@ async fn a_cache_directory_another_user_made_is_not_used() {
     let before = lab.root_sh(HOST, &format!("ls -lan {planted}"));
     let rt = runtime();
     for method in lab.both(HOST) {
-        let ctx = rt.spawn(method).await.unwrap();
+        let ctx = rt.start(method).await.unwrap();
         assert_eq!(ctx.call(Echo("ok".into())).await.unwrap(), "ok");
         let exe = lab.root_sh(HOST, &format!("readlink /proc/{}/exe", ctx.hello().pid));
         assert_eq!(exe.trim(), format!("/dev/shm/hypha-{uid}/hypha-{}", agent.hash), "the next directory of its own");
@@ -80,7 +80,7 @@ async fn a_cached_agent_another_user_owns_is_replaced_not_run() {
     let agent = Fingerprint::current().await.unwrap();
     let uid = reset(&lab);
     let rt = runtime();
-    let first = rt.spawn(lab.ssh(HOST)).await.unwrap();
+    let first = rt.start(lab.ssh(HOST)).await.unwrap();
     assert!(first.uploaded().is_some());
     let file = format!("/home/hypha/.cache/hypha/hypha-{}", agent.hash);
     // In the user's own directory, files of another owner (root put them there, say), or of the
@@ -94,7 +94,7 @@ async fn a_cached_agent_another_user_owns_is_replaced_not_run() {
     for plant in plants {
         lab.root_sh(HOST, &format!("{plant} && mv -f {file}.new {file}"));
         for (i, method) in lab.both(HOST).into_iter().enumerate() {
-            let ctx = rt.spawn(method).await.unwrap_or_else(|e| panic!("after `{plant}`: {e}"));
+            let ctx = rt.start(method).await.unwrap_or_else(|e| panic!("after `{plant}`: {e}"));
             assert_eq!(ctx.call(Echo("ok".into())).await.unwrap(), "ok");
             // The first start replaces it, the second runs the replacement.
             assert_eq!(ctx.uploaded().is_some(), i == 0, "after `{plant}`, start {i}");
@@ -113,7 +113,7 @@ async fn heals(damage: &str) {
     let agent = Fingerprint::current().await.unwrap();
     let uid = reset(&lab);
     let rt = runtime();
-    let first = rt.spawn(lab.openssh(HOST)).await.unwrap();
+    let first = rt.start(lab.openssh(HOST)).await.unwrap();
     assert!(first.uploaded().is_some());
     let file = format!("/home/hypha/.cache/hypha/hypha-{}", agent.hash);
     for method in lab.both(HOST) {
@@ -121,11 +121,11 @@ async fn heals(damage: &str) {
         lab.sh_as(HOST, "hypha", &format!("f={file}; {damage}"));
         assert_ne!(file_facts(&lab, &file), good_facts(&uid, agent), "`{damage}` damaged nothing");
         let target = method.target();
-        let healed = rt.spawn(method).await.unwrap_or_else(|e| panic!("{target} after `{damage}`: {e}"));
+        let healed = rt.start(method).await.unwrap_or_else(|e| panic!("{target} after `{damage}`: {e}"));
         assert!(healed.uploaded().is_some(), "{target} after `{damage}`: no fresh upload");
         assert_eq!(healed.call(Echo("ok".into())).await.unwrap(), "ok");
         assert_eq!(file_facts(&lab, &file), good_facts(&uid, agent), "{target} after `{damage}`");
-        let again = rt.spawn(lab.ssh(HOST)).await.unwrap();
+        let again = rt.start(lab.ssh(HOST)).await.unwrap();
         assert_eq!(again.uploaded(), None, "{target} after `{damage}`: the healed agent is used");
     }
     assert!(!planted_program_ran(&lab), "after `{damage}`: the planted program ran");
@@ -159,7 +159,7 @@ async fn twenty_starts_at_once_on_an_empty_cache_all_succeed_with_one_upload() {
     let starts = (0..20).map(|i| {
         let method: Box<dyn hypha::Method> =
             if i % 2 == 0 { Box::new(lab.ssh(HOST)) } else { Box::new(lab.openssh(HOST)) };
-        rt.spawn(method)
+        std::future::IntoFuture::into_future(rt.start(method))
     });
     let results = futures_join_all(starts).await;
     let mut uploads = 0;
@@ -186,13 +186,13 @@ async fn an_agent_whose_file_was_replaced_still_starts_children_and_serves_itsel
     let agent = Fingerprint::current().await.unwrap();
     reset(&lab);
     let rt = runtime();
-    let hop = rt.spawn(lab.ssh(HOST)).await.unwrap();
+    let hop = rt.start(lab.ssh(HOST)).await.unwrap();
     // What a sibling's install does to a running agent's path (and a cleanup would): the file it
     // runs from is no longer there. It starts a local child and uploads itself all the same.
     lab.root_sh(HOST, &format!("rm /home/hypha/.cache/hypha/hypha-{}", agent.hash));
-    let local = rt.spawn_via(&hop, hypha::Local::default()).await.unwrap();
+    let local = rt.start(hypha::Local::default()).via(&hop).await.unwrap();
     assert_eq!(local.call(Echo("local".into())).await.unwrap(), "local");
-    let far = rt.spawn_via(&hop, lab.ssh(HOST)).await.unwrap();
+    let far = rt.start(lab.ssh(HOST)).via(&hop).await.unwrap();
     assert!(far.uploaded().is_some(), "the hop uploaded its own executable");
     assert_eq!(far.call(Echo("far".into())).await.unwrap(), "far");
     assert_eq!(far.hello().binary_hash, agent.hash);

@@ -41,7 +41,7 @@ fn aarch64_agent() -> Option<PathBuf> {
 
 /// A runtime that serves the aarch64 build of this test to aarch64 hosts.
 fn runtime_with_aarch64(build: &std::path::Path) -> Runtime {
-    Runtime::start_with(handlers(), hypha::Options::default().agent_for("aarch64", build)).expect("runtime starts")
+    Runtime::with_options(handlers(), hypha::Options::default().agent_for("aarch64", build)).expect("runtime starts")
 }
 
 /// Both SSH methods to lab host `name`, `i`-th (0: the system client, 1: in process), with a start
@@ -72,13 +72,13 @@ async fn reach(lab: &Lab, rt: &Runtime, name: &str, arch: &str, deadline: Durati
         lab.root_sh(name, &format!("rm -rf {cache}"));
         let started = Instant::now();
         let first =
-            rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
+            rt.start(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
         let upload_took = started.elapsed();
         let uploaded = first.uploaded();
         assert!(uploaded.is_some_and(|n| n > 0), "{name}, method {i}: the first start uploads: {uploaded:?}");
         let started = Instant::now();
         let second =
-            rt.spawn(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
+            rt.start(method(lab, name, i, deadline)).await.unwrap_or_else(|e| panic!("{name}, method {i}: {e}"));
         let cached_took = started.elapsed();
         assert_eq!(second.uploaded(), None, "{name}, method {i}: the second start finds the agent cached");
         // Timings for the record (`--no-capture`), never asserted.
@@ -102,7 +102,7 @@ async fn reach(lab: &Lab, rt: &Runtime, name: &str, arch: &str, deadline: Durati
         assert_eq!(n, 32 << 20, "{name}");
 
         // A via hop through it, to an ordinary host: that host's agent is this machine's build.
-        let child = rt.spawn_via(&second, lab.ssh("plain")).await.unwrap_or_else(|e| panic!("{name} to plain: {e}"));
+        let child = rt.start(lab.ssh("plain")).via(&second).await.unwrap_or_else(|e| panic!("{name} to plain: {e}"));
         let who = child.call(hypha::Whoami).await.unwrap();
         assert_eq!((who.host.as_str(), who.arch.as_str()), ("lab-plain", std::env::consts::ARCH));
         assert_eq!(child.call(Echo(format!("via {name}"))).await.unwrap(), format!("via {name}"));
@@ -161,7 +161,7 @@ async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
     let wipe = || lab.root_sh("arm", &format!("rm -rf {}", cache_dir(&lab, "arm")));
     let rt = runtime_with_aarch64(&build);
     // plain runs this machine's build; it has no aarch64 one until a child on arm needs it.
-    let gw = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let gw = rt.start(lab.ssh("plain")).await.unwrap();
     let mut to_arm = lab.ssh("arm");
     to_arm.timeout = EMULATED;
     let mut children: Vec<Context> = Vec::new();
@@ -169,7 +169,7 @@ async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
         // A clean cache each time: both children need the build uploaded, from plain.
         wipe();
         let started = Instant::now();
-        let child = rt.spawn_via(&gw, to_arm.clone()).await.unwrap_or_else(|e| panic!("child {n}: {e}"));
+        let child = rt.start(to_arm.clone()).via(&gw).await.unwrap_or_else(|e| panic!("child {n}: {e}"));
         eprintln!("timing: arm via plain, child {n}: {:.2?} (uploaded {:?})", started.elapsed(), child.uploaded());
         assert!(child.uploaded().is_some_and(|n| n > 0), "child {n} uploads");
         let who = child.call(hypha::Whoami).await.unwrap();
@@ -181,7 +181,7 @@ async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
     // The aarch64 build crossed the controller→plain link once: plain kept it for the second.
     assert_eq!(hypha::bootstrap::builds::served(), 1, "fetched once, not once per child");
     // A third start finds it cached.
-    let third = rt.spawn_via(&gw, to_arm.clone()).await.unwrap();
+    let third = rt.start(to_arm.clone()).via(&gw).await.unwrap();
     assert_eq!(third.uploaded(), None);
     for child in children.into_iter().chain([third]) {
         child.shutdown().await;

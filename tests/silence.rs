@@ -20,7 +20,7 @@ fn link_timeout() -> Duration {
 }
 
 fn quick_runtime() -> Runtime {
-    Runtime::start_with(handlers(), Options::default().with_link_timeout(link_timeout())).unwrap()
+    Runtime::with_options(handlers(), Options::default().with_link_timeout(link_timeout())).unwrap()
 }
 
 fn stop(pid: u32, signal: i32) {
@@ -80,14 +80,14 @@ impl Method for NeverReady {
 async fn a_start_given_up_by_its_caller_leaves_nothing_running() {
     static PID: AtomicU32 = AtomicU32::new(0);
     let rt = runtime();
-    let start = rt.spawn(NeverReady(&PID));
+    let start = rt.start(NeverReady(&PID));
     assert!(tokio::time::timeout(Duration::from_millis(500), start).await.is_err(), "it never starts");
     let pid = PID.load(Ordering::SeqCst);
     assert_ne!(pid, 0, "the agent's process had been started");
     assert!(gone_within(pid, Duration::from_secs(5)).await, "the half-started agent was killed");
     // A via start given up after the hop began: the child it started is shut down once it is up.
     let parent = rt.local().await.unwrap();
-    let via = rt.spawn_via(&parent, Local::default());
+    let via = rt.start(Local::default()).via(&parent);
     let _ = tokio::time::timeout(Duration::from_millis(5), via).await;
     let who = parent.hello().pid;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -131,8 +131,8 @@ impl Drop for Cut {
 async fn a_silent_path_to_a_host_fails_it_like_a_dead_hop_and_spares_the_rest() {
     let Some(lab) = lab() else { return };
     let rt = quick_runtime();
-    let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
-    let hop2 = rt.spawn_via(&hop1, lab.ssh("hop2")).await.unwrap();
+    let hop1 = rt.start(lab.ssh("hop1")).await.unwrap();
+    let hop2 = rt.start(lab.ssh("hop2")).via(&hop1).await.unwrap();
     let waiting = {
         let ctx = hop2.clone();
         tokio::spawn(async move { ctx.call(Sleep(60_000)).await })
@@ -165,7 +165,7 @@ async fn a_stopped_child_of_a_hop_does_not_stall_its_siblings_or_the_hop() {
     let hop = rt.local().await.unwrap();
     let mut children = Vec::new();
     for _ in 0..3 {
-        children.push(rt.spawn_via(&hop, Local::default()).await.unwrap());
+        children.push(rt.start(Local::default()).via(&hop).await.unwrap());
     }
     let stopped = children[0].clone();
     stop(stopped.hello().pid, libc::SIGSTOP);

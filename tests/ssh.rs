@@ -13,7 +13,7 @@ use util::*;
 async fn openssh_contexts_serve_calls_like_local_ones() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let ctx = rt.spawn(lab.openssh("plain")).await.unwrap();
+    let ctx = rt.start(lab.openssh("plain")).await.unwrap();
     assert_eq!(ctx.hello().user, lab.user);
     exercise(&ctx).await;
     let pid = ctx.hello().pid;
@@ -32,10 +32,10 @@ async fn the_second_start_uploads_nothing_and_login_noise_is_ignored() {
     // `noisy` prints from .bashrc and .profile; only this test uses it, so its cache is ours.
     lab.sh("noisy", "rm -rf ~/.cache/hypha");
     let rt = runtime();
-    let first = rt.spawn(lab.openssh("noisy")).await.unwrap();
+    let first = rt.start(lab.openssh("noisy")).await.unwrap();
     let size = hypha::bootstrap::stub::Payload::current().await.unwrap().gzip.len() as u64;
     assert_eq!(first.uploaded(), Some(size));
-    let second = rt.spawn(lab.openssh("noisy")).await.unwrap();
+    let second = rt.start(lab.openssh("noisy")).await.unwrap();
     assert_eq!(second.uploaded(), None);
     let listing = lab.sh("noisy", "ls ~/.cache/hypha");
     let cached = listing.lines().last().unwrap_or_default(); // after the .bashrc greeting
@@ -49,7 +49,7 @@ async fn a_refused_key_is_an_auth_error() {
     let rt = runtime();
     let mut m = lab.openssh("plain");
     m.identity = Some(lab.stranger_key());
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }), "{err}");
     assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
     assert!(err.to_string().contains("Permission denied"), "{err}");
@@ -57,7 +57,7 @@ async fn a_refused_key_is_an_auth_error() {
     let mut m = lab.ssh("plain");
     m.auth =
         vec![hypha::Auth::Key { path: lab.stranger_key(), passphrase: None }, hypha::Auth::Password("wrong".into())];
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }), "{err}");
     let text = err.to_string();
     assert!(text.starts_with(&format!("ssh hypha@{}:22: authentication refused", lab.host("plain"))), "{text}");
@@ -71,18 +71,18 @@ async fn a_wrong_or_unknown_host_key_is_refused_before_anything_is_sent() {
     let rt = runtime();
     let mut m = lab.openssh("plain");
     m.known_hosts = Some(lab.wrong_known_hosts());
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
 
     let mut m = lab.ssh("plain");
     m.known_hosts = Some(lab.wrong_known_hosts());
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("possible man in the middle"), "{err}");
     // Refused before authentication: the server logged no login attempt for it.
     let mut m = lab.ssh("plain");
     m.known_hosts = Some(std::path::PathBuf::from("/nonexistent/known_hosts"));
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(err.to_string().contains("no key for"), "{err}");
     rt.shutdown().await;
 }
@@ -96,7 +96,7 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
     for file in ["known_hosts_ecdsa", "known_hosts_ecdsa_hashed"] {
         let mut m = lab.ssh("plain");
         m.known_hosts = Some(lab.dir.join(file));
-        let ctx = rt.spawn(m).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let ctx = rt.start(m).await.unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(ctx.call(Echo("typed".into())).await.unwrap(), "typed");
     }
     // Another host's ECDSA key on record for this one: a real mismatch, of the same type.
@@ -105,7 +105,7 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
     let forged = noisy.replacen(lab.host("noisy"), lab.host("plain"), 1);
     let mut m = lab.ssh("plain");
     m.known_hosts_data = Some(forged);
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("ecdsa-sha2-nistp256 key presented differs"), "{err}");
     // Only a type the server does not have on record: refused as a changed key, even with
@@ -114,7 +114,7 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
     let mut m = lab.ssh("plain");
     m.known_hosts_data = Some(format!("{} {}", lab.host("plain"), rsa.trim()));
     m.host_key = HostKeyPolicy::AcceptNew;
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("holds only ssh-rsa"), "{err}");
     rt.shutdown().await;
@@ -124,7 +124,7 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
 async fn ssh_contexts_serve_calls_like_local_ones() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let ctx = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let ctx = rt.start(lab.ssh("plain")).await.unwrap();
     assert_eq!(ctx.hello().user, lab.user);
     exercise(&ctx).await;
     let pid = ctx.hello().pid;
@@ -140,10 +140,10 @@ async fn ssh_authenticates_with_a_passphrase_key_and_with_a_password() {
     let rt = runtime();
     let mut m = lab.ssh("plain");
     m.auth = vec![hypha::Auth::Key { path: lab.rsa_key(), passphrase: Some(lab.secret("rsa_passphrase")) }];
-    rt.spawn(m).await.unwrap().call(Echo("rsa".into())).await.unwrap();
+    rt.start(m).await.unwrap().call(Echo("rsa".into())).await.unwrap();
     let mut m = lab.ssh("plain");
     m.auth = vec![hypha::Auth::Password(lab.secret("password"))];
-    rt.spawn(m).await.unwrap().call(Echo("password".into())).await.unwrap();
+    rt.start(m).await.unwrap().call(Echo("password".into())).await.unwrap();
     rt.shutdown().await;
 }
 
@@ -156,14 +156,14 @@ async fn ssh_authenticates_through_an_agent() {
     let rt = runtime();
     let mut m = lab.ssh("plain");
     m.auth = vec![hypha::Auth::Agent(hypha::Agent::Env)];
-    rt.spawn(m).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    rt.start(m).await.unwrap().call(Echo("agent".into())).await.unwrap();
     // An agent named by its socket; one holding no key is a clear error.
     let mut m = lab.ssh("plain");
     m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(agent.socket.clone()))];
-    rt.spawn(m.clone()).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    rt.start(m.clone()).await.unwrap().call(Echo("agent".into())).await.unwrap();
     let empty = SshAgent::start(&[]);
     m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(empty.socket.clone()))];
-    let err = rt.spawn(m).await.unwrap_err();
+    let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }) && err.to_string().contains("holds no identities"), "{err}");
     rt.shutdown().await;
 }
@@ -174,7 +174,7 @@ async fn unreachable_hosts_fail_fast() {
     let rt = runtime();
     let mut refused = lab.openssh("plain");
     refused.port = Some(1);
-    let err = rt.spawn(refused).await.unwrap_err();
+    let err = rt.start(refused).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
 
     // An address in the lab's network where no host answers: the connect deadline ends it.
@@ -182,18 +182,18 @@ async fn unreachable_hosts_fail_fast() {
     let mut nobody = hypha::OpenSsh::new(format!("{}@10.213.0.99", lab.user));
     nobody.connect_timeout = Duration::from_secs(1);
     nobody.args = vec!["-F".into(), "/dev/null".into()];
-    let err = rt.spawn(nobody).await.unwrap_err();
+    let err = rt.start(nobody).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
     let mut refused = lab.ssh("plain");
     refused.port = 1;
-    let err = rt.spawn(refused).await.unwrap_err();
+    let err = rt.start(refused).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }) && err.to_string().contains("refused"), "{err}");
     let started = Instant::now();
     let mut nobody = hypha::Ssh::new(lab.user.clone(), "10.213.0.99");
     nobody.connect_timeout = Duration::from_secs(1);
-    let err = rt.spawn(nobody).await.unwrap_err();
+    let err = rt.start(nobody).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     rt.shutdown().await;
@@ -204,7 +204,7 @@ async fn no_writable_executable_directory_is_named() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
     for method in lab.both("locked") {
-        let err = rt.spawn(method).await.unwrap_err();
+        let err = rt.start(method).await.unwrap_err();
         let BootError::NoCacheDir { tried, .. } = &err else { panic!("{err}") };
         assert!(tried.contains("/home/hypha/.cache/hypha") && tried.contains("/tmp/hypha-"), "{err}");
     }
@@ -218,7 +218,7 @@ async fn another_architecture_is_refused_naming_both() {
     assert_eq!(lab.sh("arm", "uname -m").trim(), "aarch64");
     let rt = runtime();
     for method in lab.both("arm") {
-        let err = rt.spawn(method).await.unwrap_err();
+        let err = rt.start(method).await.unwrap_err();
         let BootError::Arch { remote, local, .. } = &err else { panic!("{err}") };
         assert_eq!(remote, "aarch64");
         assert_eq!(local, std::env::consts::ARCH);
@@ -252,7 +252,7 @@ async fn an_agent_that_fails_to_start_shows_the_remotes_message() {
     );
     let rt = runtime();
     for (i, method) in lab.both("broken").into_iter().enumerate() {
-        let err = rt.spawn(method).await.unwrap_err();
+        let err = rt.start(method).await.unwrap_err();
         assert!(matches!(err, BootError::Exited { .. }), "start {i}: {err}");
         // The agent's own words: `hypha agent (pid N): agent start-up: ...`.
         let text = err.to_string();
@@ -271,7 +271,7 @@ async fn accept_new_records_the_key() {
     let mut m = lab.openssh("plain");
     m.known_hosts = Some(file.clone());
     m.host_key = Some(HostKeyPolicy::AcceptNew);
-    let ctx = rt.spawn(m).await.unwrap();
+    let ctx = rt.start(m).await.unwrap();
     ctx.call(Echo("ok".into())).await.unwrap();
     let recorded = std::fs::read_to_string(&file).unwrap();
     assert!(recorded.contains(lab.host("plain")) && recorded.contains("ssh-ed25519"), "{recorded}");
@@ -303,15 +303,15 @@ async fn a_four_hop_ssh_chain_where_each_host_is_reachable_only_from_the_previou
         let mut direct = lab.ssh(far);
         direct.connect_timeout = Duration::from_millis(500);
         let rt = runtime();
-        let err = rt.spawn(direct).await.unwrap_err();
+        let err = rt.start(direct).await.unwrap_err();
         assert!(matches!(err, BootError::Unreachable { .. }), "{far} must not be reachable directly: {err}");
         rt.shutdown().await;
     }
     let rt = runtime();
-    let mut hops = vec![rt.spawn(lab.ssh("hop1")).await.unwrap()];
+    let mut hops = vec![rt.start(lab.ssh("hop1")).await.unwrap()];
     for far in ["hop2", "hop3", "hop4"] {
         let parent = hops.last().unwrap().clone();
-        let ctx = rt.spawn_via(&parent, lab.ssh(far)).await.unwrap();
+        let ctx = rt.start(lab.ssh(far)).via(&parent).await.unwrap();
         // The parent served its own copy: the agent arrived from hop to hop, not from here.
         assert_eq!(ctx.hello().binary_hash, hypha::bootstrap::exe_hash().unwrap());
         hops.push(ctx);
@@ -337,17 +337,17 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
         m
     };
     let rt = runtime();
-    let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
+    let hop1 = rt.start(lab.ssh("hop1")).await.unwrap();
     // hop2, reachable only from hop1, started by hop1 and signed for by the agent here.
-    let hop2 = rt.spawn_via(&hop1, with_agent("hop2", &agent.socket)).await.unwrap();
+    let hop2 = rt.start(with_agent("hop2", &agent.socket)).via(&hop1).await.unwrap();
     assert_eq!(hop2.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
     // One level further: hop2's relay reaches the controller through hop1.
-    let deeper = rt.spawn_via(&hop2, with_agent("hop3", &agent.socket)).await.unwrap();
+    let deeper = rt.start(with_agent("hop3", &agent.socket)).via(&hop2).await.unwrap();
     assert_eq!(deeper.call(hypha::Whoami).await.unwrap().host, "lab-hop3");
     // The jump hosts of a via hop sign with it too: hop3 from hop1, through hop2.
     let mut to_hop3 = with_agent("hop3", &agent.socket);
     to_hop3.jump = vec![with_agent("hop2", &agent.socket)];
-    let hop3 = rt.spawn_via(&hop1, to_hop3).await.unwrap();
+    let hop3 = rt.start(to_hop3).via(&hop1).await.unwrap();
     exercise(&hop3).await;
     // The system ssh client on hop1 signs with it as well (hop1 has no key the lab user may read).
     let openssh = |socket: &std::path::Path| {
@@ -356,7 +356,7 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
         m.agent = hypha::Agent::Socket(socket.to_owned());
         m
     };
-    let ctx = rt.spawn_via(&hop1, openssh(&agent.socket)).await.unwrap();
+    let ctx = rt.start(openssh(&agent.socket)).via(&hop1).await.unwrap();
     assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
     // The hops keep nothing: no key, no relay socket, no relay directory.
     for hop in ["hop1", "hop2"] {
@@ -368,13 +368,13 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     }
     // An agent holding no key, or none at all: a clear error naming the hop, and the tree goes on.
     let empty = SshAgent::start(&[]);
-    let err = rt.spawn_via(&hop1, with_agent("hop2", &empty.socket)).await.unwrap_err();
+    let err = rt.start(with_agent("hop2", &empty.socket)).via(&hop1).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("holds no identities") && text.contains(lab.host("hop2")), "{text}");
-    let err = rt.spawn_via(&hop1, openssh(&empty.socket)).await.unwrap_err();
+    let err = rt.start(openssh(&empty.socket)).via(&hop1).await.unwrap_err();
     assert!(err.to_string().contains("Permission denied"), "{err}");
     let missing = agent.socket.with_file_name("no-such-agent");
-    let err = rt.spawn_via(&hop1, with_agent("hop2", &missing)).await.unwrap_err();
+    let err = rt.start(with_agent("hop2", &missing)).via(&hop1).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("the lent ssh-agent") && text.contains("no-such-agent"), "{text}");
     assert_eq!(hop2.call(Echo("still here".into())).await.unwrap(), "still here");
@@ -388,11 +388,11 @@ async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
     // hop2 through hop1; hop3 through hop1 and hop2. Neither jump host runs an agent.
     let mut to_hop2 = lab.ssh("hop2");
     to_hop2.jump = vec![lab.ssh("hop1")];
-    let ctx = rt.spawn(to_hop2).await.unwrap();
+    let ctx = rt.start(to_hop2).await.unwrap();
     assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
     let mut to_hop3 = lab.ssh("hop3");
     to_hop3.jump = vec![lab.ssh("hop1"), lab.ssh("hop2")];
-    let ctx = rt.spawn(to_hop3).await.unwrap();
+    let ctx = rt.start(to_hop3).await.unwrap();
     exercise(&ctx).await;
     assert!(agent_pids_in_namespace("hop1").is_empty(), "a jump host runs no agent");
 
@@ -401,7 +401,7 @@ async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
     let mut jump = lab.ssh("hop1");
     jump.known_hosts = Some(lab.wrong_known_hosts());
     bad.jump = vec![jump];
-    let err = rt.spawn(bad).await.unwrap_err();
+    let err = rt.start(bad).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains(lab.host("hop1")), "names the jump host: {err}");
     rt.shutdown().await;
@@ -425,9 +425,9 @@ fn agent_pids_in_namespace(name: &str) -> Vec<u32> {
 async fn a_dead_ssh_hop_leaves_no_agent_behind_it_and_the_rest_keeps_working() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let hop1 = rt.spawn(lab.ssh("hop1")).await.unwrap();
-    let hop2 = rt.spawn_via(&hop1, lab.ssh("hop2")).await.unwrap();
-    let hop3 = rt.spawn_via(&hop2, lab.ssh("hop3")).await.unwrap();
+    let hop1 = rt.start(lab.ssh("hop1")).await.unwrap();
+    let hop2 = rt.start(lab.ssh("hop2")).via(&hop1).await.unwrap();
+    let hop3 = rt.start(lab.ssh("hop3")).via(&hop2).await.unwrap();
     let on_hop3 = hop3.hello().pid;
     assert!(agent_pids_in_namespace("hop3").contains(&on_hop3), "the agent runs in hop3's namespace");
     let waiting = {

@@ -14,7 +14,7 @@ async fn the_controller_sudos_to_another_user() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
     // The tests run as root: sudo asks root for nothing.
-    let ctx = rt.spawn(Sudo::new(lab.user.clone())).await.unwrap();
+    let ctx = rt.start(Sudo::new(lab.user.clone())).await.unwrap();
     assert_eq!(ctx.call(Whoami).await.unwrap().user, lab.user);
     exercise(&ctx).await;
     rt.shutdown().await;
@@ -24,14 +24,14 @@ async fn the_controller_sudos_to_another_user() {
 async fn a_context_sudos_without_and_with_a_password() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
-    let nopw = rt.spawn_via(&hypha, Sudo::new("hypha-nopw")).await.unwrap();
+    let hypha = rt.start(lab.ssh("plain")).await.unwrap();
+    let nopw = rt.start(Sudo::new("hypha-nopw")).via(&hypha).await.unwrap();
     assert_eq!(nopw.call(Whoami).await.unwrap().user, "hypha-nopw");
-    let pw = rt.spawn_via(&hypha, Sudo::with_password("hypha-pw", lab.secret("password"))).await.unwrap();
+    let pw = rt.start(Sudo::with_password("hypha-pw", lab.secret("password"))).via(&hypha).await.unwrap();
     assert_eq!(pw.call(Whoami).await.unwrap().user, "hypha-pw");
     exercise(&pw).await;
     // A password offered where none is asked for is never sent.
-    let nopw2 = rt.spawn_via(&hypha, Sudo::with_password("hypha-nopw", "unused")).await.unwrap();
+    let nopw2 = rt.start(Sudo::with_password("hypha-nopw", "unused")).via(&hypha).await.unwrap();
     assert_eq!(nopw2.call(Echo("fine".into())).await.unwrap(), "fine");
     rt.shutdown().await;
 }
@@ -40,7 +40,7 @@ async fn a_context_sudos_without_and_with_a_password() {
 async fn sudo_failures_are_clear_and_quick() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let hypha = rt.start(lab.ssh("plain")).await.unwrap();
     let cases = [
         (Sudo::with_password("hypha-pw", "wrong-password-xyz"), "refused the password"),
         (Sudo::new("hypha-pw"), "wants a password"),
@@ -49,7 +49,7 @@ async fn sudo_failures_are_clear_and_quick() {
     ];
     for (method, expect) in cases {
         let started = Instant::now();
-        let err = rt.spawn_via(&hypha, method).await.unwrap_err();
+        let err = rt.start(method).via(&hypha).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}: {err}", started.elapsed());
         let text = err.to_string();
         assert!(text.contains(expect), "expected {expect:?}: {text}");

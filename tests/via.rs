@@ -13,7 +13,7 @@ async fn chain(rt: &Runtime, hops: usize) -> Vec<Context> {
     let mut contexts = vec![rt.local().await.unwrap()];
     for _ in 1..hops {
         let parent = contexts.last().unwrap().clone();
-        contexts.push(rt.spawn_via(&parent, Local::default()).await.unwrap());
+        contexts.push(rt.start(Local::default()).via(&parent).await.unwrap());
     }
     contexts
 }
@@ -64,7 +64,7 @@ async fn a_dead_hop_fails_the_calls_behind_it_naming_it_and_the_rest_keeps_worki
     assert!(matches!(dead.closed().await, State::Disconnected { .. }));
     // The rest of the tree keeps working, and can grow again.
     assert_eq!(first.call(Echo("still".into())).await.unwrap(), "still");
-    let again = rt.spawn_via(&first, Local::default()).await.unwrap();
+    let again = rt.start(Local::default()).via(&first).await.unwrap();
     assert_eq!(again.call(Echo("again".into())).await.unwrap(), "again");
     rt.shutdown().await;
 }
@@ -73,8 +73,8 @@ async fn a_dead_hop_fails_the_calls_behind_it_naming_it_and_the_rest_keeps_worki
 async fn a_context_cannot_command_its_parent_a_sibling_or_the_controller() {
     let rt = runtime();
     let parent = rt.local().await.unwrap();
-    let child = rt.spawn_via(&parent, Local::default()).await.unwrap();
-    let sibling = rt.spawn_via(&parent, Local::default()).await.unwrap();
+    let child = rt.start(Local::default()).via(&parent).await.unwrap();
+    let sibling = rt.start(Local::default()).via(&parent).await.unwrap();
     for target in [parent.id(), sibling.id(), 0] {
         let answer = child.call(CallContext(target)).await.unwrap();
         assert!(
@@ -98,7 +98,7 @@ async fn a_stalled_parent_does_not_make_its_child_buffer_without_bound() {
     const SIZE: u64 = 1 << 30;
     let rt = runtime();
     let parent = rt.local().await.unwrap();
-    let child = rt.spawn_via(&parent, Local::default()).await.unwrap();
+    let child = rt.start(Local::default()).via(&parent).await.unwrap();
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
@@ -162,7 +162,7 @@ async fn a_context_starts_children_by_itself_with_ids_from_its_block() {
 async fn a_context_that_opts_in_takes_calls_from_its_descendants_only() {
     let rt = runtime();
     let child = rt.local().await.unwrap();
-    let grandchild = rt.spawn_via(&child, Local::default()).await.unwrap();
+    let grandchild = rt.start(Local::default()).via(&child).await.unwrap();
     let other = rt.local().await.unwrap();
     assert!(grandchild.call(CallContext(0)).await.unwrap().starts_with("refused:"), "closed by default");
     // The controller opts in: its descendants may now call it, and only they.

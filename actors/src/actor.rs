@@ -1,15 +1,26 @@
-//! `ContextActor`: one actix actor per context, owning its lifecycle.
+//! `Lifecycle`: one actix actor per context, owning its life: starting it, watching its link,
+//! reaping its process, restarting it when its policy says so, and shutting it down.
+//!
+//! It runs under an actix `Supervisor`: a lost context that is to start again stops its actor, and
+//! the supervisor restarts the same actor (its address, and so every `Context` handle, stays
+//! valid), whose `started` schedules the next try after the backoff. An actor whose context has
+//! ended for good restarts idle, answering shutdowns with the final state, until the last handle
+//! is dropped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use hypha_bootstrap::builds::Builds;
-use hypha_bootstrap::{boot, AgentLoans, BootError, Method, MethodSpec, Spawn};
-use hypha_runtime::proto::{Hello, IdBlock, Init};
-use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, LinkOptions, Role, Router};
-use tokio::process::Child;
-use tokio::sync::{oneshot, watch};
-use tracing::{debug, info, warn, Span};
+use hypha_bootstrap::{reap, start_child, BootError, ChildInit};
+use hypha_runtime::proto::Hello;
+use hypha_runtime::{CloseReason, ContextId, LinkHandle, LinkId, Router};
+use tokio::sync::{broadcast, oneshot, watch};
+use tracing::{debug, info, info_span, warn, Span};
+
+use crate::context::{Event, Status};
+use crate::start::{How, Restart};
+use crate::Exit;
 
 /// Where a context is in its life. Observe it with `Context::state` and `Context::closed`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +30,13 @@ pub enum State {
     Connecting,
     /// Handshake done; calls are served.
     Ready,
+    /// Lost, and waiting to start again ([`Restart::OnLoss`]).
+    Restarting {
+        /// The try that comes next (1 for the first after a loss).
+        attempt: u32,
+        /// Why it was lost, or why the last try failed.
+        reason: String,
+    },
     /// It could not be started.
     Failed(String),
     /// Its link closed without a shutdown being asked for (the agent died, the host went away).
@@ -44,15 +62,6 @@ impl State {
     }
 }
 
-/// How a local process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Exit {
-    /// Exit code, if it exited.
-    pub code: Option<i32>,
-    /// Signal, if it was killed by one.
-    pub signal: Option<i32>,
-}
-
 /// Ask a context to shut down gracefully.
 #[derive(Debug)]
 pub(crate) struct Shutdown {
@@ -63,54 +72,40 @@ impl Message for Shutdown {
     type Result = State;
 }
 
-/// The actor behind each context: starts it, watches its link, reaps its process, and shuts it down.
-pub(crate) struct ContextActor {
-    pub(crate) id: ContextId,
-    pub(crate) name: String,
-    pub(crate) start: Option<Start>,
-    /// Ids the context may give to children it starts by itself.
-    pub(crate) ids: IdBlock,
-    pub(crate) router: Router,
-    pub(crate) io: tokio::runtime::Handle,
-    pub(crate) max_frame: usize,
-    /// Deadlines handed to the agent in its Init.
-    pub(crate) link_timeout: Duration,
-    pub(crate) call_timeout: Duration,
-    /// Resolves when whoever started the context stops waiting for it.
-    pub(crate) caller_gone: Option<oneshot::Receiver<()>>,
-    pub(crate) state: watch::Sender<State>,
-    pub(crate) ready: Option<oneshot::Sender<Result<Ready, BootError>>>,
-    pub(crate) span: Span,
-    pub(crate) process: Option<Child>,
-    pub(crate) link: Option<LinkId>,
-    pub(crate) stopping: Option<Duration>,
-}
-
-/// What a started context reports to whoever waits for it: its Hello, and the bytes uploaded.
+/// What a start reports to whoever awaits it: the Hello and the bytes uploaded.
 pub(crate) type Ready = (Hello, Option<u64>);
 
-type Started = Result<(Hello, Option<u64>, Gone, Option<Child>), BootError>;
-
-/// How a context is started.
-pub(crate) enum Start {
-    /// By this process, with a method.
-    Direct(Box<dyn Method>),
-    /// By context `parent`, which runs the method from its host.
-    Via {
-        /// The parent context.
-        parent: ContextId,
-        /// The contexts between the controller and `parent`, which must hear of the new ids.
-        hops: Vec<ContextId>,
-        /// The method, ready to travel.
-        spec: Box<MethodSpec>,
-        /// The ssh-agents lent to `parent` for this start.
-        loans: AgentLoans,
-    },
+/// The actor behind each context.
+pub(crate) struct Lifecycle {
+    pub(crate) id: ContextId,
+    pub(crate) name: String,
+    pub(crate) how: How,
+    /// Ids the context may give to children it starts by itself.
+    pub(crate) ids: hypha_runtime::proto::IdBlock,
+    /// The contexts between this process and a via parent, which must hear of the new ids.
+    pub(crate) hops: Vec<ContextId>,
+    pub(crate) router: Router,
+    pub(crate) io: tokio::runtime::Handle,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) restart: Restart,
+    /// The try under way or next: 0 for the first start, then 1, 2, ... after a loss.
+    pub(crate) attempt: u32,
+    /// Resolves when whoever started the context stops waiting for it (first start only).
+    pub(crate) caller_gone: Option<oneshot::Receiver<()>>,
+    pub(crate) status: watch::Sender<Status>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) ready: Option<oneshot::Sender<Result<Ready, BootError>>>,
+    pub(crate) span: Span,
+    pub(crate) process: Option<tokio::process::Child>,
+    pub(crate) link: Option<LinkId>,
+    pub(crate) stopping: Option<Duration>,
+    /// The context has ended for good: the actor only answers.
+    pub(crate) done: bool,
 }
 
 /// What tells that a context has gone: its own link, or (started via another context) the route
 /// to it.
-pub(crate) enum Gone {
+enum Gone {
     Link(LinkHandle),
     Route(watch::Receiver<Option<String>>),
 }
@@ -127,91 +122,75 @@ impl Gone {
     }
 }
 
-impl Actor for ContextActor {
+type Started = Result<(Hello, Option<u64>, Gone, Option<tokio::process::Child>), BootError>;
+
+impl Actor for Lifecycle {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(start) = self.start.take() else {
+        if self.done {
             return;
-        };
-        let (router, max_frame, id, span) = (self.router.clone(), self.max_frame, self.id, self.span.clone());
-        let (name, ids) = (self.name.clone(), self.ids);
-        let (link_timeout_ms, call_timeout_ms) = (millis(self.link_timeout), millis(self.call_timeout));
+        }
+        match self.restart.pause(self.attempt) {
+            Some(pause) if self.attempt > 0 => {
+                self.emit(Event::Restarting { attempt: self.attempt, after: pause });
+                ctx.run_later(pause, |act, ctx| act.launch(ctx));
+            }
+            _ => self.launch(ctx),
+        }
+    }
+}
+
+impl actix::Supervised for Lifecycle {}
+
+impl Lifecycle {
+    fn emit(&self, event: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn set_state(&self, state: State) {
+        self.status.send_modify(|s| {
+            s.state = state;
+            s.generation += 1;
+        });
+    }
+
+    /// Start the context (again), through its method and path.
+    fn launch(&mut self, ctx: &mut actix::Context<Self>) {
+        if self.done {
+            return;
+        }
+        self.emit(Event::Connecting { attempt: self.attempt });
+        if self.attempt > 0 {
+            self.set_state(State::Connecting);
+        }
+        let (router, id, span) = (self.router.clone(), self.id, self.span.clone());
+        let child = ChildInit { id, name: self.name.clone(), ids: self.ids };
+        let (how, hops, timeout) = (self.how.clone(), self.hops.clone(), self.timeout);
         let caller_gone = self.caller_gone.take();
-        let job = match start {
-            Start::Direct(method) => self.io.spawn(async move {
-                let target = method.target();
-                let init = |_: &Hello| Init {
-                    id,
-                    ancestors: vec![router.id()],
-                    name: name.clone(),
-                    max_frame: max_frame as u32,
-                    ids,
-                    link_timeout_ms,
-                    call_timeout_ms,
-                };
-                // A caller that gives up stops the start where it is: dropping it kills the local
-                // process and closes the connection, so nothing is left running.
-                let gave_up = async {
-                    match caller_gone {
-                        Some(gone) => drop(gone.await),
-                        None => std::future::pending().await,
-                    }
-                };
-                let booted = tokio::select! {
-                    booted = boot(&*method, max_frame, init) => booted?,
-                    () = gave_up => {
-                        return Err(BootError::Start { target, reason: "the caller gave up before it started".into() });
-                    }
-                };
-                router.grant(ids, id);
-                let hello = booted.hello;
-                span.record("host", hello.host.as_str());
-                let opts = LinkOptions {
-                    role: Role::Child(id),
-                    name: format!("{name}: {target}, pid {}", hello.pid),
-                    span: span.clone(),
-                    initial: booted.leftover,
-                };
-                let link = router.attach(booted.transport.reader, booted.transport.writer, opts);
-                Ok((hello, booted.transport.uploaded, Gone::Link(link), booted.transport.process))
-            }),
-            Start::Via { parent, hops, spec, loans } => self.io.spawn(async move {
-                // Watch before asking: a child that dies at once must still be noticed.
-                let gone = router.watch_route(id);
-                let target = format!("{} via context {parent}", spec.method().target());
-                // The new context may be announced only from below its parent, and its block only
-                // from below it: here, and at every hop on the way (told before the start travels
-                // the same links).
-                router.grant((id, id + 1), parent);
-                router.grant(ids, id);
-                for hop in hops {
-                    let told = async {
-                        router.grant_at(hop, (id, id + 1), parent).await?;
-                        router.grant_at(hop, ids, id).await
-                    };
-                    told.await.map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+        let target = self.how.target(&self.name);
+        let job = self.io.spawn(async move {
+            // A caller that gives up stops the start where it is: dropping it kills the local
+            // process and closes the connection, so nothing is left running.
+            let gave_up = async {
+                match caller_gone {
+                    Some(gone) => drop(gone.await),
+                    None => std::future::pending().await,
                 }
-                // Every stage of a start has its own deadline on the parent; this bounds the lot.
-                let deadline = spec.method().handshake_timeout() * 3 + Duration::from_secs(30);
-                // The parent serves the build for the child's architecture: its own, or one it
-                // fetches from here when a child first needs it.
-                let builds = Builds::current()
-                    .await
-                    .map_err(|e| BootError::Start {
-                        target: target.clone(),
-                        reason: format!("this program's builds: {e}"),
-                    })?
-                    .offers();
-                let spawned = router
-                    .call_within(parent, &Spawn { id, name, method: *spec, ids, builds }, deadline)
-                    .await
-                    .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
-                drop(loans);
-                span.record("host", spawned.hello.host.as_str());
-                Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
-            }),
-        };
+            };
+            let deadline = async {
+                match timeout {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                started = start(how, router, child, hops, span) => started,
+                () = gave_up => Err(BootError::Start { target, reason: "the caller gave up before it started".into() }),
+                () = deadline => Err(BootError::Timeout { target, stage: "start", after: timeout.unwrap_or_default() }),
+            }
+        });
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
             let res = res.unwrap_or_else(|e| {
@@ -220,24 +199,32 @@ impl Actor for ContextActor {
             act.on_started(res, ctx)
         }));
     }
-}
 
-impl ContextActor {
     fn on_started(&mut self, res: Started, ctx: &mut actix::Context<Self>) {
         let _enter = self.span.clone().entered();
         match res {
             Ok((hello, uploaded, gone, process)) => {
-                info!(pid = hello.pid, user = %hello.user, arch = %hello.arch, "context ready");
+                info!(pid = hello.pid, user = %hello.user, arch = %hello.arch, attempt = self.attempt, "context ready");
                 if let Gone::Link(link) = &gone {
                     self.link = Some(link.id());
                 }
                 self.process = process;
-                self.state.send_replace(State::Ready);
-                let delivered = self.ready.take().is_some_and(|tx| tx.send(Ok((hello, uploaded))).is_ok());
-                if !delivered {
-                    // Whoever asked for it has gone: nobody holds a handle, so it must not live on.
-                    info!("the caller gave up on the start: shutting the context down");
-                    self.stopping = Some(Duration::ZERO);
+                self.attempt = 0;
+                self.emit(Event::Ready { pid: hello.pid, host: hello.host.clone() });
+                let hello = Arc::new(hello);
+                self.status.send_modify(|s| {
+                    s.state = State::Ready;
+                    s.hello = Some(hello.clone());
+                    s.uploaded = uploaded;
+                    s.generation += 1;
+                });
+                let first = self.ready.take();
+                let delivered = first.is_none_or(|tx| tx.send(Ok(((*hello).clone(), uploaded))).is_ok());
+                if !delivered || self.stopping.is_some() {
+                    // Whoever asked for it has gone (nobody holds a handle, so it must not live
+                    // on), or a shutdown came while it restarted.
+                    info!("nobody waits for the context: shutting it down");
+                    self.stopping.get_or_insert(Duration::ZERO);
                     let (router, id) = (self.router.clone(), self.id);
                     match &gone {
                         Gone::Link(link) => {
@@ -253,11 +240,21 @@ impl ContextActor {
                 );
             }
             Err(e) => {
-                warn!(error = %e, "context failed to start");
-                self.state.send_replace(State::Failed(e.to_string()));
+                warn!(error = %e, attempt = self.attempt, "context failed to start");
+                // A first start that fails is the caller's error; a restart tries again.
+                let again = self.ready.is_none() && self.stopping.is_none();
+                if again && self.restart.pause(self.attempt + 1).is_some() {
+                    self.attempt += 1;
+                    self.set_state(State::Restarting { attempt: self.attempt, reason: e.to_string() });
+                    ctx.stop();
+                    return;
+                }
+                self.emit(Event::Failed { reason: e.to_string() });
+                self.set_state(State::Failed(e.to_string()));
                 if let Some(tx) = self.ready.take() {
                     let _ = tx.send(Err(e));
                 }
+                self.done = true;
                 ctx.stop();
             }
         }
@@ -266,6 +263,7 @@ impl ContextActor {
     fn on_closed(&mut self, reason: CloseReason, ctx: &mut actix::Context<Self>) {
         let _enter = self.span.clone().entered();
         debug!(%reason, "link closed");
+        self.link = None;
         let stopping = self.stopping;
         let process = self.process.take();
         // A process that outlives its link would be an orphan: give it a moment to exit, then kill it.
@@ -273,86 +271,117 @@ impl ContextActor {
         let reap = self.io.spawn(reap(process, patience));
         ctx.wait(actix::fut::wrap_future(reap).map(move |res, act: &mut Self, ctx| {
             let (exit, killed) = res.unwrap_or((None, false));
-            let state = match stopping {
+            let state = match act.stopping {
                 Some(_) => {
                     let graceful = !killed && !matches!(reason, CloseReason::Local(_));
                     State::ShutDown { graceful, exit }
                 }
-                None => State::Disconnected { reason: reason.to_string(), exit },
+                None => {
+                    act.emit(Event::Lost { reason: reason.to_string() });
+                    if act.restart.pause(1).is_some() {
+                        act.attempt = 1;
+                        act.span.in_scope(|| info!(%reason, "context lost: starting it again"));
+                        act.set_state(State::Restarting { attempt: 1, reason: reason.to_string() });
+                        // The supervisor restarts the actor, whose `started` tries again.
+                        ctx.stop();
+                        return;
+                    }
+                    State::Disconnected { reason: reason.to_string(), exit }
+                }
             };
             act.span.in_scope(|| info!(?state, "context ended"));
-            act.state.send_replace(state);
+            if matches!(state, State::ShutDown { .. }) {
+                act.emit(Event::ShutDown);
+            }
+            act.set_state(state);
+            act.done = true;
             ctx.stop();
         }));
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
-}
-
-/// Wait up to `patience` for `process` to exit, then kill it. Returns its exit and whether it was killed.
-///
-/// Polls `waitpid(WNOHANG)` instead of awaiting `Child::wait`: tokio's wake-up for child exits is
-/// process-global signal state that several runtimes in one process (tests, embedding programs)
-/// can leave unserviced, and a lifecycle step must never hang on it.
-async fn reap(process: Option<Child>, patience: Duration) -> (Option<Exit>, bool) {
-    let Some(mut child) = process else {
-        return (None, false);
-    };
-    let mut status = poll_exit(&mut child, patience).await;
-    let killed = status.is_none();
-    if killed {
-        let _ = child.start_kill();
-        status = poll_exit(&mut child, Duration::from_secs(5)).await;
-    }
-    use std::os::unix::process::ExitStatusExt;
-    (status.map(|s| Exit { code: s.code(), signal: s.signal() }), killed)
-}
-
-async fn poll_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+/// Start a context once: by this process, or by its via parent.
+async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>, span: Span) -> Started {
+    match how {
+        How::Direct(method) => {
+            let started = start_child(&router, &*method, &child, span).await?;
+            Ok((started.hello, started.uploaded, Gone::Link(started.link), started.process))
+        }
+        How::Via { parent, ask } => {
+            let (id, ids, parent) = (child.id, child.ids, parent.id());
+            let target = format!("{} via context {parent}", child.name);
+            // Watch before asking: a child that dies at once must still be noticed.
+            let gone = router.watch_route(id);
+            // The new context may be announced only from below its parent, and its block only
+            // from below it: here, and at every hop on the way (told before the start travels
+            // the same links).
+            router.grant((id, id + 1), parent);
+            router.grant(ids, id);
+            for hop in hops {
+                let told = async {
+                    router.grant_at(hop, (id, id + 1), parent).await?;
+                    router.grant_at(hop, ids, id).await
+                };
+                told.await.map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
             }
-            _ => return None,
+            // The parent serves the build for the child's architecture: its own, or one it
+            // fetches from here when a child first needs it.
+            let builds = Builds::current()
+                .await
+                .map_err(|e| BootError::Start {
+                    target: target.clone(),
+                    reason: format!("this program's builds: {e}"),
+                })?
+                .offers();
+            let spawned = ask(router.clone(), parent, child, builds).await?;
+            span.record("host", spawned.hello.host.as_str());
+            Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
         }
     }
 }
 
-impl Handler<Shutdown> for ContextActor {
+impl Handler<Shutdown> for Lifecycle {
     type Result = ResponseFuture<State>;
 
-    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
-        let mut state = self.state.subscribe();
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let mut status = self.status.subscribe();
         let (router, id, link) = (self.router.clone(), self.id, self.link);
-        if self.stopping.is_none() && !self.state.borrow().is_terminal() {
+        let state = self.status.borrow().state.clone();
+        if self.stopping.is_none() && !state.is_terminal() {
             self.stopping = Some(msg.grace);
             self.span.in_scope(|| debug!(grace = ?msg.grace, "shutting down"));
+            if let State::Restarting { .. } = state {
+                // Between tries: nothing runs, nothing to stop.
+                self.emit(Event::ShutDown);
+                self.set_state(State::ShutDown { graceful: true, exit: None });
+                self.done = true;
+                ctx.stop();
+            }
         }
         Box::pin(async move {
             let _ = router.request_shutdown(id, msg.grace).await;
+            let terminal = |s: &Status| s.state.is_terminal();
             let deadline = msg.grace + Duration::from_secs(2);
-            if tokio::time::timeout(deadline, state.wait_for(State::is_terminal)).await.is_err() {
+            if tokio::time::timeout(deadline, status.wait_for(terminal)).await.is_err() {
                 if let Some(link) = link {
                     router.close(link, CloseReason::Local("the agent did not exit in time".into()));
                 }
             }
             // A context started via another one has no link here to cut: after the deadline, its
             // state is what it is.
-            let end = tokio::time::timeout(Duration::from_secs(10), state.wait_for(State::is_terminal))
+            let end = tokio::time::timeout(Duration::from_secs(10), status.wait_for(terminal))
                 .await
-                .map(|end| end.map(|s| s.clone()));
+                .map(|end| end.map(|s| s.state.clone()));
             match end {
                 Ok(Ok(end)) => end,
                 Ok(Err(_)) => State::Disconnected { reason: "the context's actor stopped".into(), exit: None },
-                Err(_) => state.borrow().clone(),
+                Err(_) => status.borrow().state.clone(),
             }
         })
     }
+}
+
+/// A span for a context's logs.
+pub(crate) fn span(id: ContextId, name: &str) -> Span {
+    info_span!("context", id, name = %name, host = tracing::field::Empty)
 }

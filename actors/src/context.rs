@@ -1,23 +1,94 @@
-//! `Context`: the `Send` handle callers use.
+//! `Context`: the `Send` handle callers use, and the events of a context's life.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use hypha_runtime::proto::Hello;
-use hypha_runtime::{CallError, ContextId, EncodedRequest, Request, Router};
+use hypha_runtime::{CallError, ContextId, EncodedRequest, ErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 
-use crate::actor::{ContextActor, Shutdown, State};
+use crate::actor::{Lifecycle, Shutdown, State};
 
 /// How long `Context::shutdown` lets calls in flight finish.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-/// A handle to one running context. Cheap to clone; `Send` and `Sync`.
+/// Something that happened in a context's life, as [`Context::events`] yields them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A start is under way (attempt 0 is the first start; 1, 2, ... restarts).
+    Connecting {
+        /// Which try.
+        attempt: u32,
+    },
+    /// The agent finished its handshake: calls are served.
+    Ready {
+        /// Its pid.
+        pid: u32,
+        /// Its host.
+        host: String,
+    },
+    /// The link was lost without a shutdown being asked for.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// It will start again after a pause ([`Restart::OnLoss`](crate::Restart::OnLoss)).
+    Restarting {
+        /// Which try comes next.
+        attempt: u32,
+        /// The pause before it.
+        after: Duration,
+    },
+    /// It could not be started (for good: no tries left).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// It was shut down.
+    ShutDown,
+}
+
+/// The events of one context, from the moment [`Context::events`] was called.
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the context has ended for good and every event was seen.
+    /// A reader that falls far behind skips the oldest events.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// How many events a slow reader may fall behind before it skips some.
+pub(crate) const EVENTS: usize = 64;
+
+/// What the actor tells the handles: the state, and the agent's Hello once it has one.
+#[derive(Clone, Debug)]
+pub(crate) struct Status {
+    pub(crate) state: State,
+    pub(crate) hello: Option<Arc<Hello>>,
+    pub(crate) uploaded: Option<u64>,
+    /// Counts changes: a call that found no route waits for the next one.
+    pub(crate) generation: u64,
+}
+
+/// A handle to one context. Cheap to clone; `Send` and `Sync`.
 ///
 /// Calls go straight through the router from the calling task; the context's actor only sees
-/// lifecycle events (start, link loss, shutdown).
+/// lifecycle events (start, link loss, restart, shutdown).
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
@@ -26,20 +97,24 @@ pub struct Context {
 struct Inner {
     id: ContextId,
     name: String,
-    hello: Hello,
-    uploaded: Option<u64>,
     router: Router,
-    actor: Addr<ContextActor>,
-    state: watch::Receiver<State>,
+    actor: Addr<Lifecycle>,
+    status: watch::Receiver<Status>,
+    events: broadcast::Sender<Event>,
+    /// Calls wait for a restarted agent instead of failing at once.
+    restarts: bool,
+    /// The Hello of the first start.
+    first: Arc<Hello>,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hello = self.inner.status.borrow().hello.clone();
         f.debug_struct("Context")
             .field("id", &self.inner.id)
             .field("name", &self.inner.name)
-            .field("host", &self.inner.hello.host)
-            .field("pid", &self.inner.hello.pid)
+            .field("host", &hello.as_ref().map(|h| h.host.clone()))
+            .field("pid", &hello.as_ref().map(|h| h.pid))
             .finish()
     }
 }
@@ -48,15 +123,18 @@ impl Context {
     pub(crate) fn new(
         id: ContextId,
         name: String,
-        (hello, uploaded): (Hello, Option<u64>),
         router: Router,
-        actor: Addr<ContextActor>,
-        state: watch::Receiver<State>,
+        actor: Addr<Lifecycle>,
+        status: watch::Receiver<Status>,
+        events: broadcast::Sender<Event>,
+        restarts: bool,
+        first: Hello,
     ) -> Self {
-        Context { inner: Arc::new(Inner { id, name, hello, uploaded, router, actor, state }) }
+        let first = Arc::new(first);
+        Context { inner: Arc::new(Inner { id, name, router, actor, status, events, restarts, first }) }
     }
 
-    /// The context's id.
+    /// The context's id (the same across restarts).
     pub fn id(&self) -> ContextId {
         self.inner.id
     }
@@ -66,41 +144,63 @@ impl Context {
         &self.inner.name
     }
 
-    /// What the agent said about itself at the handshake: pid, user, host, arch, binary hash.
-    pub fn hello(&self) -> &Hello {
-        &self.inner.hello
+    /// What the agent said about itself at its handshake (the latest, after a restart): pid,
+    /// user, host, arch, binary hash.
+    pub fn hello(&self) -> Hello {
+        let hello = self.inner.status.borrow().hello.clone();
+        (*hello.unwrap_or_else(|| self.inner.first.clone())).clone()
     }
 
-    /// Bytes of agent uploaded to start this context, or `None` if it was found cached on the host
-    /// (or started locally).
+    /// Bytes of agent uploaded to start this context (its latest start), or `None` if it was
+    /// found cached on the host (or started locally).
     pub fn uploaded(&self) -> Option<u64> {
-        self.inner.uploaded
+        self.inner.status.borrow().uploaded
     }
 
-    /// Call `req` in this context and wait for its typed answer.
+    /// Call `req` in this context and wait for its typed answer, within the runtime's
+    /// `Options::call_timeout`.
     pub async fn call<R: Request>(&self, req: R) -> Result<R::Response, CallError> {
-        self.inner.router.call(self.inner.id, &req).await
+        if !self.inner.restarts {
+            return self.inner.router.call(self.inner.id, &req).await;
+        }
+        self.call_within(req, self.inner.router.config().call_timeout).await
     }
 
-    /// [`Context::call`], waiting at most `timeout` for the answer (instead of the runtime's
-    /// `Options::call_timeout`).
+    /// [`Context::call`], waiting at most `timeout` for the answer. While the context restarts,
+    /// the call waits for the new agent (within `timeout`), then goes there.
     pub async fn call_within<R: Request>(&self, req: R, timeout: Duration) -> Result<R::Response, CallError> {
-        self.inner.router.call_within(self.inner.id, &req, timeout).await
+        let (router, id) = (&self.inner.router, self.inner.id);
+        if !self.inner.restarts {
+            return router.call_within(id, &req, timeout).await;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.ready_by(deadline, R::NAME, timeout).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match router.call_within(id, &req, left).await {
+                // Never delivered: the agent is gone, and a new one may be on its way.
+                Err(e) if e.kind() == ErrorKind::NoRoute => self.changed_by(seen, deadline, R::NAME, timeout).await?,
+                done => return done,
+            }
+        }
     }
 
     /// Call an already encoded request (see [`call_all`](crate::call_all)).
     pub async fn call_encoded<R: Request>(&self, req: &EncodedRequest<R>) -> Result<R::Response, CallError> {
+        self.ready_for::<R>().await?;
         self.inner.router.call_encoded(self.inner.id, req).await
     }
 
     /// Send `req` without waiting for an answer. An error of the handler is logged by the context.
     pub async fn send<R: Request>(&self, req: R) -> Result<(), CallError> {
+        self.ready_for::<R>().await?;
         self.inner.router.send(self.inner.id, &req).await
     }
 
     /// Call `req`, streaming everything `reader` yields to its upload handler. Memory stays bounded
     /// by the flow-control window, whatever the size of the data.
     pub async fn upload<R: Request>(&self, req: R, reader: impl AsyncRead + Unpin) -> Result<R::Response, CallError> {
+        self.ready_for::<R>().await?;
         self.inner.router.upload(self.inner.id, &req, reader).await
     }
 
@@ -110,18 +210,76 @@ impl Context {
         req: R,
         writer: impl AsyncWrite + Unpin,
     ) -> Result<R::Response, CallError> {
+        self.ready_for::<R>().await?;
         self.inner.router.download(self.inner.id, &req, writer).await
+    }
+
+    /// For a context that restarts: wait (within the call timeout) until it is ready.
+    async fn ready_for<R: Request>(&self) -> Result<(), CallError> {
+        if self.inner.restarts {
+            let timeout = self.inner.router.config().call_timeout;
+            self.ready_by(Instant::now() + timeout, R::NAME, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the context is ready, by `deadline`; the generation it was ready at.
+    async fn ready_by(&self, deadline: Instant, handler: &'static str, after: Duration) -> Result<u64, CallError> {
+        let mut status = self.inner.status.clone();
+        let ready = |s: &Status| s.state == State::Ready || s.state.is_terminal();
+        let seen = tokio::time::timeout_at(deadline, status.wait_for(ready))
+            .await
+            .map(|seen| seen.map(|s| (s.state.clone(), s.generation)));
+        match seen {
+            Ok(Ok((State::Ready, generation))) => Ok(generation),
+            Ok(Ok((state, _))) => Err(self.ended(&state)),
+            Ok(Err(_)) => Err(self.ended(&State::Disconnected { reason: "the runtime stopped".into(), exit: None })),
+            Err(_) => Err(CallError::Timeout { context: self.inner.id, handler, after }),
+        }
+    }
+
+    /// Wait for the status to move past generation `seen`, by `deadline`.
+    async fn changed_by(
+        &self,
+        seen: u64,
+        deadline: Instant,
+        handler: &'static str,
+        after: Duration,
+    ) -> Result<(), CallError> {
+        let mut status = self.inner.status.clone();
+        let changed = tokio::time::timeout_at(deadline, status.wait_for(|s| s.generation > seen)).await.map(drop);
+        match changed {
+            Ok(()) => Ok(()),
+            Err(_) => Err(CallError::Timeout { context: self.inner.id, handler, after }),
+        }
+    }
+
+    fn ended(&self, state: &State) -> CallError {
+        let reason = match state {
+            State::Failed(why) => format!("it could not be started again: {why}"),
+            State::Disconnected { reason, .. } => reason.clone(),
+            State::ShutDown { .. } => "it was shut down".into(),
+            other => format!("{other:?}"),
+        };
+        CallError::Disconnected { context: self.inner.id, name: self.inner.name.clone(), reason }
     }
 
     /// Where the context is in its life now.
     pub fn state(&self) -> State {
-        self.inner.state.borrow().clone()
+        self.inner.status.borrow().state.clone()
     }
 
-    /// Wait until the context has ended (shut down, disconnected), and say how.
+    /// Its lifecycle events from now on: connecting, ready, lost, restarting, failed, shut down,
+    /// with reasons (for progress displays and supervisors of your own).
+    pub fn events(&self) -> Events {
+        Events { rx: self.inner.events.subscribe() }
+    }
+
+    /// Wait until the context has ended for good (shut down, disconnected with no restart left),
+    /// and say how.
     pub async fn closed(&self) -> State {
-        let mut state = self.inner.state.clone();
-        let end = state.wait_for(State::is_terminal).await.map(|s| s.clone());
+        let mut status = self.inner.status.clone();
+        let end = status.wait_for(|s| s.state.is_terminal()).await.map(|s| s.state.clone());
         end.unwrap_or_else(|_| State::Disconnected { reason: "the runtime stopped".into(), exit: None })
     }
 

@@ -1,22 +1,24 @@
 //! hypha's actors: every context is an actix actor, behind `Send` async handles.
 //!
-//! [`Runtime`] is the controller (context 0). It runs an actix system on a thread of its own, where
-//! one [`ContextActor`](State) per context owns that context's lifecycle: starting it with a
-//! [`Method`], watching its link, reaping its process, shutting it down ([`State`]). The byte
-//! pumping and the calls themselves run as tokio tasks on the runtime the program already uses, so
-//! a call is never delayed by a hop through the actor thread.
+//! [`Runtime`] starts contexts and supervises them: the controller's (context 0), and, made on
+//! first use, one in any agent whose handler code starts contexts of its own ([`StartFrom`]). It
+//! runs an actix system on a thread of its own, where one actor per context owns that context's
+//! life: starting it with a [`Method`] (or asking a via parent to), watching its link, reaping its
+//! process, restarting it ([`Restart`]), shutting it down ([`State`], [`Event`]). The byte pumping
+//! and the calls themselves run as tokio tasks on the runtime the program already uses, so a call
+//! is never delayed by a hop through the actor thread.
 //!
 //! ```no_run
 //! use hypha_actors::Runtime;
-//! use hypha_bootstrap::Whoami;
+//! use hypha_bootstrap::{Local, Whoami};
 //! use hypha_runtime::Handlers;
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let handlers = Handlers::new();
 //!     hypha_bootstrap::run_if_agent(&handlers);
-//!     let rt = Runtime::start(handlers)?;
-//!     let ctx = rt.local().await?;
+//!     let rt = Runtime::new(handlers)?;
+//!     let ctx = rt.start(Local::default()).name("worker").await?;
 //!     let who = ctx.call(Whoami).await?;
 //!     println!("context {}: pid {} on {}", ctx.id(), who.pid, who.host);
 //!     rt.shutdown().await;
@@ -27,31 +29,38 @@
 mod actor;
 mod context;
 mod registry;
+mod start;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use actix::{Actor, ArbiterHandle, System};
+use actix::{ArbiterHandle, Supervisor, System};
 use hypha_bootstrap::builds::{BuildError, BuildRequest};
-use hypha_bootstrap::{AgentLoans, AgentMessage, BootError, Identity, Local, Method, MethodSpec, Ssh};
+use hypha_bootstrap::{AgentMessage, BootError, Identity, Local, Method};
 use hypha_runtime::frame::DEFAULT_MAX_FRAME;
-use hypha_runtime::{CallError, EncodedRequest, Handlers, Request, Router, RouterConfig};
-use tokio::sync::{oneshot, watch};
-use tracing::info_span;
+use hypha_runtime::proto::IdBlock;
+use hypha_runtime::{CallError, ContextId, Cx, EncodedRequest, Handlers, Request, Router, RouterConfig};
+use tokio::sync::{broadcast, oneshot, watch};
 
-pub use actor::{Exit, State};
-pub use context::{Context, DEFAULT_GRACE};
+pub use actor::State;
+pub use context::{Context, Event, Events, DEFAULT_GRACE};
+pub use hypha_bootstrap::Exit;
+pub use start::{Restart, Start};
 
-use actor::{ContextActor, Shutdown, Start};
+use actor::{Lifecycle, Shutdown};
+use context::Status;
 use registry::Registry;
+use start::How;
 
 /// Ids the controller gives out itself lie below this; above it, blocks for the contexts to give to
 /// children they start by themselves.
 const FIRST_BLOCK: u32 = 1 << 24;
-/// Ids in each context's block.
+/// Ids in each block the controller gives a context.
 const ID_BLOCK: u32 = 1 << 12;
+/// Ids in each block an agent gives a context it starts, out of its own block.
+const CHILD_IDS: u32 = 64;
 
 /// Settings of a [`Runtime`].
 #[derive(Clone, Debug)]
@@ -96,7 +105,7 @@ impl Options {
     /// `arm`, ...; `uname -m` names like `arm64` work too): a build of this same program for
     /// that architecture, best static (hypha's `scripts/build-agents.sh` makes them). Contexts
     /// started via another context get it from there; it crosses each link to a parent once,
-    /// when a first child needs it. [`Runtime::start_with`] checks that it is an executable for
+    /// when a first child needs it. [`Runtime::with_options`] checks that it is an executable for
     /// `arch`. Without a build for a host's architecture, a start there fails with
     /// [`BootError::Arch`], naming both.
     pub fn agent_for(mut self, arch: &str, path: impl Into<PathBuf>) -> Self {
@@ -120,8 +129,8 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// `Runtime::start` was called outside a tokio runtime.
-    #[error("Runtime::start must be called from within a tokio runtime")]
+    /// The runtime was made outside a tokio runtime.
+    #[error("hypha's Runtime must be made from within a tokio runtime")]
     NoTokio,
     /// This program's executable could not be read to hash it.
     #[error("cannot hash this executable: {0}")]
@@ -129,12 +138,16 @@ pub enum StartError {
     /// The actor thread did not start.
     #[error("cannot start the actor thread: {0}")]
     Actors(std::io::Error),
+    /// The runtime this start was to come from has stopped.
+    #[error("the runtime has stopped")]
+    Stopped,
     /// A build named with [`Options::agent_for`] cannot serve as one.
     #[error(transparent)]
     Build(#[from] BuildError),
 }
 
-/// The controller: context 0, parent of the contexts it starts. Cheap to clone.
+/// Starts contexts and supervises them: in the controller, context 0, the root of the tree; in an
+/// agent, the contexts its handler code starts. Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -146,9 +159,9 @@ struct Inner {
     system: System,
     arbiter: ArbiterHandle,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    options: Options,
-    next_id: AtomicU32,
-    next_block: AtomicU32,
+    /// The controller gives out ids from its own counters (contexts, blocks); an agent from the
+    /// block it was given.
+    ids: Option<(AtomicU32, AtomicU32)>,
     contexts: Registry,
 }
 
@@ -164,21 +177,36 @@ impl Drop for Inner {
     }
 }
 
+/// Where a router's runtime is kept (`Router::extension`): the controller's weakly (it owns its
+/// router), an agent's for as long as the process lives.
+#[derive(Clone, Default)]
+struct Slot(Arc<Mutex<Option<Found>>>);
+
+enum Found {
+    Controller(Weak<Inner>),
+    Agent(Runtime),
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Found>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Runtime {
-    /// Start the controller with `handlers` (the same value given to `run_if_agent`) and default
+    /// The controller, with `handlers` (the same value given to `run_if_agent`) and default
     /// [`Options`]. Call it from within a tokio runtime: links and calls run there.
-    pub fn start(handlers: Handlers) -> Result<Runtime, StartError> {
-        Self::start_with(handlers, Options::default())
+    pub fn new(handlers: Handlers) -> Result<Runtime, StartError> {
+        Self::with_options(handlers, Options::default())
     }
 
-    /// [`Runtime::start`] with explicit [`Options`].
-    pub fn start_with(handlers: Handlers, options: Options) -> Result<Runtime, StartError> {
-        let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
+    /// [`Runtime::new`] with explicit [`Options`].
+    pub fn with_options(handlers: Handlers, options: Options) -> Result<Runtime, StartError> {
+        tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
         hypha_bootstrap::exe_hash().map_err(StartError::Exe)?;
         for (arch, path) in &options.agents {
             hypha_bootstrap::builds::add_build(arch, path)?;
         }
-        let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
         let cfg = RouterConfig::new(0, Vec::new(), Identity::current().origin())
             .with_max_frame(options.max_frame)
             .with_link_timeout(options.link_timeout)
@@ -188,101 +216,122 @@ impl Runtime {
         router.open_handler_to_descendants(AgentMessage::NAME);
         // Parents of contexts started via them fetch the builds for their children from here.
         router.open_handler_to_descendants(BuildRequest::NAME);
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                router,
-                io,
-                system,
-                arbiter,
-                thread: Mutex::new(Some(thread)),
-                options,
-                next_id: AtomicU32::new(1),
-                next_block: AtomicU32::new(FIRST_BLOCK),
-                contexts: Registry::default(),
-            }),
-        })
+        let rt = Runtime::on(router, Some((AtomicU32::new(1), AtomicU32::new(FIRST_BLOCK))))?;
+        *rt.inner.router.extension(Slot::default).lock() = Some(Found::Controller(Arc::downgrade(&rt.inner)));
+        Ok(rt)
     }
 
-    /// The controller's router.
+    fn on(router: Router, ids: Option<(AtomicU32, AtomicU32)>) -> Result<Runtime, StartError> {
+        let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
+        let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
+        let thread = Mutex::new(Some(thread));
+        let inner = Inner { router, io, system, arbiter, thread, ids, contexts: Registry::default() };
+        Ok(Runtime { inner: Arc::new(inner) })
+    }
+
+    /// The runtime of the context a handler runs in: the controller's, or (made on first use)
+    /// the agent's.
+    fn of(cx: &Cx) -> Result<Runtime, StartError> {
+        let slot = cx.router().extension(Slot::default);
+        let mut found = slot.lock();
+        match &*found {
+            Some(Found::Controller(weak)) => weak.upgrade().map(|inner| Runtime { inner }).ok_or(StartError::Stopped),
+            Some(Found::Agent(rt)) => Ok(rt.clone()),
+            None => {
+                let rt = Runtime::on(cx.router().clone(), None)?;
+                *found = Some(Found::Agent(rt.clone()));
+                Ok(rt)
+            }
+        }
+    }
+
+    /// The router of the context this runtime serves.
     pub fn router(&self) -> &Router {
         &self.inner.router
     }
 
-    /// Start a local context: this program's own binary as a child process.
-    pub async fn local(&self) -> Result<Context, BootError> {
-        self.spawn(Local::default()).await
+    /// Start a context with `method` ([`Local`], `Ssh`, `OpenSsh`, `Sudo`, `Su`, or one of your
+    /// own): add `.via(&ctx)`, `.name(..)`, `.timeout(..)`, `.restart(..)` as needed, then `.await`
+    /// it for the [`Context`].
+    pub fn start<M: Method + 'static>(&self, method: M) -> Start<M> {
+        Start::new(Ok(self.clone()), method)
     }
 
-    /// Start a context on another host over SSH, in process (async-ssh2-lite).
-    pub async fn ssh(&self, opts: Ssh) -> Result<Context, BootError> {
-        self.spawn(opts).await
+    /// `rt.start(Local::default())`: this program's own binary as a child process.
+    pub fn local(&self) -> Start<Local> {
+        self.start(Local::default())
     }
 
-    /// Start a context with any [`Method`] ([`Local`], [`Ssh`], `OpenSsh`, or one of your own).
-    pub async fn spawn(&self, method: impl Method + 'static) -> Result<Context, BootError> {
-        let kind = method.target();
-        self.launch(Start::Direct(Box::new(method)), &kind).await
+    /// A new context's id and block of ids.
+    fn allocate(&self, target: &str) -> Result<(ContextId, IdBlock), BootError> {
+        match &self.inner.ids {
+            Some((next_id, next_block)) => {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let first = next_block.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                Ok((id, (first, first.saturating_add(ID_BLOCK))))
+            }
+            None => {
+                let router = &self.inner.router;
+                let no_ids = || BootError::Start {
+                    target: target.to_owned(),
+                    reason: format!("context {} has no ids left to give to a child", router.id()),
+                };
+                let (id, _) = router.allocate_ids(1).ok_or_else(no_ids)?;
+                Ok((id, router.allocate_ids(CHILD_IDS).unwrap_or((0, 0))))
+            }
+        }
     }
 
-    /// Start a context *from* `parent` (Mitogen's `via=`): `parent` runs the method from its own
-    /// host and serves it the build for its architecture (its own, or one of [`Options::agent_for`]
-    /// it fetches from here once); calls route through `parent`. Credentials and known hosts
-    /// for an ssh hop are read here and travel in memory.
-    pub async fn spawn_via(&self, parent: &Context, method: impl Into<MethodSpec>) -> Result<Context, BootError> {
-        let spec = method.into();
-        let kind = spec.method().target();
-        // ssh-agents are lent to `parent` until the start has answered.
-        let mut loans = AgentLoans::new(self.inner.router.id(), parent.id());
-        let spec = spec
-            .for_remote(&mut loans)
-            .map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
-        // The hops above `parent` must hear of the new context's ids before its announcement.
-        let hops = self.inner.contexts.above(parent.id());
-        self.launch(Start::Via { parent: parent.id(), hops, spec: Box::new(spec), loans }, &kind).await
-    }
-
-    async fn launch(&self, start: Start, kind: &str) -> Result<Context, BootError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let via = match &start {
-            Start::Via { parent, .. } => Some(*parent),
-            Start::Direct(_) => None,
+    pub(crate) async fn launch(
+        &self,
+        how: How,
+        kind: String,
+        name: Option<String>,
+        timeout: Option<Duration>,
+        restart: Restart,
+    ) -> Result<Context, BootError> {
+        let (id, ids) = self.allocate(&how.target(&kind))?;
+        let name = name.unwrap_or_else(|| format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context")));
+        let (via, hops) = match &how {
+            How::Via { parent, .. } => (Some(parent.id()), self.inner.contexts.above(parent.id())),
+            How::Direct(_) => (None, Vec::new()),
         };
-        // Every context gets a block of ids for children it may start by itself.
-        let first = self.inner.next_block.fetch_add(ID_BLOCK, Ordering::Relaxed);
-        let ids = (first, first.saturating_add(ID_BLOCK));
-        let name = format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context"));
-        let span = info_span!("context", id, name = %name, host = tracing::field::Empty);
-        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let status = Status { state: State::Connecting, hello: None, uploaded: None, generation: 0 };
+        let (status_tx, status_rx) = watch::channel(status);
+        let (events, _) = broadcast::channel(context::EVENTS);
         let (ready_tx, ready_rx) = oneshot::channel();
         // Dropped with this future: a caller that gives up stops the start (cancel safety).
         let (_waiting, caller_gone) = oneshot::channel::<()>();
         let actor = {
-            let (name, router, io) = (name.clone(), self.inner.router.clone(), self.inner.io.clone());
-            let o = &self.inner.options;
-            let (max_frame, link_timeout, call_timeout) = (o.max_frame, o.link_timeout, o.call_timeout);
-            ContextActor::start_in_arbiter(&self.inner.arbiter, move |_| ContextActor {
+            let (name, router, io, events) =
+                (name.clone(), self.inner.router.clone(), self.inner.io.clone(), events.clone());
+            Supervisor::start_in_arbiter(&self.inner.arbiter, move |_| Lifecycle {
                 id,
+                span: actor::span(id, &name),
                 name,
-                start: Some(start),
+                how,
                 ids,
+                hops,
                 router,
                 io,
-                max_frame,
-                link_timeout,
-                call_timeout,
+                timeout,
+                restart,
+                attempt: 0,
                 caller_gone: Some(caller_gone),
-                state: state_tx,
+                status: status_tx,
+                events,
                 ready: Some(ready_tx),
-                span,
                 process: None,
                 link: None,
                 stopping: None,
+                done: false,
             })
         };
         let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
-        let hello = ready_rx.await.map_err(|_| stopped())??;
+        let (hello, _) = ready_rx.await.map_err(|_| stopped())??;
         self.inner.contexts.insert(id, actor.clone(), via);
-        let ctx = Context::new(id, name, hello, self.inner.router.clone(), actor, state_rx);
+        let restarts = restart != Restart::Never;
+        let ctx = Context::new(id, name, self.inner.router.clone(), actor, status_rx, events, restarts, hello);
         let (rt, watched) = (Arc::downgrade(&self.inner), ctx.clone());
         self.inner.io.spawn(async move {
             watched.closed().await;
@@ -306,6 +355,20 @@ impl Runtime {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+/// Starting contexts from handler code: `cx.start(method)` is [`Runtime::start`] in the context
+/// the handler runs in, whose children the new contexts are (their ids come from its block).
+pub trait StartFrom {
+    /// Start a context with `method`, a child of this one (or, with `.via(&ctx)`, of one it
+    /// started).
+    fn start<M: Method + 'static>(&self, method: M) -> Start<M>;
+}
+
+impl StartFrom for Cx {
+    fn start<M: Method + 'static>(&self, method: M) -> Start<M> {
+        Start::new(Runtime::of(self), method)
     }
 }
 

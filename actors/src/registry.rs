@@ -5,21 +5,21 @@ use std::sync::Mutex;
 use actix::Addr;
 use hypha_runtime::ContextId;
 
-use crate::actor::ContextActor;
+use crate::actor::Lifecycle;
 
 #[derive(Default)]
 pub(crate) struct Registry(Mutex<Contexts>);
 
 #[derive(Default)]
 struct Contexts {
-    actors: HashMap<ContextId, Addr<ContextActor>>,
+    actors: HashMap<ContextId, Addr<Lifecycle>>,
     /// The parent of each context started via another.
     parents: HashMap<ContextId, ContextId>,
 }
 
 impl Registry {
     /// `parent`: the context it was started via, if any.
-    pub(crate) fn insert(&self, id: ContextId, addr: Addr<ContextActor>, parent: Option<ContextId>) {
+    pub(crate) fn insert(&self, id: ContextId, addr: Addr<Lifecycle>, parent: Option<ContextId>) {
         let mut c = self.lock();
         c.actors.insert(id, addr);
         if let Some(parent) = parent {
@@ -31,7 +31,7 @@ impl Registry {
         c.actors.remove(&id);
         c.parents.remove(&id);
     }
-    pub(crate) fn drain(&self) -> Vec<Addr<ContextActor>> {
+    pub(crate) fn drain(&self) -> Vec<Addr<Lifecycle>> {
         let mut c = self.lock();
         c.parents.clear();
         c.actors.drain().map(|(_, a)| a).collect()

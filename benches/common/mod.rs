@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
+use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -35,7 +35,7 @@ pub(crate) fn tokio_rt() -> tokio::runtime::Runtime {
 }
 
 /// Time from starting a context (awaiting `start`) to its first answered call.
-pub(crate) async fn timed_start(start: impl Future<Output = Result<Context, BootError>>) -> (Duration, Context) {
+pub(crate) async fn timed_start(start: impl IntoFuture<Output = Result<Context, BootError>>) -> (Duration, Context) {
     let t = Instant::now();
     let ctx = start.await.expect("start");
     ctx.call(Ping).await.expect("ping");

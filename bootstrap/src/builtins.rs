@@ -14,11 +14,10 @@ impl Request for Whoami {
     const NAME: &'static str = "hypha.whoami";
 }
 
-/// `handlers` plus the built-in ones.
+/// `handlers` plus the built-in ones, and the built-in methods.
 pub fn install(handlers: Handlers) -> Handlers {
-    handlers
+    crate::via::install(handlers)
         .on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) })
-        .on(crate::via::spawn)
         .on(crate::forward::serve)
         .on_download(crate::builds::serve)
 }

@@ -4,7 +4,7 @@
 //! A key held by an ssh-agent never leaves it, so an ssh hop started via another context signs
 //! through the agent of the context that asked for it (the *holder*, the controller):
 //!
-//! - Preparing the spawn ([`MethodSpec::for_remote`](crate::MethodSpec::for_remote)), the holder
+//! - Preparing the spawn ([`Portable::for_remote`]), the holder
 //!   lends each [`Agent`] the method names to the parent context under a fresh random [`Ticket`],
 //!   and sends [`Agent::Lent`] in its place. The loan lasts until the spawn has answered:
 //!   [`AgentLoans`] ends it when dropped.
@@ -29,7 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
-use crate::{Auth, MethodSpec};
+#[cfg(doc)]
+use crate::Auth;
+use crate::Portable;
 
 /// Which ssh-agent signs for an ssh client ([`Auth::Agent`], [`OpenSsh::agent`](crate::OpenSsh::agent)).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,26 +315,18 @@ async fn relay(
     }
 }
 
-/// Open a relay for every agent lent to `spec` and point the method at it. The relays last as
+/// Open a relay for every agent lent to `method` and point the method at it. The relays last as
 /// long as the returned values.
-pub(crate) fn relay_agents(spec: &mut MethodSpec, router: &Router) -> io::Result<Vec<Relay>> {
+pub(crate) fn relay_agents<M: Portable>(method: &mut M, router: &Router) -> io::Result<Vec<Relay>> {
     let mut relays = Vec::new();
-    let mut relay = |agent: &mut Agent| {
+    method.agents(&mut |agent: &mut Agent| {
         if let Agent::Lent { holder, ticket } = *agent {
             let (relay, socket) = Relay::start(router, holder, ticket)?;
             relays.push(relay);
             *agent = Agent::Socket(socket);
         }
         Ok(())
-    };
-    match spec {
-        MethodSpec::Ssh(ssh) => ssh.each_auth(&mut |auth| match auth {
-            Auth::Agent(agent) => relay(agent),
-            _ => Ok(()),
-        })?,
-        MethodSpec::OpenSsh(openssh) => relay(&mut openssh.agent)?,
-        _ => {}
-    }
+    })?;
     Ok(relays)
 }
 

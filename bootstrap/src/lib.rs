@@ -24,6 +24,7 @@
 mod agent;
 pub mod builds;
 mod builtins;
+mod child;
 mod error;
 pub mod fdio;
 pub mod forward;
@@ -40,6 +41,7 @@ mod via;
 
 pub use agent::{init_logging, run_if_agent, AGENT_FLAG, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
+pub use child::{reap, start_child, Child, ChildInit, Exit};
 pub use error::BootError;
 pub use forward::{Agent, AgentLoans, AgentMessage};
 pub use identity::{exe_hash, hash_file, hello, Identity};
@@ -49,4 +51,4 @@ pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
-pub use via::{spawn_child, MethodSpec, Spawn, Spawned};
+pub use via::{ask, Portable, RegisterMethod, Spawn, Spawned};

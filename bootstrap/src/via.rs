@@ -1,129 +1,136 @@
-//! Starting a context *from* another context (Mitogen's `via=`).
+//! Starting a context *from* another context (Mitogen's `via=`), with any method registered by name.
 //!
-//! The controller sends `hypha.spawn` ([`Spawn`]) to the context that is to be the parent. That
-//! context runs the method from its own host and serves the child the build of the program for the
-//! child's architecture: its own executable, or a build named in the request, which it fetches from
-//! the context that asked, once, when a first child needs it ([`crate::builds`]). It lets only the
-//! child's subtree announce the ids of the child's block (`Router::grant`), attaches the child's
-//! link (which announces the new route to its ancestors, `Control::AddRoute`, before the answer, so
-//! the answer cannot overtake it), and answers with the child's Hello.
+//! A method that can travel implements [`Portable`]: a stable name, and serde. Registering it
+//! ([`RegisterMethod::method`], done for the built-in ones) installs a handler under that name in
+//! every copy of the program; asking context P to start a child with method M is a call to P of
+//! that handler ([`Spawn`]). P runs the method from its own host and serves the child the build of
+//! the program for the child's architecture: its own executable, or a build named in the request,
+//! which it fetches from the context that asked, once, when a first child needs it
+//! ([`crate::builds`]). It lets only the child's subtree announce the ids of the child's block
+//! (`Router::grant`), attaches the child's link (which announces the new route to its ancestors,
+//! `Control::AddRoute`, before the answer, so the answer cannot overtake it), and answers with the
+//! child's Hello.
 //!
-//! Credentials for an ssh hop travel inside the request, in memory: [`MethodSpec::for_remote`] turns
-//! key files into [`Auth::KeyData`] and known_hosts into lines the hop checks against. The hop hands
-//! the key to libssh2 from memory (`userauth_pubkey_memory`); nothing is written to its disk.
+//! Credentials for an ssh hop travel inside the request, in memory: [`Portable::for_remote`] turns
+//! key files into [`Auth::KeyData`] and known_hosts into lines the hop checks against, and lends
+//! ssh-agents for the start ([`crate::forward`]). The hop hands the key to libssh2 from memory
+//! (`userauth_pubkey_memory`); nothing is written to its disk.
 
+use std::io;
 use std::time::Duration;
 
-use hypha_runtime::proto::{Hello, IdBlock, Init};
-use hypha_runtime::{ContextId, Cx, LinkOptions, Request, Role, Router};
+use hypha_runtime::proto::{Hello, IdBlock};
+use hypha_runtime::{CallError, ContextId, Cx, ErrorKind, Handlers, KindedError, Request, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
 
 use crate::builds::{blocking, learn, Build, BuildRequest, Offer, Source};
-use crate::forward::{relay_agents, AgentLoans, Relay};
+use crate::child::{reap, start_child, ChildInit};
+use crate::forward::{relay_agents, Agent, AgentLoans, Relay};
 use crate::stub::Payload;
-use crate::{boot, exe_hash, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
+use crate::{exe_hash, Auth, BootError, Local, Method, OpenSsh, Ssh, Su, Sudo};
 
-#[cfg(doc)]
-use crate::Auth;
+/// A method another context can be asked to run: it has a stable name, the same in every copy of
+/// the program, and travels as msgpack. Register it with [`RegisterMethod::method`] on the
+/// handlers given to both `run_if_agent` and the runtime; then it starts directly or via any
+/// context, like the built-in ones (`hypha.local`, `hypha.ssh`, `hypha.openssh`, `hypha.sudo`,
+/// `hypha.su`).
+pub trait Portable: Method + Clone + Serialize + DeserializeOwned + 'static {
+    /// The method's name; it shares the handlers' name space, so prefix it (`myapp.nsenter`).
+    /// Names starting with `hypha.` are reserved.
+    const NAME: &'static str;
 
-/// A method that can be sent to another context to run there.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum MethodSpec {
-    /// A child process of the parent context.
-    Local(Local),
-    /// SSH from the parent context's host, in process.
-    Ssh(Ssh),
-    /// The system `ssh` client on the parent context's host.
-    OpenSsh(OpenSsh),
-    /// Another user on the parent context's host.
-    Sudo(Sudo),
-    /// Another user on the parent context's host, with that user's password.
-    Su(Su),
-}
+    /// Ready to run on another host (the context `loans` are made to): what only this host holds
+    /// goes along in memory (key files, known hosts), or is lent for the start (ssh-agents). As is,
+    /// by default.
+    fn for_remote(self, loans: &mut AgentLoans) -> io::Result<Self> {
+        let _ = loans;
+        Ok(self)
+    }
 
-impl From<Su> for MethodSpec {
-    fn from(m: Su) -> Self {
-        MethodSpec::Su(m)
+    /// Visit every ssh-agent the method asks: on the parent, a relay stands in for one lent by an
+    /// ancestor. None, by default.
+    fn agents(&mut self, visit: &mut dyn FnMut(&mut Agent) -> io::Result<()>) -> io::Result<()> {
+        let _ = visit;
+        Ok(())
     }
 }
 
-impl From<Sudo> for MethodSpec {
-    fn from(m: Sudo) -> Self {
-        MethodSpec::Sudo(m)
+/// Registering methods by name, on [`Handlers`].
+pub trait RegisterMethod {
+    /// Let every context start children with `M`.
+    ///
+    /// # Panics
+    /// If a handler or method named `M::NAME` is already registered.
+    fn method<M: Portable>(self) -> Self;
+}
+
+impl RegisterMethod for Handlers {
+    fn method<M: Portable>(self) -> Self {
+        self.on(spawn::<M>)
     }
 }
 
-impl From<Local> for MethodSpec {
-    fn from(m: Local) -> Self {
-        MethodSpec::Local(m)
-    }
+impl Portable for Local {
+    const NAME: &'static str = "hypha.local";
 }
 
-impl From<Ssh> for MethodSpec {
-    fn from(m: Ssh) -> Self {
-        MethodSpec::Ssh(m)
-    }
+impl Portable for Sudo {
+    const NAME: &'static str = "hypha.sudo";
 }
 
-impl From<OpenSsh> for MethodSpec {
-    fn from(m: OpenSsh) -> Self {
-        MethodSpec::OpenSsh(m)
-    }
+impl Portable for Su {
+    const NAME: &'static str = "hypha.su";
 }
 
-impl MethodSpec {
-    /// The method itself.
-    pub fn method(&self) -> &dyn Method {
-        match self {
-            MethodSpec::Local(m) => m,
-            MethodSpec::Ssh(m) => m,
-            MethodSpec::OpenSsh(m) => m,
-            MethodSpec::Sudo(m) => m,
-            MethodSpec::Su(m) => m,
-        }
+impl Portable for Ssh {
+    const NAME: &'static str = "hypha.ssh";
+
+    fn for_remote(self, loans: &mut AgentLoans) -> io::Result<Self> {
+        Ssh::for_remote(self, loans)
     }
 
-    /// Ready to run on another host (the context `loans` are made to): what this host holds goes
-    /// along in memory (key files, known hosts), or is lent for the start (ssh-agents).
-    pub fn for_remote(self, loans: &mut AgentLoans) -> std::io::Result<MethodSpec> {
-        Ok(match self {
-            MethodSpec::Ssh(m) => MethodSpec::Ssh(m.for_remote(loans)?),
-            MethodSpec::OpenSsh(m) => MethodSpec::OpenSsh(m.for_remote(loans)?),
-            other => other,
+    fn agents(&mut self, visit: &mut dyn FnMut(&mut Agent) -> io::Result<()>) -> io::Result<()> {
+        self.each_auth(&mut |auth| match auth {
+            Auth::Agent(agent) => visit(agent),
+            _ => Ok(()),
         })
     }
 }
 
-impl Method for MethodSpec {
-    fn target(&self) -> String {
-        self.method().target()
+impl Portable for OpenSsh {
+    const NAME: &'static str = "hypha.openssh";
+
+    fn for_remote(self, loans: &mut AgentLoans) -> io::Result<Self> {
+        OpenSsh::for_remote(self, loans)
     }
 
-    fn start<'a>(&'a self, nonce: &'a str) -> crate::BoxFuture<'a, Result<crate::Transport, BootError>> {
-        self.method().start(nonce)
-    }
-
-    fn handshake_timeout(&self) -> Duration {
-        self.method().handshake_timeout()
+    fn agents(&mut self, visit: &mut dyn FnMut(&mut Agent) -> io::Result<()>) -> io::Result<()> {
+        visit(&mut self.agent)
     }
 }
 
-/// Ask a context to start a child with `method` (a builtin, served by every context).
+/// The built-in methods, registered.
+pub(crate) fn install(handlers: Handlers) -> Handlers {
+    handlers.method::<Local>().method::<Ssh>().method::<OpenSsh>().method::<Sudo>().method::<Su>()
+}
+
+/// Ask a context to start a child with method `M` (the handler named `M::NAME`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Spawn {
-    /// The child's id, allocated by the controller.
+#[serde(bound = "M: Portable")]
+pub struct Spawn<M> {
+    /// The child's id, from the asking context's ids.
     pub id: ContextId,
     /// The child's name.
     pub name: String,
-    /// How to start it.
-    pub method: MethodSpec,
     /// Ids the child may give to children it starts by itself.
     pub ids: IdBlock,
     /// The builds of the program the asking context can serve, one per architecture; the parent
     /// offers them to the child's host and fetches the one it needs and lacks.
     pub builds: Vec<Offer>,
+    /// How to start it.
+    pub method: M,
 }
 
 /// The started child.
@@ -135,56 +142,52 @@ pub struct Spawned {
     pub uploaded: Option<u64>,
 }
 
-impl Request for Spawn {
+impl<M: Portable> Request for Spawn<M> {
     type Response = Spawned;
-    const NAME: &'static str = "hypha.spawn";
+    const NAME: &'static str = M::NAME;
 }
 
-/// A duration in whole milliseconds, as the Init carries it.
-pub(crate) fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
+/// Ask context `parent` to start `child` with `method`, waiting at most `deadline`; `router` is
+/// this context's. The method is made ready to travel first ([`Portable::for_remote`]); ssh-agents
+/// are lent until the start has answered.
+pub async fn ask<M: Portable>(
+    router: &Router,
+    parent: ContextId,
+    child: &ChildInit,
+    builds: Vec<Offer>,
+    method: &M,
+    deadline: Duration,
+) -> Result<Spawned, BootError> {
+    let target = format!("{} via context {parent}", method.target());
+    let mut loans = AgentLoans::new(router.id(), parent);
+    let method = method
+        .clone()
+        .for_remote(&mut loans)
+        .map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+    let req = Spawn { id: child.id, name: child.name.clone(), ids: child.ids, builds, method };
+    let spawned = router.call_within(parent, &req, deadline).await;
+    drop(loans);
+    spawned.map_err(|source| via_error(target, source))
 }
 
-/// Ids given to each child a context starts by itself, out of its own block.
-const CHILD_IDS: ContextId = 64;
-
-/// Start a child of the context a handler runs in, from handler code: the child's id (and a smaller
-/// block for its own children) come from this context's block, which the controller allocated, and
-/// its route is announced up to the controller like any other. Returns the child's id and Hello.
-pub async fn spawn_child(cx: &Cx, method: MethodSpec, name: &str) -> Result<(ContextId, Spawned), BootError> {
-    let no_ids = || BootError::Start {
-        target: method.method().target(),
-        reason: format!("context {} has no ids left to give to a child", cx.id()),
-    };
-    let (id, _) = cx.router().allocate_ids(1).ok_or_else(no_ids)?;
-    let ids = cx.router().allocate_ids(CHILD_IDS).unwrap_or((0, 0));
-    let spawned = spawn(Spawn { id, name: name.to_owned(), method, ids, builds: Vec::new() }, cx.clone()).await?;
-    Ok((id, spawned))
+/// A via start's failure, as the asking context sees it.
+fn via_error(target: String, source: CallError) -> BootError {
+    BootError::Start { target, reason: source.to_string() }
 }
 
-/// The `hypha.spawn` handler.
-pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
+/// The handler of method `M`: start a child of this context with it.
+async fn spawn<M: Portable>(req: Spawn<M>, cx: Cx) -> Result<Spawned, KindedError> {
     let router = cx.router().clone();
-    let cfg = router.config();
-    let ancestors: Vec<ContextId> = std::iter::once(router.id()).chain(cfg.ancestors.iter().copied()).collect();
-    let max_frame = cfg.max_frame;
-    let mut spec = req.method;
-    let target = spec.method().target();
-    let io = |source| BootError::Io { target: target.clone(), source };
+    let mut method = req.method;
+    let target = method.target();
+    let fail = |e: BootError| KindedError::new(boot_kind(&e), e);
+    let io = |source| fail(BootError::Io { target: target.clone(), source });
     learn_builds(&req.builds, cx.caller(), &router).map_err(io)?;
     // Agents lent by an ancestor are reached through relays that last as long as the start.
-    let relays = relay_agents(&mut spec, &router).map_err(io)?;
-    let (link_timeout_ms, call_timeout_ms) = (millis(cfg.link_timeout), millis(cfg.call_timeout));
-    let init = |_: &Hello| Init {
-        id: req.id,
-        ancestors,
-        name: req.name.clone(),
-        max_frame: max_frame as u32,
-        ids: req.ids,
-        link_timeout_ms,
-        call_timeout_ms,
-    };
-    let booted = boot(spec.method(), max_frame, init).await.map_err(|e| match e {
+    let relays = relay_agents(&mut method, &router).map_err(io)?;
+    let child = ChildInit { id: req.id, name: req.name, ids: req.ids };
+    let span = info_span!("context", id = child.id, name = %child.name, host = tracing::field::Empty);
+    let started = start_child(&router, &method, &child, span).await.map_err(|e| match e {
         // Why a lent agent failed is known here, not in the method: add it.
         BootError::Auth { target, reason } => {
             let lent: Vec<String> = relays.iter().filter_map(Relay::refused).collect();
@@ -193,37 +196,35 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
             BootError::Auth { target, reason }
         }
         e => e,
-    })?;
+    });
     drop(relays);
-    let hello = booted.hello;
-    let span = info_span!("context", id = req.id, name = %req.name, host = %hello.host);
-    let opts = LinkOptions {
-        role: Role::Child(req.id),
-        name: format!("{}: {target}, pid {}", req.name, hello.pid),
-        span,
-        initial: booted.leftover,
-    };
-    // Only the child's subtree may announce the ids of the child's block.
-    router.grant(req.ids, req.id);
-    // Attaching announces the child to the ancestors before this answers: the answer travels the
-    // same links and cannot overtake the announcement.
-    let mut link = router.attach(booted.transport.reader, booted.transport.writer, opts);
-    let process = booted.transport.process;
+    let started = started.map_err(fail)?;
+    let (mut link, process) = (started.link, started.process);
     tokio::spawn(async move {
         link.closed().await;
-        // The link is gone: its process (a local child, or an ssh client) must not outlive it.
-        if let Some(mut process) = process {
-            if tokio::time::timeout(Duration::from_secs(1), process.wait()).await.is_err() {
-                let _ = process.start_kill();
-            }
-        }
+        reap(process, Duration::from_secs(1)).await;
     });
-    Ok(Spawned { hello, uploaded: booted.transport.uploaded })
+    Ok(Spawned { hello: started.hello, uploaded: started.uploaded })
+}
+
+/// What kind of failure a start is.
+fn boot_kind(e: &BootError) -> ErrorKind {
+    match e {
+        BootError::Auth { .. } => ErrorKind::Authentication,
+        BootError::HostKey { .. } => ErrorKind::HostKey,
+        BootError::Unreachable { .. } => ErrorKind::Unreachable,
+        BootError::Arch { .. } => ErrorKind::Architecture,
+        BootError::NoCacheDir { .. } => ErrorKind::NoCacheDir,
+        BootError::Timeout { .. } => ErrorKind::TimedOut,
+        BootError::Mismatch { .. } => ErrorKind::Mismatch,
+        BootError::Io { .. } => ErrorKind::Io,
+        _ => ErrorKind::Start,
+    }
 }
 
 /// Offer the builds a via start named to this context's children: those that are not this
 /// executable are fetched from `from` (the context that asked) when a child first needs one.
-fn learn_builds(offers: &[Offer], from: ContextId, router: &Router) -> std::io::Result<()> {
+fn learn_builds(offers: &[Offer], from: ContextId, router: &Router) -> io::Result<()> {
     let own = exe_hash()?;
     for offer in offers.iter().filter(|o| o.fingerprint.hash != own) {
         // They go on a remote command line (the stub's arguments): plain tokens only.
@@ -231,21 +232,19 @@ fn learn_builds(offers: &[Offer], from: ContextId, router: &Router) -> std::io::
         if !plain(&offer.arch, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             || !plain(&offer.fingerprint.hash, |c| c.is_ascii_hexdigit())
         {
-            return Err(std::io::Error::other(format!("refusing a build named {:?}", offer.arch)));
+            return Err(io::Error::other(format!("refusing a build named {:?}", offer.arch)));
         }
         let (router, hash, len) = (router.clone(), offer.fingerprint.hash.clone(), offer.fingerprint.len);
-        let fetch = move || -> crate::BoxFuture<'static, std::io::Result<Payload>> {
+        let fetch = move || -> crate::BoxFuture<'static, io::Result<Payload>> {
             let (router, hash) = (router.clone(), hash.clone());
             Box::pin(async move {
                 let mut gzip = Bounded { data: Vec::new(), limit: len.saturating_add(len / 8 + (1 << 16)) };
-                let raw_len =
-                    router.download(from, &BuildRequest { hash: hash.clone() }, &mut gzip).await.map_err(|e| {
-                        std::io::Error::other(format!("fetching the build {hash} from context {from}: {e}"))
-                    })?;
+                let raw_len = router
+                    .download(from, &BuildRequest { hash: hash.clone() }, &mut gzip)
+                    .await
+                    .map_err(|e| io::Error::other(format!("fetching the build {hash} from context {from}: {e}")))?;
                 if raw_len != len {
-                    return Err(std::io::Error::other(format!(
-                        "context {from} sent a build of {raw_len} bytes, not {len}"
-                    )));
+                    return Err(io::Error::other(format!("context {from} sent a build of {raw_len} bytes, not {len}")));
                 }
                 blocking(move || Payload::from_gzip(gzip.data, len)).await
             })
@@ -267,25 +266,22 @@ impl tokio::io::AsyncWrite for Bounded {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    ) -> std::task::Poll<io::Result<usize>> {
         if (self.data.len() + buf.len()) as u64 > self.limit {
-            return std::task::Poll::Ready(Err(std::io::Error::other("a build larger than it was said to be")));
+            return std::task::Poll::Ready(Err(io::Error::other("a build larger than it was said to be")));
         }
         self.data.extend_from_slice(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    ) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use hypha::{Auth, HostKeyPolicy, MethodSpec, OpenSsh, Options, Ssh};
+use hypha::{Auth, BootError, Context, HostKeyPolicy, OpenSsh, Options, Portable, Runtime, Ssh};
 
 /// `--method ssh|openssh`, `--port N`, `--identity FILE`, `--password-env VAR`,
 /// `--known-hosts FILE`, `--accept-new`, `--ignore-host-key`, and `--agent ARCH=PATH`
@@ -54,12 +54,12 @@ impl SshOptions {
     }
 
     /// The method for `[user@]host[:port]`, through `jump` hosts (each `[user@]host[:port]`).
-    pub(crate) fn method(&self, destination: &str, jump: &[String]) -> anyhow::Result<MethodSpec> {
+    pub(crate) fn method(&self, destination: &str, jump: &[String]) -> anyhow::Result<SshMethod> {
         match self.method.as_deref().unwrap_or("ssh") {
             "ssh" => {
                 let mut m = self.ssh(destination)?;
                 m.jump = jump.iter().map(|j| self.ssh(j)).collect::<anyhow::Result<_>>()?;
-                Ok(m.into())
+                Ok(SshMethod::Ssh(m))
             }
             "openssh" => {
                 if self.password_env.is_some() {
@@ -72,7 +72,7 @@ impl SshOptions {
                 m.known_hosts = self.known_hosts.clone();
                 m.host_key = self.policy.clone().or(self.known_hosts.as_ref().map(|_| HostKeyPolicy::Enforce));
                 m.jump = jump.to_vec();
-                Ok(m.into())
+                Ok(SshMethod::OpenSsh(m))
             }
             other => bail!("unknown method {other} (ssh or openssh)"),
         }
@@ -100,6 +100,34 @@ impl SshOptions {
             m.host_key = policy.clone();
         }
         Ok(m)
+    }
+}
+
+/// One of the two SSH methods, as `--method` chose.
+pub(crate) enum SshMethod {
+    Ssh(Ssh),
+    OpenSsh(OpenSsh),
+}
+
+impl SshMethod {
+    /// Start a context with it, via `parent` if there is one.
+    pub(crate) async fn start(self, rt: &Runtime, parent: Option<&Context>) -> Result<Context, BootError> {
+        match self {
+            SshMethod::Ssh(m) => start(rt, m, parent).await,
+            SshMethod::OpenSsh(m) => start(rt, m, parent).await,
+        }
+    }
+}
+
+/// Start a context with `method`, via `parent` if there is one.
+pub(crate) async fn start<M: Portable>(
+    rt: &Runtime,
+    method: M,
+    parent: Option<&Context>,
+) -> Result<Context, BootError> {
+    match parent {
+        Some(parent) => rt.start(method).via(parent).await,
+        None => rt.start(method).await,
     }
 }
 

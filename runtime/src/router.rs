@@ -287,6 +287,8 @@ struct Inner {
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
     /// Ids this context may give to children it starts by itself.
     ids: Mutex<IdBlock>,
+    /// Values the layers above keep here (`Router::extension`).
+    extensions: Mutex<std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Router {
@@ -312,8 +314,20 @@ impl Router {
                 idle: Notify::new(),
                 control: Mutex::new(None),
                 ids: Mutex::new((0, 0)),
+                extensions: Default::default(),
             }),
         }
+    }
+
+    /// A value of type `T` kept with this router for the layers above it (one per type), made by
+    /// `init` the first time it is asked for. It lives as long as the router: a `T` holding a
+    /// clone of the router keeps it alive for good. Not public API.
+    #[doc(hidden)]
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> T {
+        use std::any::{Any, TypeId};
+        let mut map = self.inner.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = map.entry(TypeId::of::<T>()).or_insert_with(|| Box::new(init()) as Box<dyn Any + Send + Sync>);
+        slot.downcast_ref::<T>().cloned().unwrap_or_else(|| unreachable!("keyed by its type"))
     }
 
     /// This context's id.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hypha::{ByteReceiver, ByteSender, Cx, HandlerError, Handlers, Request, Runtime};
+use hypha::{ByteReceiver, ByteSender, Cx, HandlerError, Handlers, Request, Runtime, StartFrom};
 use serde::{Deserialize, Serialize};
 
 macro_rules! request {
@@ -89,15 +89,15 @@ pub fn handlers() -> Handlers {
         .on(|Big(n), _: Cx| async move { Ok::<_, HandlerError>("x".repeat(n)) })
         // Start a child from handler code: its id comes from this context's block.
         .on(|StartChild, cx: Cx| async move {
-            let method = hypha::Local::default().into();
-            hypha::bootstrap::spawn_child(&cx, method, "grandchild").await.map(|(id, _)| id).map_err(HandlerError::from)
+            let child = cx.start(hypha::Local::default()).name("grandchild").await?;
+            Ok::<_, HandlerError>(child.id())
         })
         // Ask another context to start a local child: what a compromised agent would attempt.
         .on(|SpawnOn(id), cx: Cx| async move {
             let spawn = hypha::bootstrap::Spawn {
                 id: 999,
                 name: "forged".into(),
-                method: hypha::Local::default().into(),
+                method: hypha::Local::default(),
                 ids: (0, 0),
                 builds: Vec::new(),
             };
@@ -163,11 +163,11 @@ fn before_main() {
 fn controller(n: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let hypha = Runtime::start(handlers())?;
+        let hypha = Runtime::new(handlers())?;
         let mut pids = Vec::new();
         for _ in 0..n {
             let ctx = match std::env::var(CONTROLLER_SSH_ENV) {
-                Ok(host) => hypha.spawn(lab().context("lab")?.ssh(&host)).await,
+                Ok(host) => hypha.start(lab().context("lab")?.ssh(&host)).await,
                 Err(_) => hypha.local().await,
             };
             pids.push(ctx.context("start")?.hello().pid.to_string());
@@ -182,7 +182,7 @@ fn controller(n: usize) -> anyhow::Result<()> {
 
 /// A runtime for one test.
 pub fn runtime() -> Runtime {
-    Runtime::start(handlers()).expect("runtime starts")
+    Runtime::new(handlers()).expect("runtime starts")
 }
 
 /// True while `pid` is a live (not zombie) process.
