@@ -36,6 +36,8 @@
 //! ```
 
 pub mod call;
+mod codec;
+mod error;
 pub mod frame;
 mod kind;
 mod link;

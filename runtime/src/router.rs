@@ -31,7 +31,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, warn, Instrument, Span};
 
-use crate::call::{self, CallError, Cx, Failure, RemoteError, RemoteErrorKind, Request, Shape, StreamArg};
+use crate::call::{self, Cx, Failure, Request, Shape, StreamArg};
+use crate::codec;
+use crate::error::{CallError, RemoteError, RemoteErrorKind};
 use crate::frame::{self, flags, handles, Frame, FrameError, Header};
 use crate::link::{self, LinkState, Outbox, PushError, Verdict};
 use crate::proto::{Control, IdBlock};
@@ -656,7 +658,7 @@ impl Router {
 
     fn control_frame(&self, dst: ContextId, msg: &Control) -> Result<Frame, CallError> {
         let body =
-            call::encode_value(msg).map_err(|e| CallError::Encode { handler: "control", reason: e.to_string() })?;
+            codec::encode_value(msg).map_err(|e| CallError::Encode { handler: "control", reason: e.to_string() })?;
         let header = Header { dst, src: self.id(), handle: handles::CONTROL, reply_to: 0, flags: 0 };
         Ok(Frame { header, body })
     }
@@ -883,7 +885,7 @@ impl Router {
         let (handle, reply_to) =
             if h.handle == handles::STREAM { (h.reply_to, 0) } else { (handles::STREAM, h.handle) };
         let header = Header { dst: h.src, src: self.id(), handle, reply_to, flags: flags::ABORT };
-        let _ = self.push_frame(Frame { header, body: call::encode_value(&why).unwrap_or_default() });
+        let _ = self.push_frame(Frame { header, body: codec::encode_value(&why).unwrap_or_default() });
         let neighbour = self.inner.links.get(&from).map(|l| l.peer);
         match neighbour {
             Some(peer) if peer == h.src => Err(CloseReason::Protocol(why)),
@@ -938,7 +940,7 @@ impl Router {
 
     async fn control(&self, frame: Frame, from: LinkId, wait: bool) {
         let src = frame.header.src;
-        let msg = match call::decode_value::<Control>(&frame.body) {
+        let msg = match codec::decode_value::<Control>(&frame.body) {
             Ok(msg) => msg,
             Err(e) => return warn!(src, error = %e, "dropped an undecodable control message"),
         };
@@ -1191,7 +1193,7 @@ impl Router {
 
     fn encode_error(&self, handler: &str, f: Failure) -> Bytes {
         // A RemoteError holds only strings and integers: encoding cannot fail.
-        call::encode_value(&self.remote_error(handler, f)).unwrap_or_default()
+        codec::encode_value(&self.remote_error(handler, f)).unwrap_or_default()
     }
 }
 
@@ -1208,9 +1210,9 @@ impl Drop for PendingGuard<'_> {
 
 fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
     if frame.header.flags & flags::ERROR != 0 {
-        let err = call::decode_value::<RemoteError>(&frame.body)
+        let err = codec::decode_value::<RemoteError>(&frame.body)
             .map_err(|e| CallError::Decode { handler: R::NAME, reason: format!("error answer: {e}") })?;
         return Err(CallError::Remote(err));
     }
-    call::decode_value(&frame.body).map_err(|e| CallError::Decode { handler: R::NAME, reason: e.to_string() })
+    codec::decode_value(&frame.body).map_err(|e| CallError::Decode { handler: R::NAME, reason: e.to_string() })
 }
