@@ -40,7 +40,6 @@ mod codec;
 mod error;
 pub mod frame;
 mod kind;
-mod link;
 pub mod proto;
 mod router;
 pub mod stream;
