@@ -21,13 +21,15 @@
 //! on the link towards a destination), `outbox` (one link's outgoing queue, its writer and its
 //! watchdog), `deliver` (what becomes of each frame a link reads), `routes` (the route table,
 //! grants, route watchers and control messages), `calls` (calls this context makes and the answers
-//! they wait for), `dispatch` (calls this context serves), `ids` (the ids this context gives out)
-//! and `drain` (in-flight calls, draining and shutdown).
+//! they wait for), `dispatch` (calls this context serves), `ids` (the ids this context gives out),
+//! `drain` (in-flight calls, draining and shutdown) and `extensions` (values the layers above keep
+//! with a router).
 
 mod calls;
 mod deliver;
 mod dispatch;
 mod drain;
+mod extensions;
 mod ids;
 mod links;
 mod outbox;
@@ -43,6 +45,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
 use self::calls::Pending;
+use self::extensions::Extensions;
 use self::links::Link;
 use self::routes::Grant;
 use crate::frame::{self, handles};
@@ -154,6 +157,8 @@ struct Inner {
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
     /// Ids this context may give to children it starts by itself.
     ids: Mutex<IdBlock>,
+    /// Values the layers above keep here (see `Router::extension`).
+    extensions: Mutex<Extensions>,
 }
 
 impl Router {
@@ -179,6 +184,7 @@ impl Router {
                 idle: Notify::new(),
                 control: Mutex::new(None),
                 ids: Mutex::new((0, 0)),
+                extensions: Mutex::new(Extensions::new()),
             }),
         }
     }
