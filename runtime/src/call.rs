@@ -1,4 +1,5 @@
-//! Typed calls: request types, the handler registry, and the errors a call can end in.
+//! Typed calls: request types and the handler registry. The errors a call can end in are defined
+//! in `error.rs` and re-exported here.
 //!
 //! A request type names its response type and a stable name ([`Request`]). Both ends of a stream run
 //! the same binary, so registering a handler once in [`Handlers`] makes it exist in every context.
@@ -20,9 +21,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::encode_value;
 use crate::kind::{ErrorKind, KindedError};
 use crate::stream::{ByteReceiver, ByteSender};
 use crate::{ContextId, Router};
+
+pub use crate::error::{CallError, RemoteError, RemoteErrorKind};
 
 /// A typed request: its response type and the stable name its handler is registered under.
 ///
@@ -111,157 +115,6 @@ impl Cx {
 /// The error type handlers return: anything that converts into a boxed error, such as an
 /// `anyhow::Error`, an `io::Error` or a `String`. Its `source()` chain travels to the caller.
 pub type HandlerError = Box<dyn StdError + Send + Sync + 'static>;
-
-/// What went wrong on the far side of a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum RemoteErrorKind {
-    /// The handler returned an error.
-    Handler,
-    /// The handler panicked; the context keeps serving.
-    Panic,
-    /// No handler is registered under the name.
-    UnknownHandler,
-    /// The request could not be decoded, or came with the wrong kind of stream.
-    BadRequest,
-    /// The caller may not call this context.
-    Refused,
-    /// The context is shutting down and takes no more calls.
-    ShuttingDown,
-    /// No route from the context that answered to the destination.
-    NoRoute,
-}
-
-/// An error that happened in another context, carried back to the caller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteError {
-    /// What kind of failure.
-    pub kind: RemoteErrorKind,
-    /// Name of the handler called.
-    pub handler: String,
-    /// The error's own message (for a panic, the panic message).
-    pub message: String,
-    /// The `source()` chain below `message`, outermost first.
-    pub causes: Vec<String>,
-    /// The context it happened in.
-    pub context: ContextId,
-    /// Where that context runs, e.g. `alice@web1 pid 4242`.
-    pub origin: String,
-    /// For a handler's error: its kind, when the handler said (a [`KindedError`], or a
-    /// [`CallError`] it passed on).
-    #[serde(default)]
-    pub error_kind: Option<ErrorKind>,
-}
-
-impl RemoteError {
-    /// What kind of failure it is (see [`CallError::kind`]).
-    pub fn kind(&self) -> ErrorKind {
-        match self.kind {
-            RemoteErrorKind::Handler => self.error_kind.unwrap_or(ErrorKind::Handler),
-            RemoteErrorKind::Panic => ErrorKind::Handler,
-            RemoteErrorKind::UnknownHandler => ErrorKind::UnknownHandler,
-            RemoteErrorKind::BadRequest => ErrorKind::BadRequest,
-            RemoteErrorKind::Refused => ErrorKind::Refused,
-            RemoteErrorKind::ShuttingDown => ErrorKind::ShuttingDown,
-            RemoteErrorKind::NoRoute => ErrorKind::NoRoute,
-        }
-    }
-}
-
-impl fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (ctx, origin, handler) = (self.context, &self.origin, &self.handler);
-        match self.kind {
-            RemoteErrorKind::Handler => write!(f, "{handler} failed in context {ctx} ({origin}): ")?,
-            RemoteErrorKind::Panic => write!(f, "{handler} panicked in context {ctx} ({origin}): ")?,
-            RemoteErrorKind::UnknownHandler => {
-                write!(f, "context {ctx} ({origin}) has no handler named {handler:?}: ")?
-            }
-            RemoteErrorKind::BadRequest => write!(f, "context {ctx} ({origin}) refused a malformed {handler} call: ")?,
-            RemoteErrorKind::Refused => write!(f, "context {ctx} ({origin}) refused {handler}: ")?,
-            RemoteErrorKind::ShuttingDown => write!(f, "context {ctx} ({origin}) is shutting down: ")?,
-            RemoteErrorKind::NoRoute => write!(f, "context {ctx} ({origin}) could not route {handler}: ")?,
-        }
-        f.write_str(&self.message)?;
-        for cause in &self.causes {
-            write!(f, ": {cause}")?;
-        }
-        Ok(())
-    }
-}
-
-impl StdError for RemoteError {}
-
-/// Why a call did not produce a response.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// The far side answered with an error.
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-    /// The stream the call travelled on closed before the answer came.
-    #[error("context {context} ({name}) disconnected: {reason}")]
-    Disconnected {
-        /// The context called.
-        context: ContextId,
-        /// Its name (method and host).
-        name: String,
-        /// Why the stream closed.
-        reason: String,
-    },
-    /// This context has no route to the destination.
-    #[error("no route to context {0}")]
-    NoRoute(ContextId),
-    /// No answer came in time (for a call with a stream: nothing moved for that long).
-    #[error("{handler} in context {context} did not answer within {} s", after.as_secs_f32())]
-    Timeout {
-        /// The context called.
-        context: ContextId,
-        /// Handler called.
-        handler: &'static str,
-        /// How long the caller waited.
-        after: std::time::Duration,
-    },
-    /// The request could not be encoded, or is larger than the maximum frame.
-    #[error("could not encode a {handler} request: {reason}")]
-    Encode {
-        /// Handler called.
-        handler: &'static str,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The answer did not decode as the expected response type.
-    #[error("could not decode the answer to {handler}: {reason}")]
-    Decode {
-        /// Handler called.
-        handler: &'static str,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A byte stream belonging to the call failed.
-    #[error("stream of {handler}: {reason}")]
-    Stream {
-        /// Handler called.
-        handler: &'static str,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl CallError {
-    /// What kind of failure it is, to branch on without reading the text. A handler's error has
-    /// the kind the handler gave it ([`KindedError`]), or [`ErrorKind::Handler`].
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            CallError::Remote(e) => e.kind(),
-            CallError::Disconnected { .. } => ErrorKind::Disconnected,
-            CallError::NoRoute(_) => ErrorKind::NoRoute,
-            CallError::Timeout { .. } => ErrorKind::TimedOut,
-            CallError::Encode { .. } | CallError::Decode { .. } => ErrorKind::BadRequest,
-            CallError::Stream { .. } => ErrorKind::Io,
-        }
-    }
-}
 
 /// A failure inside a handler, before the dispatcher adds where it happened.
 #[derive(Debug)]
@@ -471,12 +324,6 @@ impl Future for CatchUnwind {
     }
 }
 
-pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
-    let mut w = BytesMut::with_capacity(64).writer();
-    rmp_serde::encode::write(&mut w, value)?;
-    Ok(w.into_inner().freeze())
-}
-
 /// A call body: the name as a msgpack string, then the request.
 pub(crate) fn encode_call<R: Request>(req: &R) -> Result<Bytes, CallError> {
     let name = R::NAME.as_bytes();
@@ -511,13 +358,10 @@ pub(crate) fn split_call(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(name).ok()?, req))
 }
 
-pub(crate) fn decode_value<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::decode_value;
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     struct Long(String);
@@ -558,22 +402,5 @@ mod tests {
         let passed_on = CallError::Timeout { context: 2, handler: "x", after: std::time::Duration::ZERO };
         assert_eq!(Failure::from_error(Box::new(passed_on)).error_kind, Some(ErrorKind::TimedOut));
         assert_eq!(Failure::from_error("plain".into()).error_kind, None);
-    }
-
-    #[test]
-    fn remote_error_reads_as_a_sentence() {
-        let e = RemoteError {
-            kind: RemoteErrorKind::Handler,
-            handler: "fs.read".into(),
-            message: "could not read /etc/x".into(),
-            causes: vec!["permission denied".into()],
-            context: 3,
-            origin: "alice@web1 pid 42".into(),
-            error_kind: None,
-        };
-        assert_eq!(
-            e.to_string(),
-            "fs.read failed in context 3 (alice@web1 pid 42): could not read /etc/x: permission denied"
-        );
     }
 }

@@ -36,9 +36,10 @@
 //! ```
 
 pub mod call;
+mod codec;
+mod error;
 pub mod frame;
 mod kind;
-mod link;
 pub mod proto;
 mod router;
 pub mod stream;

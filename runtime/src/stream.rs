@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::call::{self, CallError};
+use crate::codec;
+use crate::error::CallError;
 use crate::frame::{flags, Frame, Header};
 use crate::{ContextId, Router};
 
@@ -150,14 +151,14 @@ impl Shared {
             drop(s);
             self.wake.notify_one();
         } else if f & flags::CREDIT != 0 {
-            let grant: u64 = call::decode_value(&frame.body).unwrap_or(0);
+            let grant: u64 = codec::decode_value(&frame.body).unwrap_or(0);
             self.update(|s| s.credit = s.credit.saturating_add(grant));
         } else if f & flags::END != 0 {
             self.update(|s| {
                 s.end.get_or_insert(End::Finished);
             });
         } else if f & flags::ABORT != 0 {
-            let mut reason: String = call::decode_value(&frame.body).unwrap_or_default();
+            let mut reason: String = codec::decode_value(&frame.body).unwrap_or_default();
             if reason.len() > REASON_MAX {
                 let mut cut = REASON_MAX;
                 while !reason.is_char_boundary(cut) {
@@ -221,7 +222,7 @@ impl AbortOnDrop {
     }
 
     fn send(&self) {
-        let body = call::encode_value(self.why).unwrap_or_default();
+        let body = codec::encode_value(self.why).unwrap_or_default();
         // Never waits: a drop cannot.
         let _ = self.router.push_frame(Frame { header: self.header, body });
     }
@@ -388,7 +389,7 @@ impl ByteReceiver {
     }
 
     async fn grant(&mut self) -> Result<(), StreamError> {
-        let body = call::encode_value(&self.taken).map_err(|e| StreamError::Protocol(e.to_string()))?;
+        let body = codec::encode_value(&self.taken).map_err(|e| StreamError::Protocol(e.to_string()))?;
         {
             // Counted out before the grant leaves: the sender cannot use it before this.
             let mut s = self.shared.lock();

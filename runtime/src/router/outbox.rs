@@ -27,16 +27,16 @@ const WRITE_DIRECT: usize = 16 << 10;
 /// The writer stops batching more frames once this much is buffered.
 const WRITE_BATCH: usize = 64 << 10;
 /// Senders that may wait do so while a link has more than this queued.
-pub(crate) const QUEUE_SOFT: usize = 8 << 20;
+pub(super) const QUEUE_SOFT: usize = 8 << 20;
 /// A link with more than this (plus one largest frame) queued is closed: its peer does not keep up.
-pub(crate) const QUEUE_HARD: usize = 64 << 20;
+pub(super) const QUEUE_HARD: usize = 64 << 20;
 /// The watchdog looks this many times per link timeout; a link is silent (or stalled) after
 /// `CHECKS - 1` looks in a row without a byte read (or written).
 const CHECKS: u32 = 4;
 
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum PushError {
+pub(super) enum PushError {
     /// The link has closed.
     Closed,
     /// The queue passed its hard limit; the link must close.
@@ -47,14 +47,14 @@ pub(crate) enum PushError {
 /// counters its watchdog reads. The writer ends once every clone is gone, which is when the
 /// link closes (the router's entry, the watchdog and any sender in flight let theirs go).
 #[derive(Clone, Debug)]
-pub(crate) struct Outbox {
+pub(super) struct Outbox {
     tx: mpsc::UnboundedSender<Frame>,
     state: Arc<LinkState>,
 }
 
 /// What a link's writer, its watchdog and its senders share.
 #[derive(Debug)]
-pub(crate) struct LinkState {
+pub(super) struct LinkState {
     /// Bytes queued and not yet written.
     queued: AtomicUsize,
     hard: usize,
@@ -67,7 +67,7 @@ pub(crate) struct LinkState {
 }
 
 impl Outbox {
-    pub(crate) fn new(max_frame: usize) -> (Outbox, mpsc::UnboundedReceiver<Frame>) {
+    pub(super) fn new(max_frame: usize) -> (Outbox, mpsc::UnboundedReceiver<Frame>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = LinkState {
             queued: AtomicUsize::new(0),
@@ -81,12 +81,12 @@ impl Outbox {
     }
 
     /// What the writer needs of it.
-    pub(crate) fn state(&self) -> Arc<LinkState> {
+    pub(super) fn state(&self) -> Arc<LinkState> {
         self.state.clone()
     }
 
     /// Queue `frame` without waiting.
-    pub(crate) fn push(&self, frame: Frame) -> Result<(), PushError> {
+    pub(super) fn push(&self, frame: Frame) -> Result<(), PushError> {
         let st = &self.state;
         if st.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
@@ -104,7 +104,7 @@ impl Outbox {
     }
 
     /// Wait until the queue is below its soft limit, or the link has closed.
-    pub(crate) async fn room(&self) {
+    pub(super) async fn room(&self) {
         let st = &self.state;
         let roomy = || st.closed.load(Ordering::Acquire) || st.queued.load(Ordering::Acquire) <= QUEUE_SOFT;
         if roomy() {
@@ -122,19 +122,19 @@ impl Outbox {
     }
 
     /// The link has closed: nothing more is queued, and whoever waits for room stops waiting.
-    pub(crate) fn close(&self) {
+    pub(super) fn close(&self) {
         self.state.closed.store(true, Ordering::Release);
         self.state.room.notify_waiters();
     }
 
-    pub(crate) fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.state.queued.load(Ordering::Acquire)
     }
 }
 
 impl LinkState {
     /// The link's reader read something.
-    pub(crate) fn read_some(&self) {
+    pub(super) fn read_some(&self) {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -175,7 +175,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Progress<W> {
 
 /// Drain the queue into `w`, batching small frames into one write and writing large bodies
 /// straight from their buffers. Ends when the queue's senders are gone (the link closed).
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::UnboundedReceiver<Frame>,
     w: W,
     max: usize,
@@ -211,7 +211,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// What the watchdog found wrong with a link.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(super) enum Verdict {
     /// Nothing arrived for this long.
     Silent(Duration),
     /// The writer made no progress for this long with this many bytes queued.
@@ -221,7 +221,7 @@ pub(crate) enum Verdict {
 /// Every quarter of `timeout`: push `heartbeat()` (so the peer hears from this side at least that
 /// often), and return a verdict once the peer has sent nothing, or taken nothing, for `timeout`
 /// (give or take a quarter).
-pub(crate) async fn watch(outbox: Outbox, timeout: Duration, heartbeat: impl Fn() -> Frame) -> Verdict {
+pub(super) async fn watch(outbox: Outbox, timeout: Duration, heartbeat: impl Fn() -> Frame) -> Verdict {
     let tick = (timeout / CHECKS).max(Duration::from_millis(1));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
