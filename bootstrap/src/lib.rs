@@ -46,7 +46,7 @@ pub use error::BootError;
 pub use forward::{Agent, AgentLoans, AgentMessage};
 pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
-pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
+pub use method::{boot, through_command, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;

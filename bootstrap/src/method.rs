@@ -204,6 +204,32 @@ pub async fn boot(
     }
 }
 
+/// Start an agent through a command that runs a given program with its arguments on the far side
+/// (`docker exec -i CONTAINER`, `kubectl exec -i POD --`, `nsenter -t PID -a --`, `chroot DIR`,
+/// ...): `cmd` plus the bootstrap stub's argument vector ([`stub::argv`](crate::stub::argv)) is
+/// run with piped stdio, the stub uploads the agent or finds it cached, and the stream is ready
+/// for the handshake. What the command prints on stderr goes into errors. The building block of
+/// methods of your own.
+pub async fn through_command(
+    mut cmd: tokio::process::Command,
+    nonce: &str,
+    target: &str,
+    timeout: Duration,
+) -> Result<Transport, BootError> {
+    let builds =
+        crate::builds::Builds::current().await.map_err(|source| BootError::Io { target: target.to_owned(), source })?;
+    cmd.args(crate::stub::argv(nonce, &builds));
+    let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, target)?;
+    let tail = StderrTail::collect(stderr);
+    match crate::stub::run(&mut stdout, &mut stdin, BytesMut::new(), nonce, &builds, target, timeout).await {
+        Ok(done) => Ok(Transport::new(stdout, stdin, Some(child)).after_stub(done, Some(tail))),
+        Err(e) => {
+            let _ = child.start_kill();
+            Err(with_stderr(e, Some(&tail)).await)
+        }
+    }
+}
+
 /// Spawn `cmd` with stdin, stdout and stderr piped (killed if dropped), for a method that talks to
 /// the program over them.
 pub(crate) fn spawn_piped(

@@ -9,8 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hypha::{ByteReceiver, ByteSender, Cx, HandlerError, Handlers, Request, Runtime, StartFrom};
+use hypha::{ByteReceiver, ByteSender, Cx, HandlerError, Handlers, RegisterMethod, Request, Runtime, StartFrom};
 use serde::{Deserialize, Serialize};
+
+/// The plugin example's method, registered in every test agent.
+#[path = "../../examples/plugin/exec.rs"]
+pub mod exec;
 
 macro_rules! request {
     ($name:ident $(($($field:ty),*))? => $resp:ty) => {
@@ -43,6 +47,7 @@ static BUMPS: AtomicU64 = AtomicU64::new(0);
 /// The handlers of the test agents.
 pub fn handlers() -> Handlers {
     Handlers::new()
+        .method::<exec::Exec>()
         .on(|Echo(s), _: Cx| async move { Ok::<_, HandlerError>(s) })
         .on(|Fail(what), _: Cx| async move {
             let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
