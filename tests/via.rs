@@ -82,10 +82,10 @@ async fn a_context_cannot_command_its_parent_a_sibling_or_the_controller() {
             "{target}: {answer}"
         );
     }
-    // Nor make any of them start a context (as `sudo`, say) on its host.
+    // Nor make any of them start a context (with the local method, the sudo one, any) on its host.
     for target in [parent.id(), sibling.id(), 0] {
         let answer = child.call(SpawnOn(target)).await.unwrap();
-        assert!(answer.starts_with("refused:") && answer.contains("hypha.spawn"), "{target}: {answer}");
+        assert!(answer.starts_with("refused:") && answer.contains("hypha.local"), "{target}: {answer}");
     }
     assert_eq!(children(parent.hello().pid), 2, "the parent runs its two children and nothing more");
     // Ancestors may: the controller, and the parent itself.
