@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{bench_call_rtt, bench_upload, handlers, timed_start, tokio_rt};
 use criterion::{Criterion, Throughput};
-use hypha::{Ping, Runtime};
+use hypha::{Ping, Restart, Runtime};
 
 /// Started with this variable set, the binary echoes 64-byte messages on stdin/stdout.
 const ECHO_ENV: &str = "HYPHA_BENCH_ECHO";
@@ -108,6 +108,40 @@ fn start(c: &mut Criterion) {
     rt.block_on(hypha.shutdown());
 }
 
+/// From a killed agent to its restarted context answering, with the default backoff: how long a
+/// healing context is away.
+fn restart(c: &mut Criterion) {
+    let rt = tokio_rt();
+    let (hypha, ctx) = rt.block_on(async {
+        let hypha = Runtime::new(handlers()).expect("hypha");
+        let ctx = hypha.local().restart(Restart::on_loss()).await.expect("start");
+        (hypha, ctx)
+    });
+    let mut g = c.benchmark_group("restart");
+    g.sample_size(20);
+    g.bench_function("killed_to_answer", |b| {
+        b.iter_custom(|iters| {
+            let ctx = ctx.clone();
+            rt.block_on(async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let pid = ctx.hello().pid;
+                    let t = Instant::now();
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    // A call in flight as the link goes fails (it may have run); the next waits.
+                    while ctx.call(Ping).await.is_err() {}
+                    total += t.elapsed();
+                    assert_ne!(ctx.hello().pid, pid);
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(hypha.shutdown());
+}
+
 fn calls(c: &mut Criterion) {
     let rt = tokio_rt();
     let (hypha, ctx) = rt.block_on(async {
@@ -157,5 +191,6 @@ fn main() {
     pipe_floor(&mut c);
     calls(&mut c);
     start(&mut c);
+    restart(&mut c);
     c.final_summary();
 }

@@ -94,17 +94,18 @@ pub struct Context {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    id: ContextId,
-    name: String,
-    router: Router,
-    actor: Addr<Lifecycle>,
-    status: watch::Receiver<Status>,
-    events: broadcast::Sender<Event>,
+/// What a handle holds.
+pub(crate) struct Inner {
+    pub(crate) id: ContextId,
+    pub(crate) name: String,
+    pub(crate) router: Router,
+    pub(crate) actor: Addr<Lifecycle>,
+    pub(crate) status: watch::Receiver<Status>,
+    pub(crate) events: broadcast::Sender<Event>,
     /// Calls wait for a restarted agent instead of failing at once.
-    restarts: bool,
+    pub(crate) restarts: bool,
     /// The Hello of the first start.
-    first: Arc<Hello>,
+    pub(crate) first: Arc<Hello>,
 }
 
 impl std::fmt::Debug for Context {
@@ -120,18 +121,8 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        id: ContextId,
-        name: String,
-        router: Router,
-        actor: Addr<Lifecycle>,
-        status: watch::Receiver<Status>,
-        events: broadcast::Sender<Event>,
-        restarts: bool,
-        first: Hello,
-    ) -> Self {
-        let first = Arc::new(first);
-        Context { inner: Arc::new(Inner { id, name, router, actor, status, events, restarts, first }) }
+    pub(crate) fn new(inner: Inner) -> Self {
+        Context { inner: Arc::new(inner) }
     }
 
     /// The context's id (the same across restarts).

@@ -330,8 +330,16 @@ impl Runtime {
         let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
         let (hello, _) = ready_rx.await.map_err(|_| stopped())??;
         self.inner.contexts.insert(id, actor.clone(), via);
-        let restarts = restart != Restart::Never;
-        let ctx = Context::new(id, name, self.inner.router.clone(), actor, status_rx, events, restarts, hello);
+        let ctx = Context::new(context::Inner {
+            id,
+            name,
+            router: self.inner.router.clone(),
+            actor,
+            status: status_rx,
+            events,
+            restarts: restart != Restart::Never,
+            first: Arc::new(hello),
+        });
         let (rt, watched) = (Arc::downgrade(&self.inner), ctx.clone());
         self.inner.io.spawn(async move {
             watched.closed().await;
