@@ -123,3 +123,30 @@ async fn handler_code_starts_a_child_of_its_own_context() {
     assert!(child > parent.id());
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_started_via_another_restarts_through_the_same_parent() {
+    let rt = runtime();
+    let parent = rt.local().name("parent").await.unwrap();
+    let child = rt.local().via(&parent).name("child").restart(Restart::on_loss()).await.unwrap();
+    let first = child.call(Whoami).await.unwrap().pid;
+    let mut events = child.events();
+    kill(first);
+    events_until(&mut events, |e| matches!(e, Event::Ready { .. })).await;
+    let second = child.call(Whoami).await.unwrap().pid;
+    assert_ne!(first, second);
+    assert_eq!(children(parent.hello().pid), 1, "the new agent is the parent's child, the old one gone");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_via_context_whose_parent_is_gone_fails_after_its_tries_naming_the_parent() {
+    let rt = runtime();
+    let parent = rt.local().name("mortal-parent").await.unwrap();
+    let policy = Restart::OnLoss { backoff: Duration::from_millis(10), max_tries: 2 };
+    let child = rt.local().via(&parent).restart(policy).await.unwrap();
+    kill(parent.hello().pid);
+    let State::Failed(why) = child.closed().await else { panic!("{:?}", child.state()) };
+    assert!(why.contains("mortal-parent"), "{why}");
+    rt.shutdown().await;
+}

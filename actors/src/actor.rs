@@ -308,8 +308,8 @@ async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>,
             Ok((started.hello, started.uploaded, Gone::Link(started.link), started.process))
         }
         How::Via { parent, ask } => {
-            let (id, ids, parent) = (child.id, child.ids, parent.id());
-            let target = format!("{} via context {parent}", child.name);
+            let (id, ids, label, parent) = (child.id, child.ids, parent.name().to_owned(), parent.id());
+            let target = format!("{} via {label} (context {parent})", child.name);
             // Watch before asking: a child that dies at once must still be noticed.
             let gone = router.watch_route(id);
             // The new context may be announced only from below its parent, and its block only
@@ -333,7 +333,7 @@ async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>,
                     reason: format!("this program's builds: {e}"),
                 })?
                 .offers();
-            let spawned = ask(router.clone(), parent, child, builds).await?;
+            let spawned = ask(router.clone(), parent, label, child, builds).await?;
             span.record("host", spawned.hello.host.as_str());
             Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
         }

@@ -59,7 +59,7 @@ pub(crate) enum How {
     Via { parent: Context, ask: Arc<AskFn> },
 }
 
-pub(crate) type AskFn = dyn Fn(Router, ContextId, ChildInit, Vec<Offer>) -> BoxStart + Send + Sync;
+pub(crate) type AskFn = dyn Fn(Router, ContextId, String, ChildInit, Vec<Offer>) -> BoxStart + Send + Sync;
 pub(crate) type BoxStart = Pin<Box<dyn Future<Output = Result<Spawned, BootError>> + Send>>;
 
 impl How {
@@ -149,10 +149,11 @@ impl<M: Portable> Start<M> {
         let method = self.method.clone();
         // Every stage of a start has its own deadline on the parent; this bounds the lot.
         let deadline = method.handshake_timeout() * 3 + Duration::from_secs(30);
-        let ask = move |router: Router, parent: ContextId, child: ChildInit, builds: Vec<Offer>| {
+        let ask = move |router: Router, parent: ContextId, label: String, child: ChildInit, builds: Vec<Offer>| {
             let method = method.clone();
-            Box::pin(async move { hypha_bootstrap::ask(&router, parent, &child, builds, &method, deadline).await })
-                as BoxStart
+            Box::pin(
+                async move { hypha_bootstrap::ask(&router, parent, &label, &child, builds, &method, deadline).await },
+            ) as BoxStart
         };
         self.via = Some((parent.clone(), Arc::new(ask)));
         self

@@ -147,18 +147,19 @@ impl<M: Portable> Request for Spawn<M> {
     const NAME: &'static str = M::NAME;
 }
 
-/// Ask context `parent` to start `child` with `method`, waiting at most `deadline`; `router` is
-/// this context's. The method is made ready to travel first ([`Portable::for_remote`]); ssh-agents
+/// Ask context `parent` (`label`: its name, for errors) to start `child` with `method`, waiting at
+/// most `deadline`; `router` is this context's. The method is made ready to travel first ([`Portable::for_remote`]); ssh-agents
 /// are lent until the start has answered.
 pub async fn ask<M: Portable>(
     router: &Router,
     parent: ContextId,
+    label: &str,
     child: &ChildInit,
     builds: Vec<Offer>,
     method: &M,
     deadline: Duration,
 ) -> Result<Spawned, BootError> {
-    let target = format!("{} via context {parent}", method.target());
+    let target = format!("{} via {label} (context {parent})", method.target());
     let mut loans = AgentLoans::new(router.id(), parent);
     let method = method
         .clone()
