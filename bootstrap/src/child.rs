@@ -1,5 +1,6 @@
 //! Starting a child of this context, and reaping the process that carried it: the one path the
-//! controller's actors and every via parent take.
+//! controller's actors and every via parent take. Not public API (hypha's actors use it; programs
+//! start contexts with `rt.start(method)`), except [`Exit`].
 
 use std::time::Duration;
 

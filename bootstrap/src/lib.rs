@@ -5,6 +5,9 @@
 //!   [`boot`] runs a method and the [handshake]: the agent prints a sync marker and a Hello
 //!   (protocol version, binary hash, pid, user, host, arch), the parent checks it and answers with
 //!   an Init (the agent's id and ancestors).
+//! - [`Portable`] methods travel: registered by name ([`RegisterMethod`]), any context can be
+//!   asked to start a child with one ([`Spawn`], in `via`). [`through_command`] is the building
+//!   block of methods of one's own that reach the far side through a command.
 //! - [`run_if_agent`] is the agent's entry point: one call at the top of the user's `main`.
 //! - [`Identity`] and [`exe_hash`] describe this process; [`Whoami`] asks another context.
 //!
@@ -41,7 +44,9 @@ mod via;
 
 pub use agent::{init_logging, run_if_agent, AGENT_FLAG, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
-pub use child::{reap, start_child, Child, ChildInit, Exit};
+pub use child::Exit;
+#[doc(hidden)]
+pub use child::{reap, start_child, Child, ChildInit};
 pub use error::BootError;
 pub use forward::{Agent, AgentLoans, AgentMessage};
 pub use identity::{exe_hash, hash_file, hello, Identity};
@@ -51,4 +56,6 @@ pub use openssh::{HostKeyPolicy, OpenSsh};
 pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
-pub use via::{ask, Portable, RegisterMethod, Spawn, Spawned};
+#[doc(hidden)]
+pub use via::ask;
+pub use via::{Portable, RegisterMethod, Spawn, Spawned};
