@@ -52,12 +52,12 @@ async fn run() -> anyhow::Result<()> {
         let method: MethodSpec = match hop.split_once(':') {
             Some(("ssh", destination)) => opts.method(destination, jump)?,
             Some(("sudo", user)) => match &sudo_password {
-                Some(password) => Sudo::with_password(user, password.clone()).into(),
+                Some(password) => Sudo::new(user).with_password(password.clone()).into(),
                 None => Sudo::new(user).into(),
             },
             Some(("su", user)) => {
                 let password = su_password.clone().ok_or_else(|| anyhow!("hop {n} ({hop}) needs --su-password-env"))?;
-                Su::new(user, password).into()
+                Su::new(user).with_password(password).into()
             }
             None if hop == "local" => Local::default().into(),
             _ => bail!("hop {n}: {hop:?} is not ssh:..., sudo:..., su:... or local"),

@@ -26,10 +26,10 @@ pub use hypha_runtime as runtime;
 
 pub use hypha_actors::{call_all, Context, Exit, Options, Runtime, StartError, State};
 pub use hypha_bootstrap::{
-    run_if_agent, Agent, Auth, BootError, HostKeyPolicy, Identity, Local, Method, MethodSpec, OpenSsh, Ssh, Su, Sudo,
-    Whoami,
+    run_if_agent, Agent, Auth, BootError, Destination, HostKeyPolicy, Identity, Local, Method, MethodSpec, OpenSsh,
+    Ssh, Su, Sudo, Whoami,
 };
 pub use hypha_runtime::{
-    ByteReceiver, ByteSender, CallError, ContextId, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind,
-    Request, StreamError,
+    ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, HandlerError, Handlers, Ping, RemoteError,
+    RemoteErrorKind, Request, StreamError,
 };

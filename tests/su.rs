@@ -14,7 +14,7 @@ async fn a_context_sus_to_another_user_with_a_password() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
     let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
-    let target = rt.spawn_via(&hypha, Su::new("hypha-pw", lab.secret("target_password"))).await.unwrap();
+    let target = rt.spawn_via(&hypha, Su::new("hypha-pw").with_password(lab.secret("target_password"))).await.unwrap();
     assert_eq!(target.call(Whoami).await.unwrap().user, "hypha-pw");
     // Binary data (the upload, the 8 MiB streams) crossed the terminal unchanged.
     exercise(&target).await;
@@ -27,15 +27,14 @@ async fn su_with_a_wrong_password_is_a_clear_error_within_seconds() {
     let rt = runtime();
     let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
     let started = Instant::now();
-    let err = rt.spawn_via(&hypha, Su::new("hypha-pw", "not-the-password-42")).await.unwrap_err();
+    let err = rt.spawn_via(&hypha, Su::new("hypha-pw").with_password("not-the-password-42")).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     let text = err.to_string();
     assert!(text.contains("su refused the password for hypha-pw"), "{text}");
     assert!(!text.contains("not-the-password-42"), "the password leaked: {text}");
     // Without a password, where su asks for one.
     let started = Instant::now();
-    let none = Su { password: None, ..Su::new("hypha-pw", "") };
-    let err = rt.spawn_via(&hypha, none).await.unwrap_err();
+    let err = rt.spawn_via(&hypha, Su::new("hypha-pw")).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(err.to_string().contains("su wants hypha-pw's password, and none was given"), "{err}");
     assert_eq!(hypha.call(Echo("ok".into())).await.unwrap(), "ok");
@@ -46,8 +45,7 @@ async fn su_with_a_wrong_password_is_a_clear_error_within_seconds() {
 async fn the_controller_sus_without_a_password_as_root() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let su = Su { password: None, ..Su::new(lab.user.clone(), "") };
-    let ctx = rt.spawn(su).await.unwrap();
+    let ctx = rt.spawn(Su::new(lab.user.clone())).await.unwrap();
     assert_eq!(ctx.call(Whoami).await.unwrap().user, lab.user);
     rt.shutdown().await;
 }

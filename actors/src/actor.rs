@@ -161,7 +161,11 @@ impl Actor for ContextActor {
                 let booted = tokio::select! {
                     booted = boot(&*method, max_frame, init) => booted?,
                     () = gave_up => {
-                        return Err(BootError::Start { target, reason: "the caller gave up before it started".into() });
+                        return Err(BootError::Start {
+                            target,
+                            reason: "the caller gave up before it started".into(),
+                            source: None,
+                        });
                     }
                 };
                 router.grant(ids, id);
@@ -190,7 +194,11 @@ impl Actor for ContextActor {
                         router.grant_at(hop, (id, id + 1), parent).await?;
                         router.grant_at(hop, ids, id).await
                     };
-                    told.await.map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+                    told.await.map_err(|e| BootError::Start {
+                        target: target.clone(),
+                        reason: e.to_string(),
+                        source: Some(Box::new(e)),
+                    })?;
                 }
                 // Every stage of a start has its own deadline on the parent; this bounds the lot.
                 let deadline = spec.method().handshake_timeout() * 3 + Duration::from_secs(30);
@@ -201,12 +209,13 @@ impl Actor for ContextActor {
                     .map_err(|e| BootError::Start {
                         target: target.clone(),
                         reason: format!("this program's builds: {e}"),
+                        source: Some(Box::new(e)),
                     })?
                     .offers();
                 let spawned = router
                     .call_within(parent, &Spawn { id, name, method: *spec, ids, builds }, deadline)
                     .await
-                    .map_err(|e| BootError::Start { target, reason: e.to_string() })?;
+                    .map_err(|e| BootError::Start { target, reason: e.to_string(), source: Some(Box::new(e)) })?;
                 drop(loans);
                 span.record("host", spawned.hello.host.as_str());
                 Ok((spawned.hello, spawned.uploaded, Gone::Route(gone), None))
@@ -215,7 +224,11 @@ impl Actor for ContextActor {
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
             let res = res.unwrap_or_else(|e| {
-                Err(BootError::Start { target: act.name.clone(), reason: format!("start-up task failed: {e}") })
+                Err(BootError::Start {
+                    target: act.name.clone(),
+                    reason: format!("start-up task failed: {e}"),
+                    source: Some(Box::new(e)),
+                })
             });
             act.on_started(res, ctx)
         }));

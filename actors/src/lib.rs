@@ -233,9 +233,11 @@ impl Runtime {
         let kind = spec.method().target();
         // ssh-agents are lent to `parent` until the start has answered.
         let mut loans = AgentLoans::new(self.inner.router.id(), parent.id());
-        let spec = spec
-            .for_remote(&mut loans)
-            .map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
+        let spec = spec.for_remote(&mut loans).map_err(|e| BootError::Start {
+            target: kind.clone(),
+            reason: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
         // The hops above `parent` must hear of the new context's ids before its announcement.
         let hops = self.inner.contexts.above(parent.id());
         self.launch(Start::Via { parent: parent.id(), hops, spec: Box::new(spec), loans }, &kind).await
@@ -279,7 +281,8 @@ impl Runtime {
                 stopping: None,
             })
         };
-        let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
+        let stopped =
+            || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into(), source: None };
         let hello = ready_rx.await.map_err(|_| stopped())??;
         self.inner.contexts.insert(id, actor.clone(), via);
         let ctx = Context::new(id, name, hello, self.inner.router.clone(), actor, state_rx);

@@ -24,6 +24,7 @@
 mod agent;
 pub mod builds;
 mod builtins;
+mod destination;
 mod error;
 pub mod fdio;
 pub mod forward;
@@ -40,13 +41,14 @@ mod via;
 
 pub use agent::{init_logging, run_if_agent, AGENT_FLAG, LOG_ENV};
 pub use builtins::{install as install_builtins, Whoami};
+pub use destination::{Destination, DestinationError};
 pub use error::BootError;
 pub use forward::{Agent, AgentLoans, AgentMessage};
 pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
-pub use openssh::{HostKeyPolicy, OpenSsh};
-pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
+pub use openssh::OpenSsh;
+pub use ssh::{Auth, HostKeyPolicy, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
 pub use via::{spawn_child, MethodSpec, Spawn, Spawned};

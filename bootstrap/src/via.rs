@@ -152,9 +152,9 @@ const CHILD_IDS: ContextId = 64;
 /// block for its own children) come from this context's block, which the controller allocated, and
 /// its route is announced up to the controller like any other. Returns the child's id and Hello.
 pub async fn spawn_child(cx: &Cx, method: MethodSpec, name: &str) -> Result<(ContextId, Spawned), BootError> {
-    let no_ids = || BootError::Start {
-        target: method.method().target(),
-        reason: format!("context {} has no ids left to give to a child", cx.id()),
+    let no_ids = || {
+        let reason = format!("context {} has no ids left to give to a child", cx.id());
+        BootError::start(method.method().target(), reason, None)
     };
     let (id, _) = cx.router().allocate_ids(1).ok_or_else(no_ids)?;
     let ids = cx.router().allocate_ids(CHILD_IDS).unwrap_or((0, 0));
@@ -186,11 +186,11 @@ pub(crate) async fn spawn(req: Spawn, cx: Cx) -> Result<Spawned, BootError> {
     };
     let booted = boot(spec.method(), max_frame, init).await.map_err(|e| match e {
         // Why a lent agent failed is known here, not in the method: add it.
-        BootError::Auth { target, reason } => {
+        BootError::Auth { target, reason, source } => {
             let lent: Vec<String> = relays.iter().filter_map(Relay::refused).collect();
             let reason =
                 if lent.is_empty() { reason } else { format!("{reason} (the lent ssh-agent: {})", lent.join("; ")) };
-            BootError::Auth { target, reason }
+            BootError::Auth { target, reason, source }
         }
         e => e,
     })?;
