@@ -6,7 +6,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use hypha::{BootError, HostKeyPolicy, State};
+use hypha::{BootError, ErrorKind, HostKeyPolicy, Method, OpenSsh, Ssh, State};
 use util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +78,77 @@ async fn a_wrong_or_unknown_host_key_is_refused_before_anything_is_sent() {
     let m = lab.ssh("plain").with_known_hosts("/nonexistent/known_hosts");
     let err = rt.spawn(m).await.unwrap_err();
     assert!(err.to_string().contains("no key for"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn by_default_both_methods_refuse_a_host_whose_key_is_not_on_record() {
+    let Some(lab) = lab() else { return };
+    let empty = std::env::temp_dir().join(format!("hypha-empty-known-{}", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let rt = runtime();
+    // No policy named: enforce, for the system client too, whatever an ssh configuration says.
+    let openssh = lab.openssh("plain").with_known_hosts(&empty);
+    let ssh = lab.ssh("plain").with_known_hosts(&empty);
+    assert_eq!((openssh.host_key, ssh.host_key), (HostKeyPolicy::Enforce, HostKeyPolicy::Enforce));
+    for method in [Box::new(openssh) as Box<dyn Method>, Box::new(ssh)] {
+        let err = rt.spawn(method).await.unwrap_err();
+        assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::HostKey);
+        assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
+        assert_eq!(std::fs::read_to_string(&empty).unwrap(), "", "nothing was recorded");
+    }
+    std::fs::remove_file(&empty).unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn destinations_with_a_port_or_an_ipv6_address_reach_the_host() {
+    let Some(lab) = lab() else { return };
+    let (user, plain) = (&lab.user, lab.host("plain"));
+    // The lab's hosts have IPv4 addresses; `::ffff:A.B.C.D` is the same host over an IPv6 socket,
+    // and known_hosts knows it by that name.
+    let mapped = format!("::ffff:{plain}");
+    let recorded = std::fs::read_to_string(lab.known_hosts()).unwrap();
+    let line = recorded.lines().find(|l| l.starts_with(&format!("{plain} "))).unwrap();
+    let known = std::env::temp_dir().join(format!("hypha-known-v6-{}", std::process::id()));
+    std::fs::write(&known, format!("{}\n{}\n", line, line.replacen(plain, &mapped, 1))).unwrap();
+    let rt = runtime();
+    for destination in [format!("{user}@{plain}:22"), format!("{user}@[{mapped}]:22"), format!("{user}@{mapped}")] {
+        let ssh = Ssh::new(&destination).with_key(lab.key()).with_known_hosts(&known);
+        let openssh =
+            OpenSsh::new(&destination).with_identity(lab.key()).with_known_hosts(&known).with_args(["-F", "/dev/null"]);
+        assert_eq!((ssh.user.as_str(), ssh.port), (user.as_str(), 22), "{destination}");
+        for method in [Box::new(ssh) as Box<dyn Method>, Box::new(openssh)] {
+            let target = method.target();
+            let ctx = rt.spawn(method).await.unwrap_or_else(|e| panic!("{destination}: {e}"));
+            assert_eq!(ctx.hello().user, *user, "{target}");
+            assert_eq!(ctx.call(Echo(destination.clone())).await.unwrap(), destination);
+        }
+    }
+    std::fs::remove_file(&known).unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_destination_is_a_start_error_naming_it_and_nothing_runs() {
+    // No host is reached, so no lab is needed: the start fails before anything connects.
+    let rt = runtime();
+    let cases: Vec<(Box<dyn Method>, &str)> = vec![
+        (Box::new(Ssh::new("hypha@plain:99999")), "hypha@plain:99999"),
+        (Box::new(Ssh::new("127.0.0.1").with_jump(Ssh::new("gw@"))), "gw@"),
+        (Box::new(OpenSsh::new("-oProxyCommand=false")), "-oProxyCommand=false"),
+        (Box::new(OpenSsh::new("127.0.0.1").with_jump("[::1")), "[::1"),
+    ];
+    for (method, bad) in cases {
+        let err = rt.spawn(method).await.unwrap_err();
+        assert!(matches!(err, BootError::Start { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Start);
+        assert!(err.to_string().contains(&format!("{bad:?} is not a destination")), "{err}");
+        let source = std::error::Error::source(&err).expect("a source");
+        let refused = source.downcast_ref::<hypha::bootstrap::DestinationError>().expect("a DestinationError");
+        assert_eq!(refused.input(), bad);
+    }
     rt.shutdown().await;
 }
 
@@ -177,6 +248,10 @@ async fn unreachable_hosts_fail_fast() {
     let refused = lab.ssh("plain").with_port(1);
     let err = rt.spawn(refused).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }) && err.to_string().contains("refused"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unreachable);
+    // The socket's own error is the source, not just its text.
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
     let started = Instant::now();
     let nobody = hypha::Ssh::new(format!("{}@10.213.0.99", lab.user)).with_connect_timeout(Duration::from_secs(1));
     let err = rt.spawn(nobody).await.unwrap_err();

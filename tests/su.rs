@@ -49,3 +49,21 @@ async fn the_controller_sus_without_a_password_as_root() {
     assert_eq!(ctx.call(Whoami).await.unwrap().user, lab.user);
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn su_built_with_every_builder_starts_and_its_program_is_the_one_named() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let hypha = rt.spawn(lab.ssh("plain")).await.unwrap();
+    let su = Su::new("hypha-pw")
+        .with_password(lab.secret("target_password"))
+        .with_program("/bin/su")
+        .with_timeout(Duration::from_secs(30));
+    let ctx = rt.spawn_via(&hypha, su.clone()).await.unwrap();
+    assert_eq!(ctx.call(Whoami).await.unwrap().user, "hypha-pw");
+    // A program that is not there is named in the error (and the password is not).
+    let err = rt.spawn_via(&hypha, su.with_program("/nonexistent/su")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("/nonexistent/su") && !text.contains(&lab.secret("target_password")), "{text}");
+    rt.shutdown().await;
+}
