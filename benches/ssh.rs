@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::{bench_call_rtt, bench_upload, handlers, timed_start, tokio_rt};
 use criterion::{Criterion, Throughput};
-use hypha::{Auth, HostKeyPolicy, Method, OpenSsh, Runtime, Ssh};
+use hypha::{Method, OpenSsh, Runtime, Ssh};
 
 const BULK: u64 = 1 << 30;
 
@@ -36,22 +36,20 @@ impl Lab {
     }
 
     fn ssh(&self) -> Ssh {
-        let mut m = Ssh::new(self.user.clone(), self.host.clone());
-        m.auth = vec![Auth::Key { path: self.dir.join("keys/id_ed25519"), passphrase: None }];
-        m.known_hosts = Some(self.dir.join("known_hosts"));
-        if let Ok(ciphers) = std::env::var("HYPHA_BENCH_CIPHERS") {
-            m.ciphers = ciphers;
+        let m = Ssh::new(format!("{}@{}", self.user, self.host))
+            .with_key(self.dir.join("keys/id_ed25519"))
+            .with_known_hosts(self.dir.join("known_hosts"));
+        match std::env::var("HYPHA_BENCH_CIPHERS") {
+            Ok(ciphers) => m.with_ciphers(ciphers),
+            Err(_) => m,
         }
-        m
     }
 
     fn openssh(&self) -> OpenSsh {
-        let mut m = OpenSsh::new(format!("{}@{}", self.user, self.host));
-        m.identity = Some(self.dir.join("keys/id_ed25519"));
-        m.known_hosts = Some(self.dir.join("known_hosts"));
-        m.host_key = Some(HostKeyPolicy::Enforce);
-        m.args = vec!["-F".into(), "/dev/null".into()];
-        m
+        OpenSsh::new(format!("{}@{}", self.user, self.host))
+            .with_identity(self.dir.join("keys/id_ed25519"))
+            .with_known_hosts(self.dir.join("known_hosts"))
+            .with_args(["-F", "/dev/null"])
     }
 
     /// Remove the cached agent from the host (not timed).

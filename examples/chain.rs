@@ -54,12 +54,12 @@ async fn run() -> anyhow::Result<()> {
         let ctx = match hop.split_once(':') {
             Some(("ssh", destination)) => opts.method(destination, jump)?.start(&rt, via).await,
             Some(("sudo", user)) => match &sudo_password {
-                Some(password) => start(&rt, Sudo::with_password(user, password.clone()), via).await,
+                Some(password) => start(&rt, Sudo::new(user).with_password(password.clone()), via).await,
                 None => start(&rt, Sudo::new(user), via).await,
             },
             Some(("su", user)) => {
                 let password = su_password.clone().ok_or_else(|| anyhow!("hop {n} ({hop}) needs --su-password-env"))?;
-                start(&rt, Su::new(user, password), via).await
+                start(&rt, Su::new(user).with_password(password), via).await
             }
             None if hop == "local" => start(&rt, Local::default(), via).await,
             _ => bail!("hop {n}: {hop:?} is not ssh:..., sudo:..., su:... or local"),

@@ -28,8 +28,8 @@ pub use hypha_actors::{
     call_all, Context, Event, Events, Exit, Options, Restart, Runtime, Start, StartError, StartFrom, State,
 };
 pub use hypha_bootstrap::{
-    run_if_agent, Agent, Auth, BootError, HostKeyPolicy, Identity, Local, Method, OpenSsh, Portable, RegisterMethod,
-    Ssh, Su, Sudo, Whoami,
+    run_if_agent, Agent, Auth, BootError, Destination, HostKeyPolicy, Identity, Local, Method, OpenSsh, Portable,
+    RegisterMethod, Ssh, Su, Sudo, Whoami,
 };
 pub use hypha_runtime::{
     ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, HandlerError, Handlers, KindedError, Ping,

@@ -212,7 +212,7 @@ async fn a_different_binary_is_refused_at_the_handshake() {
     std::fs::write(&copy, bytes).unwrap();
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let rt = runtime();
-    let err = rt.start(Local { program: Some(copy), ..Local::default() }).await.unwrap_err();
+    let err = rt.start(Local::default().with_program(copy)).await.unwrap_err();
     assert!(matches!(err, BootError::Mismatch { what: "binary hash", .. }), "{err}");
     assert!(err.to_string().starts_with("local on "), "names the target: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -223,10 +223,10 @@ async fn a_different_binary_is_refused_at_the_handshake() {
 async fn a_program_that_is_no_agent_fails_clearly_and_fast() {
     let rt = runtime();
     let started = Instant::now();
-    let err = rt.start(Local { program: Some("/bin/false".into()), ..Local::default() }).await.unwrap_err();
+    let err = rt.start(Local::default().with_program("/bin/false")).await.unwrap_err();
     assert!(matches!(err, BootError::Exited { .. }), "{err}");
 
-    let err = rt.start(Local { program: Some("/nonexistent/agent".into()), ..Local::default() }).await.unwrap_err();
+    let err = rt.start(Local::default().with_program("/nonexistent/agent")).await.unwrap_err();
     assert!(matches!(err, BootError::Start { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/agent"), "{err}");
 
@@ -234,7 +234,7 @@ async fn a_program_that_is_no_agent_fails_clearly_and_fast() {
     let silent = std::env::temp_dir().join(format!("hypha-silent-{}", std::process::id()));
     std::fs::write(&silent, "#!/bin/sh\nexec cat\n").unwrap();
     std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let quick = Local { program: Some(silent.clone()), timeout: Some(Duration::from_millis(300)) };
+    let quick = Local::default().with_program(&silent).with_timeout(Duration::from_millis(300));
     let err = rt.start(quick).await.unwrap_err();
     assert!(matches!(err, BootError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -5,7 +5,7 @@
 
 mod util;
 
-use hypha::{BootError, Whoami};
+use hypha::{BootError, ErrorKind, Portable, Whoami};
 use util::exec::Exec;
 use util::*;
 
@@ -58,5 +58,41 @@ async fn a_method_that_cannot_run_its_command_says_which() {
     assert!(err.to_string().contains("/nonexistent/exec-wrapper"), "{err}");
     let err = rt.start(Exec::new(Vec::<String>::new())).await.unwrap_err();
     assert!(err.to_string().contains("an empty command"), "{err}");
+    rt.shutdown().await;
+}
+
+/// A method this program never registers: no context knows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Unregistered(Exec);
+
+impl hypha::Method for Unregistered {
+    fn target(&self) -> String {
+        self.0.target()
+    }
+    fn start<'a>(
+        &'a self,
+        nonce: &'a str,
+    ) -> hypha::bootstrap::BoxFuture<'a, Result<hypha::bootstrap::Transport, BootError>> {
+        self.0.start(nonce)
+    }
+}
+
+impl Portable for Unregistered {
+    const NAME: &'static str = "test.unregistered";
+}
+
+#[tokio::test]
+async fn a_method_no_context_registered_is_refused_by_name_and_kind() {
+    let rt = runtime();
+    let parent = rt.local().await.unwrap();
+    let method = Unregistered(Exec::new(["env"]));
+    // Directly, it needs no registration: this process runs it.
+    rt.start(method.clone()).await.unwrap();
+    let err = rt.start(method).via(&parent).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownHandler, "{err}");
+    assert!(err.to_string().contains("test.unregistered"), "{err}");
+    assert!(matches!(err, BootError::Via { .. }), "{err:?}");
+    // The parent is unharmed.
+    exercise(&parent).await;
     rt.shutdown().await;
 }

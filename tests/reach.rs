@@ -48,13 +48,9 @@ fn runtime_with_aarch64(build: &std::path::Path) -> Runtime {
 /// deadline of `deadline`.
 fn method(lab: &Lab, name: &str, i: usize, deadline: Duration) -> Box<dyn hypha::Method> {
     if i == 0 {
-        let mut m = lab.openssh(name);
-        m.timeout = deadline;
-        Box::new(m)
+        Box::new(lab.openssh(name).with_timeout(deadline))
     } else {
-        let mut m = lab.ssh(name);
-        m.timeout = deadline;
-        Box::new(m)
+        Box::new(lab.ssh(name).with_timeout(deadline))
     }
 }
 
@@ -162,8 +158,7 @@ async fn arm_children_of_an_x86_64_hop_get_the_aarch64_build_from_it() {
     let rt = runtime_with_aarch64(&build);
     // plain runs this machine's build; it has no aarch64 one until a child on arm needs it.
     let gw = rt.start(lab.ssh("plain")).await.unwrap();
-    let mut to_arm = lab.ssh("arm");
-    to_arm.timeout = EMULATED;
+    let to_arm = lab.ssh("arm").with_timeout(EMULATED);
     let mut children: Vec<Context> = Vec::new();
     for n in 0..2 {
         // A clean cache each time: both children need the build uploaded, from plain.

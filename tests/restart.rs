@@ -81,7 +81,7 @@ async fn a_context_that_cannot_start_again_fails_after_its_tries_and_says_why() 
     let copy = dir.join("agent");
     std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
     let policy = Restart::OnLoss { backoff: Duration::from_millis(10), max_tries: 3 };
-    let ctx = rt.start(Local { program: Some(copy.clone()), ..Local::default() }).restart(policy).await.unwrap();
+    let ctx = rt.start(Local::default().with_program(&copy)).restart(policy).await.unwrap();
     std::fs::remove_file(&copy).unwrap();
     let mut events = ctx.events();
     kill(ctx.hello().pid);

@@ -6,7 +6,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use hypha::{BootError, HostKeyPolicy, State};
+use hypha::{BootError, ErrorKind, HostKeyPolicy, Method, OpenSsh, Ssh, State};
 use util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,16 +47,13 @@ async fn the_second_start_uploads_nothing_and_login_noise_is_ignored() {
 async fn a_refused_key_is_an_auth_error() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let mut m = lab.openssh("plain");
-    m.identity = Some(lab.stranger_key());
+    let m = lab.openssh("plain").with_identity(lab.stranger_key());
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }), "{err}");
     assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
     assert!(err.to_string().contains("Permission denied"), "{err}");
 
-    let mut m = lab.ssh("plain");
-    m.auth =
-        vec![hypha::Auth::Key { path: lab.stranger_key(), passphrase: None }, hypha::Auth::Password("wrong".into())];
+    let m = lab.ssh("plain").with_auth(vec![]).with_key(lab.stranger_key()).with_password("wrong");
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }), "{err}");
     let text = err.to_string();
@@ -69,21 +66,89 @@ async fn a_refused_key_is_an_auth_error() {
 async fn a_wrong_or_unknown_host_key_is_refused_before_anything_is_sent() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let mut m = lab.openssh("plain");
-    m.known_hosts = Some(lab.wrong_known_hosts());
+    let m = lab.openssh("plain").with_known_hosts(lab.wrong_known_hosts());
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
 
-    let mut m = lab.ssh("plain");
-    m.known_hosts = Some(lab.wrong_known_hosts());
+    let m = lab.ssh("plain").with_known_hosts(lab.wrong_known_hosts());
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("possible man in the middle"), "{err}");
     // Refused before authentication: the server logged no login attempt for it.
-    let mut m = lab.ssh("plain");
-    m.known_hosts = Some(std::path::PathBuf::from("/nonexistent/known_hosts"));
+    let m = lab.ssh("plain").with_known_hosts("/nonexistent/known_hosts");
     let err = rt.start(m).await.unwrap_err();
     assert!(err.to_string().contains("no key for"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn by_default_both_methods_refuse_a_host_whose_key_is_not_on_record() {
+    let Some(lab) = lab() else { return };
+    let empty = std::env::temp_dir().join(format!("hypha-empty-known-{}", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let rt = runtime();
+    // No policy named: enforce, for the system client too, whatever an ssh configuration says.
+    let openssh = lab.openssh("plain").with_known_hosts(&empty);
+    let ssh = lab.ssh("plain").with_known_hosts(&empty);
+    assert_eq!((openssh.host_key, ssh.host_key), (HostKeyPolicy::Enforce, HostKeyPolicy::Enforce));
+    for method in [Box::new(openssh) as Box<dyn Method>, Box::new(ssh)] {
+        let err = rt.start(method).await.unwrap_err();
+        assert!(matches!(err, BootError::HostKey { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::HostKey);
+        assert!(err.to_string().contains(lab.host("plain")), "names the host: {err}");
+        assert_eq!(std::fs::read_to_string(&empty).unwrap(), "", "nothing was recorded");
+    }
+    std::fs::remove_file(&empty).unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn destinations_with_a_port_or_an_ipv6_address_reach_the_host() {
+    let Some(lab) = lab() else { return };
+    let (user, plain) = (&lab.user, lab.host("plain"));
+    // The lab's hosts have IPv4 addresses; `::ffff:A.B.C.D` is the same host over an IPv6 socket,
+    // and known_hosts knows it by that name.
+    let mapped = format!("::ffff:{plain}");
+    let recorded = std::fs::read_to_string(lab.known_hosts()).unwrap();
+    let line = recorded.lines().find(|l| l.starts_with(&format!("{plain} "))).unwrap();
+    let known = std::env::temp_dir().join(format!("hypha-known-v6-{}", std::process::id()));
+    std::fs::write(&known, format!("{}\n{}\n", line, line.replacen(plain, &mapped, 1))).unwrap();
+    let rt = runtime();
+    for destination in [format!("{user}@{plain}:22"), format!("{user}@[{mapped}]:22"), format!("{user}@{mapped}")] {
+        let ssh = Ssh::new(&destination).with_key(lab.key()).with_known_hosts(&known);
+        let openssh =
+            OpenSsh::new(&destination).with_identity(lab.key()).with_known_hosts(&known).with_args(["-F", "/dev/null"]);
+        assert_eq!((ssh.user.as_str(), ssh.port), (user.as_str(), 22), "{destination}");
+        for method in [Box::new(ssh) as Box<dyn Method>, Box::new(openssh)] {
+            let target = method.target();
+            let ctx = rt.start(method).await.unwrap_or_else(|e| panic!("{destination}: {e}"));
+            assert_eq!(ctx.hello().user, *user, "{target}");
+            assert_eq!(ctx.call(Echo(destination.clone())).await.unwrap(), destination);
+        }
+    }
+    std::fs::remove_file(&known).unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_destination_is_a_start_error_naming_it_and_nothing_runs() {
+    // No host is reached, so no lab is needed: the start fails before anything connects.
+    let rt = runtime();
+    let cases: Vec<(Box<dyn Method>, &str)> = vec![
+        (Box::new(Ssh::new("hypha@plain:99999")), "hypha@plain:99999"),
+        (Box::new(Ssh::new("127.0.0.1").with_jump(Ssh::new("gw@"))), "gw@"),
+        (Box::new(OpenSsh::new("-oProxyCommand=false")), "-oProxyCommand=false"),
+        (Box::new(OpenSsh::new("127.0.0.1").with_jump("[::1")), "[::1"),
+    ];
+    for (method, bad) in cases {
+        let err = rt.start(method).await.unwrap_err();
+        assert!(matches!(err, BootError::Start { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Start);
+        assert!(err.to_string().contains(&format!("{bad:?} is not a destination")), "{err}");
+        let source = std::error::Error::source(&err).expect("a source");
+        let refused = source.downcast_ref::<hypha::bootstrap::DestinationError>().expect("a DestinationError");
+        assert_eq!(refused.input(), bad);
+    }
     rt.shutdown().await;
 }
 
@@ -94,8 +159,7 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
     // known_hosts holds only the host's ECDSA key (as an older client recorded it), with plain or
     // hashed names; the server prefers to show its ed25519 key, which is no mismatch.
     for file in ["known_hosts_ecdsa", "known_hosts_ecdsa_hashed"] {
-        let mut m = lab.ssh("plain");
-        m.known_hosts = Some(lab.dir.join(file));
+        let m = lab.ssh("plain").with_known_hosts(lab.dir.join(file));
         let ctx = rt.start(m).await.unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(ctx.call(Echo("typed".into())).await.unwrap(), "typed");
     }
@@ -103,17 +167,17 @@ async fn ssh_asks_for_and_checks_the_key_type_known_hosts_holds() {
     let ecdsa = std::fs::read_to_string(lab.dir.join("known_hosts_ecdsa")).unwrap();
     let noisy = ecdsa.lines().find(|l| l.starts_with(&format!("{} ", lab.host("noisy")))).unwrap();
     let forged = noisy.replacen(lab.host("noisy"), lab.host("plain"), 1);
-    let mut m = lab.ssh("plain");
-    m.known_hosts_data = Some(forged);
+    let m = lab.ssh("plain").with_known_hosts_data(forged);
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("ecdsa-sha2-nistp256 key presented differs"), "{err}");
     // Only a type the server does not have on record: refused as a changed key, even with
     // accept-new, which takes keys of hosts it knows nothing of.
     let rsa = std::fs::read_to_string(lab.dir.join("keys/id_rsa.pub")).unwrap();
-    let mut m = lab.ssh("plain");
-    m.known_hosts_data = Some(format!("{} {}", lab.host("plain"), rsa.trim()));
-    m.host_key = HostKeyPolicy::AcceptNew;
+    let m = lab
+        .ssh("plain")
+        .with_known_hosts_data(format!("{} {}", lab.host("plain"), rsa.trim()))
+        .with_host_key(HostKeyPolicy::AcceptNew);
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains("holds only ssh-rsa"), "{err}");
@@ -138,11 +202,9 @@ async fn ssh_contexts_serve_calls_like_local_ones() {
 async fn ssh_authenticates_with_a_passphrase_key_and_with_a_password() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let mut m = lab.ssh("plain");
-    m.auth = vec![hypha::Auth::Key { path: lab.rsa_key(), passphrase: Some(lab.secret("rsa_passphrase")) }];
+    let m = lab.ssh("plain").with_auth(vec![]).with_key_passphrase(lab.rsa_key(), lab.secret("rsa_passphrase"));
     rt.start(m).await.unwrap().call(Echo("rsa".into())).await.unwrap();
-    let mut m = lab.ssh("plain");
-    m.auth = vec![hypha::Auth::Password(lab.secret("password"))];
+    let m = lab.ssh("plain").with_auth(vec![]).with_password(lab.secret("password"));
     rt.start(m).await.unwrap().call(Echo("password".into())).await.unwrap();
     rt.shutdown().await;
 }
@@ -154,15 +216,13 @@ async fn ssh_authenticates_through_an_agent() {
     // This test binary runs alone in its process under nextest; the variable is ours.
     std::env::set_var("SSH_AUTH_SOCK", &agent.socket);
     let rt = runtime();
-    let mut m = lab.ssh("plain");
-    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Env)];
-    rt.start(m).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    let agent_only = |agent| lab.ssh("plain").with_auth(vec![]).with_agent(agent);
+    rt.start(agent_only(hypha::Agent::Env)).await.unwrap().call(Echo("agent".into())).await.unwrap();
     // An agent named by its socket; one holding no key is a clear error.
-    let mut m = lab.ssh("plain");
-    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(agent.socket.clone()))];
-    rt.start(m.clone()).await.unwrap().call(Echo("agent".into())).await.unwrap();
+    let m = agent_only(hypha::Agent::Socket(agent.socket.clone()));
+    rt.start(m).await.unwrap().call(Echo("agent".into())).await.unwrap();
     let empty = SshAgent::start(&[]);
-    m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(empty.socket.clone()))];
+    let m = agent_only(hypha::Agent::Socket(empty.socket.clone()));
     let err = rt.start(m).await.unwrap_err();
     assert!(matches!(err, BootError::Auth { .. }) && err.to_string().contains("holds no identities"), "{err}");
     rt.shutdown().await;
@@ -172,27 +232,28 @@ async fn ssh_authenticates_through_an_agent() {
 async fn unreachable_hosts_fail_fast() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
-    let mut refused = lab.openssh("plain");
-    refused.port = Some(1);
+    let refused = lab.openssh("plain").with_port(1);
     let err = rt.start(refused).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
 
     // An address in the lab's network where no host answers: the connect deadline ends it.
     let started = Instant::now();
-    let mut nobody = hypha::OpenSsh::new(format!("{}@10.213.0.99", lab.user));
-    nobody.connect_timeout = Duration::from_secs(1);
-    nobody.args = vec!["-F".into(), "/dev/null".into()];
+    let nobody = hypha::OpenSsh::new(format!("{}@10.213.0.99", lab.user))
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_args(["-F", "/dev/null"]);
     let err = rt.start(nobody).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
-    let mut refused = lab.ssh("plain");
-    refused.port = 1;
+    let refused = lab.ssh("plain").with_port(1);
     let err = rt.start(refused).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }) && err.to_string().contains("refused"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unreachable);
+    // The socket's own error is the source, not just its text.
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
     let started = Instant::now();
-    let mut nobody = hypha::Ssh::new(lab.user.clone(), "10.213.0.99");
-    nobody.connect_timeout = Duration::from_secs(1);
+    let nobody = hypha::Ssh::new(format!("{}@10.213.0.99", lab.user)).with_connect_timeout(Duration::from_secs(1));
     let err = rt.start(nobody).await.unwrap_err();
     assert!(matches!(err, BootError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
@@ -268,9 +329,7 @@ async fn accept_new_records_the_key() {
     let file = std::env::temp_dir().join(format!("hypha-known-{}", std::process::id()));
     let _ = std::fs::remove_file(&file);
     let rt = runtime();
-    let mut m = lab.openssh("plain");
-    m.known_hosts = Some(file.clone());
-    m.host_key = Some(HostKeyPolicy::AcceptNew);
+    let m = lab.openssh("plain").with_known_hosts(&file).with_host_key(HostKeyPolicy::AcceptNew);
     let ctx = rt.start(m).await.unwrap();
     ctx.call(Echo("ok".into())).await.unwrap();
     let recorded = std::fs::read_to_string(&file).unwrap();
@@ -300,8 +359,7 @@ async fn a_four_hop_ssh_chain_where_each_host_is_reachable_only_from_the_previou
     let Some(lab) = lab() else { return };
     // From here, only hop1 answers; the others are behind it, one namespace after another.
     for far in ["hop2", "hop3", "hop4"] {
-        let mut direct = lab.ssh(far);
-        direct.connect_timeout = Duration::from_millis(500);
+        let direct = lab.ssh(far).with_connect_timeout(Duration::from_millis(500));
         let rt = runtime();
         let err = rt.start(direct).await.unwrap_err();
         assert!(matches!(err, BootError::Unreachable { .. }), "{far} must not be reachable directly: {err}");
@@ -332,9 +390,7 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     let Some(lab) = lab() else { return };
     let agent = SshAgent::start(&[lab.key()]);
     let with_agent = |name: &str, socket: &std::path::Path| {
-        let mut m = lab.ssh(name);
-        m.auth = vec![hypha::Auth::Agent(hypha::Agent::Socket(socket.to_owned()))];
-        m
+        lab.ssh(name).with_auth(vec![]).with_agent(hypha::Agent::Socket(socket.to_owned()))
     };
     let rt = runtime();
     let hop1 = rt.start(lab.ssh("hop1")).await.unwrap();
@@ -345,16 +401,15 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     let deeper = rt.start(with_agent("hop3", &agent.socket)).via(&hop2).await.unwrap();
     assert_eq!(deeper.call(hypha::Whoami).await.unwrap().host, "lab-hop3");
     // The jump hosts of a via hop sign with it too: hop3 from hop1, through hop2.
-    let mut to_hop3 = with_agent("hop3", &agent.socket);
-    to_hop3.jump = vec![with_agent("hop2", &agent.socket)];
+    let to_hop3 = with_agent("hop3", &agent.socket).with_jump(with_agent("hop2", &agent.socket));
     let hop3 = rt.start(to_hop3).via(&hop1).await.unwrap();
     exercise(&hop3).await;
     // The system ssh client on hop1 signs with it as well (hop1 has no key the lab user may read).
     let openssh = |socket: &std::path::Path| {
-        let mut m = lab.openssh("hop2");
-        m.identity = None;
-        m.agent = hypha::Agent::Socket(socket.to_owned());
-        m
+        hypha::OpenSsh::new(format!("{}@{}", lab.user, lab.host("hop2")))
+            .with_known_hosts(lab.known_hosts())
+            .with_args(["-F", "/dev/null"])
+            .with_agent(hypha::Agent::Socket(socket.to_owned()))
     };
     let ctx = rt.start(openssh(&agent.socket)).via(&hop1).await.unwrap();
     assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
@@ -371,6 +426,8 @@ async fn a_via_hop_signs_with_the_controllers_agent_and_keeps_nothing_of_it() {
     let err = rt.start(with_agent("hop2", &empty.socket)).via(&hop1).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("holds no identities") && text.contains(lab.host("hop2")), "{text}");
+    // The kind of the hop's failure crosses the link: no need to read the text.
+    assert_eq!(err.kind(), hypha::ErrorKind::Authentication, "{text}");
     let err = rt.start(openssh(&empty.socket)).via(&hop1).await.unwrap_err();
     assert!(err.to_string().contains("Permission denied"), "{err}");
     let missing = agent.socket.with_file_name("no-such-agent");
@@ -386,21 +443,16 @@ async fn jump_hosts_that_run_no_agent_lead_to_hosts_out_of_reach() {
     let Some(lab) = lab() else { return };
     let rt = runtime();
     // hop2 through hop1; hop3 through hop1 and hop2. Neither jump host runs an agent.
-    let mut to_hop2 = lab.ssh("hop2");
-    to_hop2.jump = vec![lab.ssh("hop1")];
+    let to_hop2 = lab.ssh("hop2").with_jump(lab.ssh("hop1"));
     let ctx = rt.start(to_hop2).await.unwrap();
     assert_eq!(ctx.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
-    let mut to_hop3 = lab.ssh("hop3");
-    to_hop3.jump = vec![lab.ssh("hop1"), lab.ssh("hop2")];
+    let to_hop3 = lab.ssh("hop3").with_jump(lab.ssh("hop1")).with_jump(lab.ssh("hop2"));
     let ctx = rt.start(to_hop3).await.unwrap();
     exercise(&ctx).await;
     assert!(agent_pids_in_namespace("hop1").is_empty(), "a jump host runs no agent");
 
     // The host-key policy applies to every hop: a jump host with the wrong key is refused.
-    let mut bad = lab.ssh("hop2");
-    let mut jump = lab.ssh("hop1");
-    jump.known_hosts = Some(lab.wrong_known_hosts());
-    bad.jump = vec![jump];
+    let bad = lab.ssh("hop2").with_jump(lab.ssh("hop1").with_known_hosts(lab.wrong_known_hosts()));
     let err = rt.start(bad).await.unwrap_err();
     assert!(matches!(err, BootError::HostKey { .. }), "{err}");
     assert!(err.to_string().contains(lab.host("hop1")), "names the jump host: {err}");

@@ -27,11 +27,11 @@ async fn a_context_sudos_without_and_with_a_password() {
     let hypha = rt.start(lab.ssh("plain")).await.unwrap();
     let nopw = rt.start(Sudo::new("hypha-nopw")).via(&hypha).await.unwrap();
     assert_eq!(nopw.call(Whoami).await.unwrap().user, "hypha-nopw");
-    let pw = rt.start(Sudo::with_password("hypha-pw", lab.secret("password"))).via(&hypha).await.unwrap();
+    let pw = rt.start(Sudo::new("hypha-pw").with_password(lab.secret("password"))).via(&hypha).await.unwrap();
     assert_eq!(pw.call(Whoami).await.unwrap().user, "hypha-pw");
     exercise(&pw).await;
     // A password offered where none is asked for is never sent.
-    let nopw2 = rt.start(Sudo::with_password("hypha-nopw", "unused")).via(&hypha).await.unwrap();
+    let nopw2 = rt.start(Sudo::new("hypha-nopw").with_password("unused")).via(&hypha).await.unwrap();
     assert_eq!(nopw2.call(Echo("fine".into())).await.unwrap(), "fine");
     rt.shutdown().await;
 }
@@ -42,10 +42,10 @@ async fn sudo_failures_are_clear_and_quick() {
     let rt = runtime();
     let hypha = rt.start(lab.ssh("plain")).await.unwrap();
     let cases = [
-        (Sudo::with_password("hypha-pw", "wrong-password-xyz"), "refused the password"),
+        (Sudo::new("hypha-pw").with_password("wrong-password-xyz"), "refused the password"),
         (Sudo::new("hypha-pw"), "wants a password"),
         // sudo checks the password before the policy: the right one, for a user hypha may not become.
-        (Sudo::with_password("root", lab.secret("password")), "may not sudo to root"),
+        (Sudo::new("root").with_password(lab.secret("password")), "may not sudo to root"),
     ];
     for (method, expect) in cases {
         let started = Instant::now();

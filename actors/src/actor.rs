@@ -187,14 +187,18 @@ impl Lifecycle {
             };
             tokio::select! {
                 started = start(how, router, child, hops, span) => started,
-                () = gave_up => Err(BootError::Start { target, reason: "the caller gave up before it started".into() }),
+                () = gave_up => Err(BootError::start(target, "the caller gave up before it started", None)),
                 () = deadline => Err(BootError::Timeout { target, stage: "start", after: timeout.unwrap_or_default() }),
             }
         });
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
             let res = res.unwrap_or_else(|e| {
-                Err(BootError::Start { target: act.name.clone(), reason: format!("start-up task failed: {e}") })
+                Err(BootError::Start {
+                    target: act.name.clone(),
+                    reason: format!("start-up task failed: {e}"),
+                    source: Some(Box::new(e)),
+                })
             });
             act.on_started(res, ctx)
         }));
@@ -322,16 +326,13 @@ async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>,
                     router.grant_at(hop, (id, id + 1), parent).await?;
                     router.grant_at(hop, ids, id).await
                 };
-                told.await.map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+                told.await.map_err(|source| BootError::Via { target: target.clone(), source })?;
             }
             // The parent serves the build for the child's architecture: its own, or one it
             // fetches from here when a child first needs it.
             let builds = Builds::current()
                 .await
-                .map_err(|e| BootError::Start {
-                    target: target.clone(),
-                    reason: format!("this program's builds: {e}"),
-                })?
+                .map_err(|e| BootError::start(target.clone(), "this program's builds", Some(e.into())))?
                 .offers();
             let spawned = ask(router.clone(), parent, label, child, builds).await?;
             span.record("host", spawned.hello.host.as_str());

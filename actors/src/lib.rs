@@ -272,9 +272,12 @@ impl Runtime {
             }
             None => {
                 let router = &self.inner.router;
-                let no_ids = || BootError::Start {
-                    target: target.to_owned(),
-                    reason: format!("context {} has no ids left to give to a child", router.id()),
+                let no_ids = || {
+                    BootError::start(
+                        target,
+                        format!("context {} has no ids left to give to a child", router.id()),
+                        None,
+                    )
                 };
                 let (id, _) = router.allocate_ids(1).ok_or_else(no_ids)?;
                 Ok((id, router.allocate_ids(CHILD_IDS).unwrap_or((0, 0))))
@@ -327,7 +330,7 @@ impl Runtime {
                 done: false,
             })
         };
-        let stopped = || BootError::Start { target: name.clone(), reason: "the runtime has stopped".into() };
+        let stopped = || BootError::start(name.clone(), "the runtime has stopped", None);
         let (hello, _) = ready_rx.await.map_err(|_| stopped())??;
         self.inner.contexts.insert(id, actor.clone(), via);
         let ctx = Context::new(context::Inner {

@@ -172,7 +172,7 @@ impl<M: Method + 'static> IntoFuture for Start<M> {
         };
         let (rt, name, timeout, restart) = (self.rt, self.name, self.timeout, self.restart);
         Box::pin(async move {
-            let rt = rt.map_err(|e| BootError::Start { target: kind.clone(), reason: e.to_string() })?;
+            let rt = rt.map_err(|e| BootError::start(kind.clone(), e.to_string(), None))?;
             rt.launch(how, kind, name, timeout, restart).await
         })
     }

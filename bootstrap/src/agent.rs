@@ -55,9 +55,9 @@ pub fn run_if_agent(handlers: &Handlers) {
         // Called inside `#[tokio::main]`: the agent needs a runtime of its own, which cannot be
         // started on a thread that already drives one. The caller's runtime stays idle.
         let (handlers, nonce) = (handlers.clone(), nonce.clone());
-        std::thread::spawn(move || run(&handlers, &nonce)).join().unwrap_or_else(|_| {
-            Err(BootError::Start { target: "agent".into(), reason: "the agent thread panicked".into() })
-        })
+        std::thread::spawn(move || run(&handlers, &nonce))
+            .join()
+            .unwrap_or_else(|_| Err(BootError::start("agent", "the agent thread panicked", None)))
     } else {
         run(handlers, &nonce)
     };

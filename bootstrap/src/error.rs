@@ -2,7 +2,16 @@
 
 use std::time::Duration;
 
-/// A context did not start. Every variant names the target (method and host) it was for.
+use hypha_runtime::ErrorKind;
+
+/// The error under a [`BootError`], where there is one (an `io::Error`, a libssh2 error, a
+/// [`DestinationError`](crate::DestinationError)...).
+/// The error that made a start fail, as [`BootError::Start`] keeps it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A context did not start. Every variant names the target (method and host) it was for; its
+/// text says what failed and why, and [`source`](std::error::Error::source) reaches the
+/// underlying error where there is one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BootError {
@@ -13,6 +22,20 @@ pub enum BootError {
         target: String,
         /// What failed.
         reason: String,
+        /// The error that made it fail, if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The context asked to start it (its via parent) could not, or could not be asked: the
+    /// parent's failure (its kind, such as authentication or host key, is the failure's on the
+    /// parent's side), or why the call to it failed.
+    #[error("{target}: {source}")]
+    Via {
+        /// Method and host, and the parent.
+        target: String,
+        /// The failed call.
+        #[source]
+        source: hypha_runtime::CallError,
     },
     /// The agent's stream ended before the handshake finished.
     #[error("{target}: the agent ended before its handshake{}", said(output))]
@@ -94,6 +117,9 @@ pub enum BootError {
         target: String,
         /// What the server or client said.
         reason: String,
+        /// The error of the last credential that failed with one (the others are in `reason`).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The host's key is not the one on record: nothing was sent.
     #[error("{target}: host key refused: {reason}")]
@@ -102,6 +128,9 @@ pub enum BootError {
         target: String,
         /// Which key was expected and which one was presented.
         reason: String,
+        /// The error reading, checking or recording known_hosts, if there was one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The host could not be reached (refused, unreachable, or no answer in time).
     #[error("{target}: cannot reach the host: {reason}")]
@@ -110,6 +139,9 @@ pub enum BootError {
         target: String,
         /// What failed.
         reason: String,
+        /// The error connecting, if there was one (none for a deadline, or for what an `ssh` client said).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// Reading or writing the stream failed.
     #[error("{target}: I/O error during the handshake: {source}")]
@@ -120,6 +152,33 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BootError {
+    /// What kind of failure it is, to branch on without reading the text (the same kinds as
+    /// [`CallError::kind`](hypha_runtime::CallError::kind)).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BootError::Start { .. }
+            | BootError::Exited { .. }
+            | BootError::Install { .. }
+            | BootError::Garbled { .. } => ErrorKind::Start,
+            BootError::Timeout { .. } => ErrorKind::TimedOut,
+            BootError::Mismatch { .. } => ErrorKind::Mismatch,
+            BootError::Arch { .. } => ErrorKind::Architecture,
+            BootError::NoCacheDir { .. } => ErrorKind::NoCacheDir,
+            BootError::Auth { .. } => ErrorKind::Authentication,
+            BootError::HostKey { .. } => ErrorKind::HostKey,
+            BootError::Unreachable { .. } => ErrorKind::Unreachable,
+            BootError::Io { .. } => ErrorKind::Io,
+            BootError::Via { source, .. } => source.kind(),
+        }
+    }
+
+    /// [`BootError::Start`] for `target`: `reason`, caused by `source`.
+    pub fn start(target: impl Into<String>, reason: impl Into<String>, source: Option<Cause>) -> BootError {
+        BootError::Start { target: target.into(), reason: reason.into(), source }
+    }
 }
 
 fn install(dir: &str, found: Option<&str>, reason: &str) -> String {
@@ -135,5 +194,60 @@ fn said(output: &str) -> String {
         String::new()
     } else {
         format!("; it said: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_kind() {
+        let t = || "ssh alice@web1:22".to_owned();
+        let text = || "why".to_owned();
+        let cases = [
+            (BootError::start(t(), "spawning", None), ErrorKind::Start),
+            (BootError::Exited { target: t(), output: text() }, ErrorKind::Start),
+            (BootError::Install { target: t(), dir: text(), found: None, reason: text() }, ErrorKind::Start),
+            (BootError::Garbled { target: t(), reason: text() }, ErrorKind::Start),
+            (
+                BootError::Timeout { target: t(), stage: "handshake", after: Duration::from_secs(1) },
+                ErrorKind::TimedOut,
+            ),
+            (
+                BootError::Mismatch { target: t(), what: "binary hash", ours: text(), theirs: text() },
+                ErrorKind::Mismatch,
+            ),
+            (
+                BootError::Arch { target: t(), remote: "aarch64".into(), local: "x86_64".into() },
+                ErrorKind::Architecture,
+            ),
+            (BootError::NoCacheDir { target: t(), tried: text() }, ErrorKind::NoCacheDir),
+            (BootError::Auth { target: t(), reason: text(), source: None }, ErrorKind::Authentication),
+            (BootError::HostKey { target: t(), reason: text(), source: None }, ErrorKind::HostKey),
+            (BootError::Unreachable { target: t(), reason: text(), source: None }, ErrorKind::Unreachable),
+            (BootError::Io { target: t(), source: std::io::Error::other("x") }, ErrorKind::Io),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[test]
+    fn the_underlying_error_is_the_source_and_stays_in_the_text() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = refused.to_string();
+        let err = BootError::Unreachable {
+            target: "ssh alice@web1:22".into(),
+            reason: text.clone(),
+            source: Some(Box::new(refused)),
+        };
+        let source = err.source().expect("a source");
+        let io = source.downcast_ref::<std::io::Error>().expect("the io::Error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(err.to_string(), format!("ssh alice@web1:22: cannot reach the host: {text}"));
+        assert!(BootError::start("local on h", "no", None).source().is_none());
     }
 }

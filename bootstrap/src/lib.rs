@@ -28,6 +28,7 @@ mod agent;
 pub mod builds;
 mod builtins;
 mod child;
+mod destination;
 mod error;
 pub mod fdio;
 pub mod forward;
@@ -47,13 +48,14 @@ pub use builtins::{install as install_builtins, Whoami};
 pub use child::Exit;
 #[doc(hidden)]
 pub use child::{reap, start_child, Child, ChildInit};
-pub use error::BootError;
+pub use destination::{Destination, DestinationError};
+pub use error::{BootError, Cause};
 pub use forward::{Agent, AgentLoans, AgentMessage};
 pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, through_command, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
-pub use openssh::{HostKeyPolicy, OpenSsh};
-pub use ssh::{Auth, Ssh, SshStream, DEFAULT_CIPHERS};
+pub use openssh::OpenSsh;
+pub use ssh::{Auth, HostKeyPolicy, Ssh, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
 #[doc(hidden)]

@@ -16,13 +16,37 @@ use crate::{agent, BootError, Identity};
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Start a context as a child process on this host.
+///
+/// ```
+/// use std::time::Duration;
+/// use hypha_bootstrap::Local;
+///
+/// let m = Local::default().with_timeout(Duration::from_secs(5));
+/// assert_eq!(m.timeout, Some(Duration::from_secs(5)));
+/// ```
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Local {
     /// Executable to run; this process's own by default. Anything else must be a copy of it (the
     /// handshake checks the binary hash).
     pub program: Option<PathBuf>,
     /// Handshake deadline; 30 s by default.
     pub timeout: Option<Duration>,
+}
+
+impl Local {
+    /// Run `program` instead of this process's own executable: a copy of it (the handshake
+    /// checks the binary hash).
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Local {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Handshake deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Local {
+        self.timeout = Some(timeout);
+        self
+    }
 }
 
 impl Method for Local {
@@ -32,13 +56,15 @@ impl Method for Local {
 
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
-            let fail = |reason: String| BootError::Start { target: self.target(), reason };
+            let fail = |reason: String, source: std::io::Error| {
+                BootError::start(self.target(), reason, Some(Box::new(source)))
+            };
             let mut cmd = match &self.program {
                 Some(p) => Command::new(p),
                 None => {
                     // What is running, even if its path now names another file (see exe_path);
                     // ps shows the usual name.
-                    let path = exe_path().map_err(|e| fail(format!("cannot find this executable: {e}")))?;
+                    let path = exe_path().map_err(|e| fail(format!("cannot find this executable: {e}"), e))?;
                     let mut cmd = Command::new(path);
                     if let Ok(name) = std::env::current_exe() {
                         cmd.arg0(name);
@@ -58,9 +84,9 @@ impl Method for Local {
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| fail(format!("{program}: {e}")))?;
+                .map_err(|e| fail(format!("{program}: {e}"), e))?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                return Err(fail("the child's stdio was not piped".into()));
+                return Err(BootError::start(self.target(), "the child's stdio was not piped", None));
             };
             for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
                 // SAFETY: fcntl on a pipe we own. Failure (an old kernel, a lower limit) only costs speed.

@@ -238,11 +238,10 @@ pub(crate) fn spawn_piped(
 ) -> Result<(tokio::process::Child, ChildStdin, ChildStdout, ChildStderr), BootError> {
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child =
-        cmd.spawn().map_err(|e| BootError::Start { target: target.into(), reason: format!("{program}: {e}") })?;
+    let mut child = cmd.spawn().map_err(|e| BootError::start(target, format!("{program}: {e}"), Some(Box::new(e))))?;
     match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(stdin), Some(stdout), Some(stderr)) => Ok((child, stdin, stdout, stderr)),
-        _ => Err(BootError::Start { target: target.into(), reason: format!("{program}'s stdio was not piped") }),
+        _ => Err(BootError::start(target, format!("{program}'s stdio was not piped"), None)),
     }
 }
 

@@ -20,17 +20,26 @@ use tokio::process::Command;
 use crate::builds::Builds;
 use crate::fdio::FdStream;
 use crate::method::{BoxFuture, Method, Transport};
+use crate::sudo::debug_as_user;
 use crate::{stub, BootError, Identity};
 
 /// How long su may take to authenticate (a wrong password costs it a few seconds).
 const AUTH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Start a context as `user` with su.
+///
+/// ```
+/// use hypha_bootstrap::Su;
+///
+/// let m = Su::new("bob").with_password("bob's password");
+/// assert!(!format!("{m:?}").contains("bob's password"));
+/// ```
 #[derive(Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Su {
     /// The user to become.
     pub user: String,
-    /// That user's password (su asks for the target's own; root is not asked).
+    /// The password su asks for (the target user's own; root is not asked).
     pub password: Option<String>,
     /// The su program.
     pub program: PathBuf,
@@ -39,21 +48,34 @@ pub struct Su {
 }
 
 impl fmt::Debug for Su {
-    // Never print the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Su").field("user", &self.user).field("password", &self.password.as_ref().map(|_| "..")).finish()
+        debug_as_user(f, "Su", &self.user, self.password.as_deref(), &self.program, self.timeout)
     }
 }
 
 impl Su {
-    /// Become `user` with `password`.
-    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
-        Su {
-            user: user.into(),
-            password: Some(password.into()),
-            program: "su".into(),
-            timeout: Duration::from_secs(60),
-        }
+    /// Become `user`, without a password (as root, which su does not ask), with `su` from the
+    /// `PATH` and 60 s to start.
+    pub fn new(user: impl Into<String>) -> Su {
+        Su { user: user.into(), password: None, program: PathBuf::from("su"), timeout: Duration::from_secs(60) }
+    }
+
+    /// Answer su's prompt with `password` (the target user's).
+    pub fn with_password(mut self, password: impl Into<String>) -> Su {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Run this su instead of the one on the `PATH`.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Su {
+        self.program = program.into();
+        self
+    }
+
+    /// Deadline for the stub, the upload and the agent's handshake.
+    pub fn with_timeout(mut self, timeout: Duration) -> Su {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -97,14 +119,13 @@ impl Method for Su {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().map_err(|e| BootError::Start {
-                target: target.clone(),
-                reason: format!("{}: {e}", self.program.display()),
+            let child = cmd.spawn().map_err(|e| {
+                BootError::start(target.clone(), format!("{}: {e}", self.program.display()), Some(Box::new(e)))
             })?;
             let input = FdStream::new(master.try_clone().map_err(io)?).map_err(io)?;
             let mut output = FdStream::new(master).map_err(io)?;
             let mut reader = input;
-            let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
+            let auth = |reason: String| BootError::Auth { target: target.clone(), reason, source: None };
 
             // Until the stub speaks, su is authenticating: answer its prompt once.
             let mut buf = BytesMut::with_capacity(4096);
@@ -161,7 +182,15 @@ mod tests {
 
     #[test]
     fn the_password_never_prints() {
-        assert!(!format!("{:?}", Su::new("bob", "s3cret-pw")).contains("s3cret-pw"));
+        let su = Su::new("bob").with_password("s3cret-pw");
+        assert_eq!(format!("{su:?}"), r#"Su { user: "bob", password: Some(".."), program: "su", timeout: 60s }"#);
+    }
+
+    #[test]
+    fn every_setting_has_a_builder() {
+        let su = Su::new("bob").with_program("/opt/su").with_timeout(Duration::from_secs(5));
+        assert_eq!((su.user.as_str(), su.password.as_deref()), ("bob", None));
+        assert_eq!((su.program, su.timeout), (PathBuf::from("/opt/su"), Duration::from_secs(5)));
     }
 
     #[test]

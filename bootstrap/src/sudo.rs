@@ -25,11 +25,20 @@ const PROMPT: &str = "[hypha-sudo-password]";
 const AUTH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Start a context as `user` with sudo.
+///
+/// ```
+/// use hypha_bootstrap::Sudo;
+///
+/// let m = Sudo::new("postgres").with_password("my own password");
+/// assert!(!format!("{m:?}").contains("my own password"));
+/// ```
 #[derive(Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Sudo {
     /// The user to become.
     pub user: String,
-    /// The password sudo asks for (the invoking user's), if it asks.
+    /// The password sudo asks for (the invoking user's), if it asks. Without one, sudo must not
+    /// ask (NOPASSWD, or as root).
     pub password: Option<String>,
     /// The sudo program.
     pub program: PathBuf,
@@ -38,25 +47,33 @@ pub struct Sudo {
 }
 
 impl fmt::Debug for Sudo {
-    // Never print the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sudo")
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| ".."))
-            .field("program", &self.program)
-            .finish()
+        debug_as_user(f, "Sudo", &self.user, self.password.as_deref(), &self.program, self.timeout)
     }
 }
 
 impl Sudo {
-    /// Become `user`, without a password (NOPASSWD, or as root).
-    pub fn new(user: impl Into<String>) -> Self {
+    /// Become `user`, without a password, with `sudo` from the `PATH` and 60 s to start.
+    pub fn new(user: impl Into<String>) -> Sudo {
         Sudo { user: user.into(), password: None, program: PathBuf::from("sudo"), timeout: Duration::from_secs(60) }
     }
 
-    /// Become `user`, answering sudo's prompt with `password` if it asks.
-    pub fn with_password(user: impl Into<String>, password: impl Into<String>) -> Self {
-        Sudo { password: Some(password.into()), ..Sudo::new(user) }
+    /// Answer sudo's prompt with `password` (the invoking user's) if it asks.
+    pub fn with_password(mut self, password: impl Into<String>) -> Sudo {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Run this sudo instead of the one on the `PATH`.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Sudo {
+        self.program = program.into();
+        self
+    }
+
+    /// Deadline for the stub, the upload and the agent's handshake.
+    pub fn with_timeout(mut self, timeout: Duration) -> Sudo {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -77,7 +94,7 @@ impl Method for Sudo {
             cmd.arg("--").args(stub::argv(nonce, &builds));
             let (mut child, mut stdin, mut stdout, stderr) = spawn_piped(cmd, &target)?;
             let (tail, mut prompts) = watch_stderr(stderr);
-            let auth = |reason: String| BootError::Auth { target: target.clone(), reason };
+            let auth = |reason: String| BootError::Auth { target: target.clone(), reason, source: None };
 
             // Until the stub speaks on stdout, sudo is still deciding; answer its prompt once.
             let mut buf = BytesMut::with_capacity(4096);
@@ -125,6 +142,23 @@ impl Method for Sudo {
     fn handshake_timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// `Debug` for a method that becomes another user (sudo, su): the password is never shown.
+pub(crate) fn debug_as_user(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    user: &str,
+    password: Option<&str>,
+    program: &std::path::Path,
+    timeout: Duration,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("user", &user)
+        .field("password", &password.map(|_| ".."))
+        .field("program", &program)
+        .field("timeout", &timeout)
+        .finish()
 }
 
 /// Keep sudo's stderr, and say each time its prompt appears.
@@ -178,7 +212,7 @@ impl PromptScan {
 fn classify(target: &str, user: &str, said: String) -> BootError {
     let said = said.replace(PROMPT, "");
     let said = said.trim().to_owned();
-    let auth = |reason: String| BootError::Auth { target: target.into(), reason };
+    let auth = |reason: String| BootError::Auth { target: target.into(), reason, source: None };
     if said.contains("a password is required") {
         auth(format!("sudo wants a password to become {user}, and none was given ({said})"))
     } else if said.contains("not in the sudoers") || said.contains("not allowed") || said.contains("may not run sudo") {
@@ -209,7 +243,14 @@ mod tests {
 
     #[test]
     fn the_password_never_prints() {
-        let sudo = Sudo::with_password("bob", "s3cret-pw");
-        assert!(!format!("{sudo:?}").contains("s3cret-pw"));
+        let sudo = Sudo::new("bob").with_password("s3cret-pw");
+        assert_eq!(format!("{sudo:?}"), r#"Sudo { user: "bob", password: Some(".."), program: "sudo", timeout: 60s }"#);
+    }
+
+    #[test]
+    fn every_setting_has_a_builder() {
+        let sudo = Sudo::new("bob").with_program("/opt/sudo").with_timeout(Duration::from_secs(5));
+        assert_eq!((sudo.user.as_str(), sudo.password.as_deref()), ("bob", None));
+        assert_eq!((sudo.program, sudo.timeout), (PathBuf::from("/opt/sudo"), Duration::from_secs(5)));
     }
 }

@@ -20,7 +20,7 @@ use std::io;
 use std::time::Duration;
 
 use hypha_runtime::proto::{Hello, IdBlock};
-use hypha_runtime::{CallError, ContextId, Cx, ErrorKind, Handlers, KindedError, Request, Router};
+use hypha_runtime::{ContextId, Cx, Handlers, KindedError, Request, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::info_span;
@@ -164,16 +164,11 @@ pub async fn ask<M: Portable>(
     let method = method
         .clone()
         .for_remote(&mut loans)
-        .map_err(|e| BootError::Start { target: target.clone(), reason: e.to_string() })?;
+        .map_err(|e| BootError::start(target.clone(), "the method cannot travel", Some(e.into())))?;
     let req = Spawn { id: child.id, name: child.name.clone(), ids: child.ids, builds, method };
     let spawned = router.call_within(parent, &req, deadline).await;
     drop(loans);
-    spawned.map_err(|source| via_error(target, source))
-}
-
-/// A via start's failure, as the asking context sees it.
-fn via_error(target: String, source: CallError) -> BootError {
-    BootError::Start { target, reason: source.to_string() }
+    spawned.map_err(|source| BootError::Via { target, source })
 }
 
 /// The handler of method `M`: start a child of this context with it.
@@ -181,7 +176,7 @@ async fn spawn<M: Portable>(req: Spawn<M>, cx: Cx) -> Result<Spawned, KindedErro
     let router = cx.router().clone();
     let mut method = req.method;
     let target = method.target();
-    let fail = |e: BootError| KindedError::new(boot_kind(&e), e);
+    let fail = |e: BootError| KindedError::new(e.kind(), e);
     let io = |source| fail(BootError::Io { target: target.clone(), source });
     learn_builds(&req.builds, cx.caller(), &router).map_err(io)?;
     // Agents lent by an ancestor are reached through relays that last as long as the start.
@@ -190,11 +185,11 @@ async fn spawn<M: Portable>(req: Spawn<M>, cx: Cx) -> Result<Spawned, KindedErro
     let span = info_span!("context", id = child.id, name = %child.name, host = tracing::field::Empty);
     let started = start_child(&router, &method, &child, span).await.map_err(|e| match e {
         // Why a lent agent failed is known here, not in the method: add it.
-        BootError::Auth { target, reason } => {
+        BootError::Auth { target, reason, source } => {
             let lent: Vec<String> = relays.iter().filter_map(Relay::refused).collect();
             let reason =
                 if lent.is_empty() { reason } else { format!("{reason} (the lent ssh-agent: {})", lent.join("; ")) };
-            BootError::Auth { target, reason }
+            BootError::Auth { target, reason, source }
         }
         e => e,
     });
@@ -206,21 +201,6 @@ async fn spawn<M: Portable>(req: Spawn<M>, cx: Cx) -> Result<Spawned, KindedErro
         reap(process, Duration::from_secs(1)).await;
     });
     Ok(Spawned { hello: started.hello, uploaded: started.uploaded })
-}
-
-/// What kind of failure a start is.
-fn boot_kind(e: &BootError) -> ErrorKind {
-    match e {
-        BootError::Auth { .. } => ErrorKind::Authentication,
-        BootError::HostKey { .. } => ErrorKind::HostKey,
-        BootError::Unreachable { .. } => ErrorKind::Unreachable,
-        BootError::Arch { .. } => ErrorKind::Architecture,
-        BootError::NoCacheDir { .. } => ErrorKind::NoCacheDir,
-        BootError::Timeout { .. } => ErrorKind::TimedOut,
-        BootError::Mismatch { .. } => ErrorKind::Mismatch,
-        BootError::Io { .. } => ErrorKind::Io,
-        _ => ErrorKind::Start,
-    }
 }
 
 /// Offer the builds a via start named to this context's children: those that are not this

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use hypha::{Auth, BootError, Context, HostKeyPolicy, OpenSsh, Options, Portable, Runtime, Ssh};
+use hypha::{BootError, Context, Destination, HostKeyPolicy, OpenSsh, Options, Portable, Runtime, Ssh};
 
 /// `--method ssh|openssh`, `--port N`, `--identity FILE`, `--password-env VAR`,
 /// `--known-hosts FILE`, `--accept-new`, `--ignore-host-key`, and `--agent ARCH=PATH`
@@ -58,20 +58,31 @@ impl SshOptions {
         match self.method.as_deref().unwrap_or("ssh") {
             "ssh" => {
                 let mut m = self.ssh(destination)?;
-                m.jump = jump.iter().map(|j| self.ssh(j)).collect::<anyhow::Result<_>>()?;
+                for j in jump {
+                    m = m.with_jump(self.ssh(j)?);
+                }
                 Ok(SshMethod::Ssh(m))
             }
             "openssh" => {
                 if self.password_env.is_some() {
                     bail!("--password-env needs --method ssh: the openssh method runs ssh in BatchMode");
                 }
-                let (target, port) = split_port(destination)?;
-                let mut m = OpenSsh::new(target);
-                m.port = port.or(self.port);
-                m.identity = self.identity.clone();
-                m.known_hosts = self.known_hosts.clone();
-                m.host_key = self.policy.clone().or(self.known_hosts.as_ref().map(|_| HostKeyPolicy::Enforce));
-                m.jump = jump.to_vec();
+                let mut m = OpenSsh::new(destination);
+                if let Some(port) = self.port.filter(|_| port_of(destination).is_none()) {
+                    m = m.with_port(port);
+                }
+                if let Some(path) = &self.identity {
+                    m = m.with_identity(path);
+                }
+                if let Some(path) = &self.known_hosts {
+                    m = m.with_known_hosts(path);
+                }
+                if let Some(policy) = self.policy {
+                    m = m.with_host_key(policy);
+                }
+                for j in jump {
+                    m = m.with_jump(j);
+                }
                 Ok(SshMethod::OpenSsh(m))
             }
             other => bail!("unknown method {other} (ssh or openssh)"),
@@ -79,28 +90,33 @@ impl SshOptions {
     }
 
     fn ssh(&self, destination: &str) -> anyhow::Result<Ssh> {
-        let (target, port) = split_port(destination)?;
-        let (user, host) = match target.split_once('@') {
-            Some((user, host)) => (user.to_owned(), host.to_owned()),
-            None => (std::env::var("USER").unwrap_or_else(|_| "root".into()), target),
-        };
-        let mut m = Ssh::new(user, host);
-        if let Some(port) = port.or(self.port) {
-            m.port = port;
+        let mut m = Ssh::new(destination);
+        if let Some(port) = self.port.filter(|_| port_of(destination).is_none()) {
+            m = m.with_port(port);
         }
         if let Some(path) = &self.identity {
-            m.auth = vec![Auth::Key { path: path.clone(), passphrase: None }];
+            m = m.with_key(path);
         }
         if let Some(var) = &self.password_env {
             let password = std::env::var(var).with_context(|| format!("${var} is not set"))?;
-            m.auth.push(Auth::Password(password));
+            // After the key, or the default credentials.
+            let before = m.auth.clone();
+            m = m.with_auth(before).with_password(password);
         }
-        m.known_hosts = self.known_hosts.clone();
-        if let Some(policy) = &self.policy {
-            m.host_key = policy.clone();
+        if let Some(path) = &self.known_hosts {
+            m = m.with_known_hosts(path);
+        }
+        if let Some(policy) = self.policy {
+            m = m.with_host_key(policy);
         }
         Ok(m)
     }
+}
+
+/// The port `destination` names, if it is a destination that names one (one that is not is
+/// refused when the method starts, saying why).
+fn port_of(destination: &str) -> Option<u16> {
+    destination.parse::<Destination>().ok()?.port()
 }
 
 /// One of the two SSH methods, as `--method` chose.
@@ -128,16 +144,6 @@ pub(crate) async fn start<M: Portable>(
     match parent {
         Some(parent) => rt.start(method).via(parent).await,
         None => rt.start(method).await,
-    }
-}
-
-/// `[user@]host[:port]` (or `[user@][v6addr]:port`) → (`[user@]host`, port).
-fn split_port(destination: &str) -> anyhow::Result<(String, Option<u16>)> {
-    match destination.rsplit_once(':') {
-        Some((target, port)) if !target.contains(':') || target.ends_with(']') => {
-            Ok((target.replace(['[', ']'], ""), Some(port.parse().context("port")?)))
-        }
-        _ => Ok((destination.to_owned(), None)),
     }
 }
 

@@ -33,7 +33,7 @@ impl Method for Exec {
     fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
         Box::pin(async move {
             let Some((program, args)) = self.command.split_first() else {
-                return Err(BootError::Start { target: self.target(), reason: "an empty command".into() });
+                return Err(BootError::start(self.target(), "an empty command", None));
             };
             let mut cmd = tokio::process::Command::new(program);
             cmd.args(args);

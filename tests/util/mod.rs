@@ -318,19 +318,16 @@ impl Lab {
     }
     /// `openssh` to lab host `name` as the lab user, checking its key against the lab's known_hosts.
     pub fn openssh(&self, name: &str) -> hypha::OpenSsh {
-        let mut m = hypha::OpenSsh::new(format!("{}@{}", self.user, self.host(name)));
-        m.identity = Some(self.key());
-        m.known_hosts = Some(self.known_hosts());
-        m.host_key = Some(hypha::HostKeyPolicy::Enforce);
-        m.args = vec!["-F".into(), "/dev/null".into()];
-        m
+        hypha::OpenSsh::new(format!("{}@{}", self.user, self.host(name)))
+            .with_identity(self.key())
+            .with_known_hosts(self.known_hosts())
+            .with_args(["-F", "/dev/null"])
     }
     /// `ssh` (in process) to lab host `name` as the lab user, with the lab's ed25519 key.
     pub fn ssh(&self, name: &str) -> hypha::Ssh {
-        let mut m = hypha::Ssh::new(self.user.clone(), self.host(name));
-        m.auth = vec![hypha::Auth::Key { path: self.key(), passphrase: None }];
-        m.known_hosts = Some(self.known_hosts());
-        m
+        hypha::Ssh::new(format!("{}@{}", self.user, self.host(name)))
+            .with_key(self.key())
+            .with_known_hosts(self.known_hosts())
     }
     /// Both SSH methods to lab host `name`, configured alike.
     pub fn both(&self, name: &str) -> Vec<Box<dyn hypha::Method>> {
