@@ -326,7 +326,7 @@ async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>,
                     router.grant_at(hop, (id, id + 1), parent).await?;
                     router.grant_at(hop, ids, id).await
                 };
-                told.await.map_err(|source| BootError::Via { target: target.clone(), source })?;
+                told.await.map_err(|source| BootError::Via { target: target.clone(), source: Box::new(source) })?;
             }
             // The parent serves the build for the child's architecture: its own, or one it
             // fetches from here when a child first needs it.

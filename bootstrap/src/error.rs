@@ -35,7 +35,7 @@ pub enum BootError {
         target: String,
         /// The failed call.
         #[source]
-        source: hypha_runtime::CallError,
+        source: Box<hypha_runtime::CallError>,
     },
     /// The agent's stream ended before the handshake finished.
     #[error("{target}: the agent ended before its handshake{}", said(output))]

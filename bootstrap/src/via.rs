@@ -168,7 +168,7 @@ pub async fn ask<M: Portable>(
     let req = Spawn { id: child.id, name: child.name.clone(), ids: child.ids, builds, method };
     let spawned = router.call_within(parent, &req, deadline).await;
     drop(loans);
-    spawned.map_err(|source| BootError::Via { target, source })
+    spawned.map_err(|source| BootError::Via { target, source: Box::new(source) })
 }
 
 /// The handler of method `M`: start a child of this context with it.
