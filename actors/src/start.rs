@@ -81,7 +81,7 @@ impl How {
 /// use hypha_actors::Restart;
 /// use hypha_bootstrap::{Ssh, Sudo};
 ///
-/// let gw = rt.start(Ssh::new("alice", "gw1")).name("gw1").await?;
+/// let gw = rt.start(Ssh::new("alice@gw1")).name("gw1").await?;
 /// let db = rt
 ///     .start(Sudo::new("postgres"))
 ///     .via(&gw)
