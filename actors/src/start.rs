@@ -72,7 +72,7 @@ impl How {
     }
 }
 
-/// A context being started; `.await` it for the [`Context`]. Made by [`Runtime::start`] (or
+/// A context being started; `.await` it for the [`Context`]. Made by [`Runtime::start`](crate::Runtime::start) (or
 /// `cx.start` in handler code, [`crate::StartFrom`]).
 ///
 /// ```no_run

@@ -216,7 +216,7 @@ impl OpenSsh {
 
     /// Ready to run on another host (the context `loans` are made to): the agent is lent for the
     /// start; files (identity, known hosts, configuration) are that host's.
-    pub fn for_remote(mut self, loans: &mut AgentLoans) -> std::io::Result<OpenSsh> {
+    pub(crate) fn for_remote(mut self, loans: &mut AgentLoans) -> std::io::Result<OpenSsh> {
         self.agent = std::mem::take(&mut self.agent).lend(loans)?.unwrap_or_default();
         Ok(self)
     }

@@ -254,7 +254,7 @@ impl Ssh {
 
     /// and known_hosts are read here and travel in memory; ssh-agents stay here and are lent for
     /// the start ([`Agent::Lent`]).
-    pub fn for_remote(mut self, loans: &mut AgentLoans) -> io::Result<Ssh> {
+    pub(crate) fn for_remote(mut self, loans: &mut AgentLoans) -> io::Result<Ssh> {
         let mut auth = Vec::with_capacity(self.auth.len());
         for a in std::mem::take(&mut self.auth) {
             match a {
