@@ -150,3 +150,88 @@ async fn a_via_context_whose_parent_is_gone_fails_after_its_tries_naming_the_par
     assert!(why.contains("mortal-parent"), "{why}");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_own_no_route_error_is_its_answer_not_a_reason_to_wait() {
+    let rt = runtime();
+    let ctx = rt.local().restart(Restart::on_loss()).await.unwrap();
+    // The handler calls on to a context that does not exist, and passes the error on.
+    let err = ctx.call_within(Relay(4242), Duration::from_secs(60)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoRoute, "{err}");
+    assert!(matches!(err, hypha::CallError::Remote(_)), "{err:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_via_start_given_up_on_leaves_nothing_on_the_parent() {
+    let rt = runtime();
+    let parent = rt.local().name("parent").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hypha-slow-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An agent that takes a second to start: the start is given up on before it is up.
+    let slow = dir.join("slow-agent");
+    let exe = std::env::current_exe().unwrap();
+    std::fs::write(&slow, format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", exe.display())).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let start = rt.start(Local::default().with_program(&slow)).via(&parent).timeout(Duration::from_millis(300));
+    let err = start.await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    // The parent finishes that start on its own deadline, and the child is shut down at once.
+    assert_eq!(children(parent.hello().pid), 1, "the slow start runs on the parent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while children(parent.hello().pid) != 0 {
+        assert!(std::time::Instant::now() < deadline, "the child given up on still runs on the parent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_end_once_the_context_has_ended() {
+    let rt = runtime();
+    let ctx = rt.local().await.unwrap();
+    let mut events = ctx.events();
+    assert!(matches!(ctx.shutdown().await, State::ShutDown { .. }));
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap() {
+        seen.push(event);
+    }
+    assert_eq!(seen, [Event::ShutDown]);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_via_child_waits_for_its_restarting_parent() {
+    let rt = runtime();
+    let slow = Restart::OnLoss { backoff: Duration::from_millis(800), max_tries: 3 };
+    let parent = rt.local().name("parent").restart(slow).await.unwrap();
+    let quick = Restart::OnLoss { backoff: Duration::from_millis(10), max_tries: 3 };
+    let child = rt.local().via(&parent).name("child").restart(quick).await.unwrap();
+    let mut events = child.events();
+    kill(parent.hello().pid);
+    let seen = events_until(&mut events, |e| matches!(e, Event::Ready { .. } | Event::Failed { .. })).await;
+    assert!(matches!(seen.last(), Some(Event::Ready { .. })), "{seen:?}; the parent is {:?}", parent.state());
+    assert_eq!(child.call(Whoami).await.unwrap().user, parent.call(Whoami).await.unwrap().user);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_outliving_its_runtime_fails_its_calls_at_once() {
+    let ctx = {
+        let rt = runtime();
+        rt.local().restart(Restart::on_loss()).await.unwrap()
+    };
+    // The runtime is gone, and its actors with it.
+    assert!(matches!(ctx.closed().await, State::Disconnected { .. }));
+    let err = ctx.call_within(Whoami, Duration::from_secs(60)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_start_after_the_runtime_shut_down() {
+    let rt = runtime();
+    rt.shutdown().await;
+    let err = rt.local().await.unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+}

@@ -170,9 +170,15 @@ impl Lifecycle {
         let (how, hops, timeout) = (self.how.clone(), self.hops.clone(), self.timeout);
         let caller_gone = self.caller_gone.take();
         let target = self.how.target(&self.name);
+        let via = matches!(self.how, How::Via { .. });
+        let io = self.io.clone();
         let job = self.io.spawn(async move {
-            // A caller that gives up stops the start where it is: dropping it kills the local
-            // process and closes the connection, so nothing is left running.
+            // A caller that gives up, or a deadline, stops the start: a direct one where it is
+            // (aborting it drops the local process, killed, and the connection); a via one runs
+            // to its end on the parent (its own deadlines bound it), and what it started there is
+            // shut down at once.
+            let cleanup = router.clone();
+            let mut attempt = io.spawn(start(how, router, child, hops, span));
             let gave_up = async {
                 match caller_gone {
                     Some(gone) => drop(gone.await),
@@ -185,11 +191,23 @@ impl Lifecycle {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                started = start(how, router, child, hops, span) => started,
-                () = gave_up => Err(BootError::start(target, "the caller gave up before it started", None)),
-                () = deadline => Err(BootError::Timeout { target, stage: "start", after: timeout.unwrap_or_default() }),
+            let stopped = tokio::select! {
+                started = &mut attempt => return started.unwrap_or_else(|e| {
+                    Err(BootError::start(target, "the start-up task failed", Some(Box::new(e))))
+                }),
+                () = gave_up => BootError::start(target, "the caller gave up before it started", None),
+                () = deadline => BootError::Timeout { target, stage: "start", after: timeout.unwrap_or_default() },
+            };
+            if via {
+                io.spawn(async move {
+                    if let Ok(Ok(_)) = attempt.await {
+                        let _ = cleanup.request_shutdown(id, Duration::ZERO).await;
+                    }
+                });
+            } else {
+                attempt.abort();
             }
+            Err(stopped)
         });
         // `wait`: no other message (a shutdown) is handled until the start has finished.
         ctx.wait(actix::fut::wrap_future(job).map(|res, act: &mut Self, ctx| {
@@ -275,7 +293,7 @@ impl Lifecycle {
         let reap = self.io.spawn(reap(process, patience));
         ctx.wait(actix::fut::wrap_future(reap).map(move |res, act: &mut Self, ctx| {
             let (exit, killed) = res.unwrap_or((None, false));
-            let state = match act.stopping {
+            let state = match stopping {
                 Some(_) => {
                     let graceful = !killed && !matches!(reason, CloseReason::Local(_));
                     State::ShutDown { graceful, exit }
@@ -312,8 +330,16 @@ async fn start(how: How, router: Router, child: ChildInit, hops: Vec<ContextId>,
             Ok((started.hello, started.uploaded, Gone::Link(started.link), started.process))
         }
         How::Via { parent, ask } => {
-            let (id, ids, label, parent) = (child.id, child.ids, parent.name().to_owned(), parent.id());
-            let target = format!("{} via {label} (context {parent})", child.name);
+            let (id, ids, label) = (child.id, child.ids, parent.name().to_owned());
+            let target = format!("{} via {label} (context {})", child.name, parent.id());
+            // A parent that restarts itself is waited for: asking it before it is back would
+            // spend this context's tries in moments.
+            let within = router.config().call_timeout;
+            parent
+                .wait_ready(within)
+                .await
+                .map_err(|e| BootError::Via { target: target.clone(), source: Box::new(e) })?;
+            let parent = parent.id();
             // Watch before asking: a child that dies at once must still be noticed.
             let gone = router.watch_route(id);
             // The new context may be announced only from below its parent, and its block only
@@ -359,7 +385,11 @@ impl Handler<Shutdown> for Lifecycle {
                 ctx.stop();
             }
         }
+        let ended = state.is_terminal();
         Box::pin(async move {
+            if ended {
+                return state;
+            }
             let _ = router.request_shutdown(id, msg.grace).await;
             let terminal = |s: &Status| s.state.is_terminal();
             let deadline = msg.grace + Duration::from_secs(2);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use hypha_runtime::proto::Hello;
-use hypha_runtime::{CallError, ContextId, EncodedRequest, ErrorKind, Request, Router};
+use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteError, RemoteErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -56,20 +56,39 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Events {
     rx: broadcast::Receiver<Event>,
+    status: watch::Receiver<Status>,
 }
 
 impl Events {
     /// The next event, or `None` once the context has ended for good and every event was seen.
     /// A reader that falls far behind skips the oldest events.
     pub async fn next(&mut self) -> Option<Event> {
+        use broadcast::error::{RecvError, TryRecvError};
         loop {
-            match self.rx.recv().await {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+            tokio::select! {
+                biased;
+                event = self.rx.recv() => match event {
+                    Ok(event) => return Some(event),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+                // Ended for good (or its actor is gone): what is buffered, then nothing. The
+                // actor sends an event before the state it leads to.
+                () = ended(&mut self.status) => loop {
+                    match self.rx.try_recv() {
+                        Ok(event) => return Some(event),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => return None,
+                    }
+                },
             }
         }
     }
+}
+
+/// Resolves once the context has ended for good, or its actor is gone.
+async fn ended(status: &mut watch::Receiver<Status>) {
+    let _ = status.wait_for(|s| s.state.is_terminal()).await.map(drop);
 }
 
 /// How many events a slow reader may fall behind before it skips some.
@@ -169,8 +188,12 @@ impl Context {
             let seen = self.ready_by(deadline, R::NAME, timeout).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             match router.call_within(id, &req, left).await {
-                // Never delivered: the agent is gone, and a new one may be on its way.
-                Err(e) if e.kind() == ErrorKind::NoRoute => self.changed_by(seen, deadline, R::NAME, timeout).await?,
+                // Never delivered (no route here, or at a hop on the way; not a handler's own error
+                // of that kind): the agent is gone, and a new one may be on its way.
+                Err(CallError::NoRoute(_))
+                | Err(CallError::Remote(RemoteError { kind: RemoteErrorKind::NoRoute, .. })) => {
+                    self.changed_by(seen, deadline, R::NAME, timeout).await?
+                }
                 done => return done,
             }
         }
@@ -178,11 +201,12 @@ impl Context {
 
     /// Call an already encoded request (see [`call_all`](crate::call_all)).
     pub async fn call_encoded<R: Request>(&self, req: &EncodedRequest<R>) -> Result<R::Response, CallError> {
-        self.ready_for::<R>().await?;
-        self.inner.router.call_encoded(self.inner.id, req).await
+        let left = self.ready_for::<R>().await?;
+        self.inner.router.call_encoded_within(self.inner.id, req, left).await
     }
 
     /// Send `req` without waiting for an answer. An error of the handler is logged by the context.
+    /// A context that restarts is waited for first (within the call timeout).
     pub async fn send<R: Request>(&self, req: R) -> Result<(), CallError> {
         self.ready_for::<R>().await?;
         self.inner.router.send(self.inner.id, &req).await
@@ -205,13 +229,21 @@ impl Context {
         self.inner.router.download(self.inner.id, &req, writer).await
     }
 
-    /// For a context that restarts: wait (within the call timeout) until it is ready.
-    async fn ready_for<R: Request>(&self) -> Result<(), CallError> {
+    /// For a context that restarts: wait (within the call timeout) until it is ready. What is
+    /// left of the call timeout.
+    async fn ready_for<R: Request>(&self) -> Result<Duration, CallError> {
+        let timeout = self.inner.router.config().call_timeout;
         if self.inner.restarts {
-            let timeout = self.inner.router.config().call_timeout;
-            self.ready_by(Instant::now() + timeout, R::NAME, timeout).await?;
+            let deadline = Instant::now() + timeout;
+            self.ready_by(deadline, R::NAME, timeout).await?;
+            return Ok(deadline.saturating_duration_since(Instant::now()));
         }
-        Ok(())
+        Ok(timeout)
+    }
+
+    /// Wait until the context is ready (for a via child of it), at most `within`.
+    pub(crate) async fn wait_ready(&self, within: Duration) -> Result<(), CallError> {
+        self.ready_by(Instant::now() + within, "a start via it", within).await.map(drop)
     }
 
     /// Wait until the context is ready, by `deadline`; the generation it was ready at.
@@ -238,9 +270,11 @@ impl Context {
         after: Duration,
     ) -> Result<(), CallError> {
         let mut status = self.inner.status.clone();
-        let changed = tokio::time::timeout_at(deadline, status.wait_for(|s| s.generation > seen)).await.map(drop);
-        match changed {
-            Ok(()) => Ok(()),
+        let changed = tokio::time::timeout_at(deadline, status.wait_for(|s| s.generation > seen)).await;
+        match changed.map(|changed| changed.map(drop)) {
+            Ok(Ok(())) => Ok(()),
+            // The actor is gone (its runtime was dropped): nothing will change again.
+            Ok(Err(_)) => Err(self.ended(&State::Disconnected { reason: "the runtime stopped".into(), exit: None })),
             Err(_) => Err(CallError::Timeout { context: self.inner.id, handler, after }),
         }
     }
@@ -263,7 +297,7 @@ impl Context {
     /// Its lifecycle events from now on: connecting, ready, lost, restarting, failed, shut down,
     /// with reasons (for progress displays and supervisors of your own).
     pub fn events(&self) -> Events {
-        Events { rx: self.inner.events.subscribe() }
+        Events { rx: self.inner.events.subscribe(), status: self.inner.status.clone() }
     }
 
     /// Wait until the context has ended for good (shut down, disconnected with no restart left),

@@ -32,7 +32,7 @@ mod registry;
 mod start;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -163,6 +163,8 @@ struct Inner {
     /// block it was given.
     ids: Option<(AtomicU32, AtomicU32)>,
     contexts: Registry,
+    /// Set by `shutdown`: no new starts.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -225,7 +227,8 @@ impl Runtime {
         let io = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoTokio)?;
         let (system, arbiter, thread) = start_actix().map_err(StartError::Actors)?;
         let thread = Mutex::new(Some(thread));
-        let inner = Inner { router, io, system, arbiter, thread, ids, contexts: Registry::default() };
+        let (contexts, stopping) = (Registry::default(), AtomicBool::new(false));
+        let inner = Inner { router, io, system, arbiter, thread, ids, contexts, stopping };
         Ok(Runtime { inner: Arc::new(inner) })
     }
 
@@ -239,6 +242,8 @@ impl Runtime {
             Some(Found::Agent(rt)) => Ok(rt.clone()),
             None => {
                 let rt = Runtime::on(cx.router().clone(), None)?;
+                // Hops it starts via its children sign with the ssh-agents it lends them.
+                rt.inner.router.open_handler_to_descendants(AgentMessage::NAME);
                 *found = Some(Found::Agent(rt.clone()));
                 Ok(rt)
             }
@@ -293,6 +298,9 @@ impl Runtime {
         timeout: Option<Duration>,
         restart: Restart,
     ) -> Result<Context, BootError> {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(BootError::start(how.target(&kind), "the runtime is shutting down", None));
+        }
         let (id, ids) = self.allocate(&how.target(&kind))?;
         let name = name.unwrap_or_else(|| format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context")));
         let (via, hops) = match &how {
@@ -330,9 +338,18 @@ impl Runtime {
                 done: false,
             })
         };
+        // Known from now on, so a shutdown reaches a context still starting too, until it has
+        // ended for good (failed, given up on, lost, shut down).
+        self.inner.contexts.insert(id, actor.clone(), via);
+        let (rt, mut ended) = (Arc::downgrade(&self.inner), status_rx.clone());
+        self.inner.io.spawn(async move {
+            let _ = ended.wait_for(|s| s.state.is_terminal()).await.map(drop);
+            if let Some(rt) = rt.upgrade() {
+                rt.contexts.remove(id);
+            }
+        });
         let stopped = || BootError::start(name.clone(), "the runtime has stopped", None);
         let (hello, _) = ready_rx.await.map_err(|_| stopped())??;
-        self.inner.contexts.insert(id, actor.clone(), via);
         let ctx = Context::new(context::Inner {
             id,
             name,
@@ -343,18 +360,12 @@ impl Runtime {
             restarts: restart != Restart::Never,
             first: Arc::new(hello),
         });
-        let (rt, watched) = (Arc::downgrade(&self.inner), ctx.clone());
-        self.inner.io.spawn(async move {
-            watched.closed().await;
-            if let Some(rt) = rt.upgrade() {
-                rt.contexts.remove(watched.id());
-            }
-        });
         Ok(ctx)
     }
 
     /// Shut every context down (each gets [`DEFAULT_GRACE`]) and stop the actor thread.
     pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
         let actors = self.inner.contexts.drain();
         let mut waits = tokio::task::JoinSet::new();
         for actor in actors {

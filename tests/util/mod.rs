@@ -41,6 +41,7 @@ request!(NotRegistered => ());
 request!(CallContext(u32) => String);
 request!(StartChild => u32);
 request!(SpawnOn(u32) => String);
+request!(Relay(u32) => String);
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -111,6 +112,8 @@ pub fn handlers() -> Handlers {
                 Err(e) => format!("refused: {e}"),
             })
         })
+        // Call on to another context, passing its error on with `?`.
+        .on(|Relay(id), cx: Cx| async move { Ok::<_, HandlerError>(cx.call(id, &Echo("relayed".into())).await?) })
         // Try to make another context run something: what a compromised agent would attempt.
         .on(|CallContext(id), cx: Cx| async move {
             Ok::<_, HandlerError>(match cx.call(id, &Echo("do my bidding".into())).await {

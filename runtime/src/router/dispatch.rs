@@ -170,6 +170,8 @@ impl Router {
 
     /// Also take calls from descendants (by default only ancestors may call): for a context that
     /// serves its children, as the controller may. Siblings and unrelated contexts stay refused.
+    /// Every handler opens, the methods' too (`hypha.local`, a plugin's): a descendant may then
+    /// start contexts here. To open only some, use [`Router::open_handler_to_descendants`].
     pub fn accept_calls_from_descendants(&self, open: bool) {
         self.inner.open_to_descendants.store(open, Ordering::Release);
     }
