@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use hypha_bootstrap::process::{Command, Exit, Line, LineSink, Output, Run, Stream, MAX_OUTPUT};
 use hypha_runtime::proto::Hello;
 use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteError, RemoteErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -227,6 +228,43 @@ impl Context {
     ) -> Result<R::Response, CallError> {
         self.ready_for::<R>().await?;
         self.inner.router.download(self.inner.id, &req, writer).await
+    }
+
+    /// Run `cmd` in this context and collect what it prints (remoto's `process.check`): stdout
+    /// lines, stderr lines and the exit, whatever the exit. A missing program, a permission error
+    /// or the timeout is an error naming host and program; the timeout, or dropping this call,
+    /// kills the command and everything it started.
+    pub async fn check(&self, cmd: Command) -> Result<Output, CallError> {
+        let (mut stdout, mut stderr, mut kept) = (Vec::new(), Vec::new(), 0usize);
+        let sink = LineSink::new(|line: Line| {
+            kept += line.text.len() + 1;
+            if kept > MAX_OUTPUT {
+                return Err(std::io::Error::other(format!("more than {MAX_OUTPUT} bytes of output")));
+            }
+            match line.stream {
+                Stream::Stdout => stdout.push(line.text),
+                Stream::Stderr => stderr.push(line.text),
+            }
+            Ok(())
+        });
+        let exit = self.download(Run(cmd), sink).await?;
+        Ok(Output { stdout, stderr, exit })
+    }
+
+    /// Run `cmd` in this context, logging each line as it comes (remoto's `process.run`): stdout
+    /// at debug, stderr at error, in the context's span. Returns the exit.
+    pub async fn run(&self, cmd: Command) -> Result<Exit, CallError> {
+        let span = tracing::info_span!("context", id = self.inner.id, name = %self.inner.name);
+        let program = cmd.program().to_owned();
+        let sink = LineSink::new(|line: Line| {
+            let _enter = span.enter();
+            match line.stream {
+                Stream::Stdout => tracing::debug!(program = %program, "{}", line.text),
+                Stream::Stderr => tracing::error!(program = %program, "{}", line.text),
+            }
+            Ok(())
+        });
+        self.download(Run(cmd), sink).await
     }
 
     /// For a context that restarts: wait (within the call timeout) until it is ready. What is

@@ -37,6 +37,7 @@ mod identity;
 mod local;
 mod method;
 mod openssh;
+pub mod process;
 mod ssh;
 pub mod stub;
 mod su;

@@ -263,6 +263,27 @@ impl ByteSender {
         Ok(())
     }
 
+    /// Wait until the stream can carry nothing more: the receiver gave up, the call was answered,
+    /// or the link went. Says why. For a handler that waits on something else between sends (a
+    /// quiet process), to notice a caller that has gone.
+    pub async fn closed(&self) -> StreamError {
+        loop {
+            {
+                let mut s = self.shared.lock();
+                if s.reply.is_some() {
+                    return StreamError::Closed;
+                }
+                if let Some(e) = Shared::ended(&mut s) {
+                    return e;
+                }
+                if s.end.is_some() {
+                    return StreamError::Closed;
+                }
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
     async fn take_credit(&mut self, units: u64) -> Result<(), StreamError> {
         loop {
             {
