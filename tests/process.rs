@@ -7,7 +7,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use hypha::process::{Command, Exit};
+use hypha::process::{Command, Exit, Line, Stream};
 use hypha::ErrorKind;
 use util::*;
 
@@ -121,5 +121,29 @@ async fn check_runs_over_ssh_and_via_a_hop() {
     assert_eq!(sudo.check(Command::new(["id", "-un"])).await.unwrap().stdout, ["hypha-nopw"]);
     let err = sudo.check(Command::new(["no-such-program-hypha"])).await.unwrap_err().to_string();
     assert!(err.contains("lab-plain") && err.contains("no-such-program-hypha: no such program"), "{err}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_stream_in_order_of_arrival_and_dropping_the_stream_kills_the_command() {
+    let rt = runtime();
+    let ctx = rt.local().await.unwrap();
+    let line = |stream, text: &str| Line { stream, text: text.into() };
+    let mut lines = ctx.lines(Command::shell("echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c; exit 5"));
+    let mut seen = Vec::new();
+    while let Some(l) = lines.next().await {
+        seen.push(l);
+    }
+    assert_eq!(seen, [line(Stream::Stdout, "a"), line(Stream::Stderr, "b"), line(Stream::Stdout, "c")]);
+    assert_eq!(lines.exit().await.unwrap(), Exit::Code(5));
+    // The first line comes while the command still runs; dropping the stream kills it.
+    let mut lines = ctx.lines(Command::shell("echo $$; exec sleep 300"));
+    let pid: u32 = lines.next().await.unwrap().text.parse().unwrap();
+    assert!(alive(pid));
+    drop(lines);
+    assert!(gone_within(pid, Duration::from_secs(10)).await, "the command {pid} still runs");
+    // A reader that takes only some lines still gets the exit.
+    let lines = ctx.lines(Command::shell("seq 1 100000"));
+    assert_eq!(lines.exit().await.unwrap(), Exit::Code(0));
     rt.shutdown().await;
 }

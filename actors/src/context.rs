@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use hypha_bootstrap::process::{Command, Exit, Line, LineSink, Output, Run, Stream, MAX_OUTPUT};
+use hypha_bootstrap::process::{ChunkSink, Command, Exit, Line, LineSink, Lines, Output, Run, Stream, MAX_OUTPUT};
 use hypha_runtime::proto::Hello;
 use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteError, RemoteErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,6 +12,65 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::actor::{Lifecycle, Shutdown, State};
+
+/// Chunks of output (each at most a stream chunk) a [`LineStream`] holds before the command's
+/// output waits for its reader.
+const CHUNKS: usize = 16;
+
+/// The lines of a command as it prints them ([`Context::lines`]). Dropping it kills the command.
+#[derive(Debug)]
+pub struct LineStream {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    lines: Lines,
+    ready: std::collections::VecDeque<Line>,
+    /// Output that did not decode: the call is ended, and `exit` says why.
+    broken: Option<String>,
+    call: Option<tokio::task::JoinHandle<Result<Exit, CallError>>>,
+}
+
+impl LineStream {
+    /// The next line, or `None` once the command's output has ended.
+    pub async fn next(&mut self) -> Option<Line> {
+        loop {
+            if let Some(line) = self.ready.pop_front() {
+                return Some(line);
+            }
+            if self.broken.is_some() {
+                return None;
+            }
+            let chunk = self.rx.recv().await?;
+            match self.lines.push(&chunk) {
+                Ok(lines) => self.ready.extend(lines),
+                Err(why) => {
+                    self.broken = Some(why);
+                    self.rx.close();
+                }
+            }
+        }
+    }
+
+    /// How the command ended, once it has (the lines not read yet are read and dropped).
+    pub async fn exit(mut self) -> Result<Exit, CallError> {
+        while self.next().await.is_some() {}
+        if let Some(why) = self.broken.take() {
+            return Err(CallError::Stream { handler: Run::NAME, reason: format!("garbled output: {why}") });
+        }
+        match self.call.take() {
+            Some(call) => call.await.unwrap_or_else(|e| {
+                Err(CallError::Stream { handler: Run::NAME, reason: format!("the call's task failed: {e}") })
+            }),
+            None => Err(CallError::Stream { handler: Run::NAME, reason: "no call".into() }),
+        }
+    }
+}
+
+impl Drop for LineStream {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.abort();
+        }
+    }
+}
 
 /// How long `Context::shutdown` lets calls in flight finish.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -265,6 +324,17 @@ impl Context {
             Ok(())
         });
         self.download(Run(cmd), sink).await
+    }
+
+    /// Run `cmd` in this context and yield its lines as they come, stdout and stderr in order of
+    /// arrival; then its exit ([`LineStream::exit`]). A slow reader slows the command's output
+    /// down (memory stays bounded); dropping the stream kills the command and everything it
+    /// started.
+    pub fn lines(&self, cmd: Command) -> LineStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS);
+        let ctx = self.clone();
+        let call = tokio::spawn(async move { ctx.download(Run(cmd), ChunkSink::new(tx)).await });
+        LineStream { rx, lines: Lines::default(), ready: Default::default(), broken: None, call: Some(call) }
     }
 
     /// For a context that restarts: wait (within the call timeout) until it is ready. What is

@@ -185,6 +185,75 @@ impl<F: FnMut(Line) -> std::io::Result<()> + Unpin> tokio::io::AsyncWrite for Li
     }
 }
 
+/// An `AsyncWrite` that hands each chunk written to a bounded channel (decode them with
+/// [`Lines`]): when the reader is slow the writer waits, and so (through the stream's credit) does
+/// the command's output on the far side. A dropped receiver fails the write, which ends the call
+/// and kills the command.
+pub struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    reserve: Option<Reserve>,
+}
+
+type Reserve = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::mpsc::OwnedPermit<bytes::Bytes>, tokio::sync::mpsc::error::SendError<()>>,
+            > + Send,
+    >,
+>;
+
+impl ChunkSink {
+    /// Chunks go to `tx`.
+    pub fn new(tx: tokio::sync::mpsc::Sender<bytes::Bytes>) -> Self {
+        ChunkSink { tx, reserve: None }
+    }
+}
+
+impl std::fmt::Debug for ChunkSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkSink").finish_non_exhaustive()
+    }
+}
+
+impl tokio::io::AsyncWrite for ChunkSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let tx = this.tx.clone();
+        let reserve = this.reserve.get_or_insert_with(|| Box::pin(tx.reserve_owned()));
+        match reserve.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => {
+                this.reserve = None;
+                Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+            }
+            Poll::Ready(Ok(permit)) => {
+                this.reserve = None;
+                permit.send(bytes::Bytes::copy_from_slice(buf));
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Run a command in the context called; the output comes as the call's download.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run(pub Command);
