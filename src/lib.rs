@@ -34,7 +34,7 @@ pub use hypha_bootstrap::{
 };
 pub use hypha_runtime::{
     ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, HandlerError, Handlers, KindedError, Ping,
-    RemoteError, RemoteErrorKind, Request, StreamError,
+    RemoteError, RemoteErrorKind, Request, Secret, StreamError,
 };
 
 /// What most programs import: `use hypha::prelude::*;` brings the runtime, the handle, requests

@@ -330,3 +330,16 @@ trait TakeExact: tokio::io::AsyncRead + Sized {
     }
 }
 impl<R: tokio::io::AsyncRead> TakeExact for R {}
+
+#[tokio::test]
+async fn a_secret_argument_never_prints_but_arrives() {
+    let rt = runtime();
+    let ctx = rt.local().await.unwrap();
+    let err = ctx.call(Reveal(hypha::Secret::new("s3cr3t-value".into()))).await.unwrap_err();
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains("s3cr3t-value"), "the secret leaked: {text}");
+        // It arrived whole, and prints as a placeholder.
+        assert!(text.contains("refusing Secret(..) (12 bytes)"), "{text}");
+    }
+    rt.shutdown().await;
+}

@@ -54,6 +54,8 @@ async fn sudo_failures_are_clear_and_quick() {
         let text = err.to_string();
         assert!(text.contains(expect), "expected {expect:?}: {text}");
         assert!(!text.contains("wrong-password-xyz"), "the password leaked: {text}");
+        let debug = format!("{err:?}");
+        assert!(!debug.contains("wrong-password-xyz"), "the password leaked: {debug}");
     }
     // The context the attempts were made from is fine.
     assert_eq!(hypha.call(Echo("ok".into())).await.unwrap(), "ok");

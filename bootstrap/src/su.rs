@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hypha_runtime::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -40,7 +41,7 @@ pub struct Su {
     /// The user to become.
     pub user: String,
     /// The password su asks for (the target user's own; root is not asked).
-    pub password: Option<String>,
+    pub password: Option<Secret<String>>,
     /// The su program.
     pub program: PathBuf,
     /// Deadline for the stub, the upload and the agent's handshake.
@@ -49,7 +50,14 @@ pub struct Su {
 
 impl fmt::Debug for Su {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_as_user(f, "Su", &self.user, self.password.as_deref(), &self.program, self.timeout)
+        debug_as_user(
+            f,
+            "Su",
+            &self.user,
+            self.password.as_ref().map(|p| p.expose().as_str()),
+            &self.program,
+            self.timeout,
+        )
     }
 }
 
@@ -62,7 +70,7 @@ impl Su {
 
     /// Answer su's prompt with `password` (the target user's).
     pub fn with_password(mut self, password: impl Into<String>) -> Su {
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password.into()));
         self
     }
 
@@ -144,7 +152,7 @@ impl Method for Su {
                     let Some(password) = &self.password else {
                         return Err(auth(format!("su wants {}'s password, and none was given", self.user)));
                     };
-                    output.write_all(format!("{password}\n").as_bytes()).await.map_err(io)?;
+                    output.write_all(format!("{}\n", password.expose()).as_bytes()).await.map_err(io)?;
                     answered = true;
                 }
                 buf.reserve(1024);
@@ -189,7 +197,7 @@ mod tests {
     #[test]
     fn every_setting_has_a_builder() {
         let su = Su::new("bob").with_program("/opt/su").with_timeout(Duration::from_secs(5));
-        assert_eq!((su.user.as_str(), su.password.as_deref()), ("bob", None));
+        assert_eq!((su.user.as_str(), su.password.as_ref().map(|p| p.expose().as_str())), ("bob", None));
         assert_eq!((su.program, su.timeout), (PathBuf::from("/opt/su"), Duration::from_secs(5)));
     }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use hypha_runtime::Secret;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -39,7 +40,7 @@ pub struct Sudo {
     pub user: String,
     /// The password sudo asks for (the invoking user's), if it asks. Without one, sudo must not
     /// ask (NOPASSWD, or as root).
-    pub password: Option<String>,
+    pub password: Option<Secret<String>>,
     /// The sudo program.
     pub program: PathBuf,
     /// Deadline for the stub, the upload and the agent's handshake.
@@ -48,7 +49,14 @@ pub struct Sudo {
 
 impl fmt::Debug for Sudo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_as_user(f, "Sudo", &self.user, self.password.as_deref(), &self.program, self.timeout)
+        debug_as_user(
+            f,
+            "Sudo",
+            &self.user,
+            self.password.as_ref().map(|p| p.expose().as_str()),
+            &self.program,
+            self.timeout,
+        )
     }
 }
 
@@ -60,7 +68,7 @@ impl Sudo {
 
     /// Answer sudo's prompt with `password` (the invoking user's) if it asks.
     pub fn with_password(mut self, password: impl Into<String>) -> Sudo {
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password.into()));
         self
     }
 
@@ -107,7 +115,7 @@ impl Method for Sudo {
                         asked += 1;
                         match (&self.password, asked) {
                             (Some(password), 1) => {
-                                let line = format!("{password}\n");
+                                let line = format!("{}\n", password.expose());
                                 let sent = stdin.write_all(line.as_bytes()).await.and(stdin.flush().await);
                                 sent.map_err(|source| BootError::Io { target: target.clone(), source })?;
                             }
@@ -250,7 +258,7 @@ mod tests {
     #[test]
     fn every_setting_has_a_builder() {
         let sudo = Sudo::new("bob").with_program("/opt/sudo").with_timeout(Duration::from_secs(5));
-        assert_eq!((sudo.user.as_str(), sudo.password.as_deref()), ("bob", None));
+        assert_eq!((sudo.user.as_str(), sudo.password.as_ref().map(|p| p.expose().as_str())), ("bob", None));
         assert_eq!((sudo.program, sudo.timeout), (PathBuf::from("/opt/sudo"), Duration::from_secs(5)));
     }
 }

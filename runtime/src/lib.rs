@@ -42,6 +42,7 @@ pub mod frame;
 mod kind;
 pub mod proto;
 mod router;
+mod secret;
 pub mod stream;
 
 pub use call::{CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request};
@@ -50,6 +51,7 @@ pub use router::{
     CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig, DEFAULT_CALL_TIMEOUT,
     DEFAULT_LINK_TIMEOUT,
 };
+pub use secret::Secret;
 pub use stream::{ByteReceiver, ByteSender, StreamError};
 
 /// A context's id: 0 is the controller; the controller allocates the rest.

@@ -42,6 +42,7 @@ request!(CallContext(u32) => String);
 request!(StartChild => u32);
 request!(SpawnOn(u32) => String);
 request!(Relay(u32) => String);
+request!(Reveal(hypha::Secret<String>) => String);
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -111,6 +112,12 @@ pub fn handlers() -> Handlers {
                 Ok(spawned) => format!("spawned pid {}", spawned.hello.pid),
                 Err(e) => format!("refused: {e}"),
             })
+        })
+        // Print a secret argument every way a careless handler might.
+        .on(|Reveal(secret), _: Cx| async move {
+            tracing::error!(?secret, "refusing");
+            let seen = secret.expose().len();
+            Err::<String, _>(HandlerError::from(format!("refusing {secret:?} ({seen} bytes)")))
         })
         // Call on to another context, passing its error on with `?`.
         .on(|Relay(id), cx: Cx| async move { Ok::<_, HandlerError>(cx.call(id, &Echo("relayed".into())).await?) })

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use async_ssh2_lite::AsyncSession;
+use hypha_runtime::Secret;
 
 use super::stream::{RawSession, SshStream};
 use super::{cause, describe, Ssh};
@@ -33,7 +34,7 @@ pub enum Auth {
     /// Every identity an ssh-agent holds, one after the other.
     Agent(Agent),
     /// A password.
-    Password(String),
+    Password(Secret<String>),
 }
 
 impl fmt::Debug for Auth {
@@ -81,7 +82,7 @@ impl Ssh {
                         continue;
                     }
                 },
-                Auth::Password(password) => session.userauth_password(user, password).await,
+                Auth::Password(password) => session.userauth_password(user, password.expose()).await,
             };
             match result {
                 Ok(()) if session.authenticated() => return Ok(()),
@@ -145,7 +146,7 @@ mod tests {
 
     #[test]
     fn passwords_never_print() {
-        let auth = Auth::Password("hunter2".into());
+        let auth = Auth::Password(Secret::new("hunter2".into()));
         assert!(!format!("{auth:?}").contains("hunter2"));
         let ssh = Ssh::new("u@h").with_password("hunter2").with_key_passphrase("/k", "s3cret");
         let shown = format!("{ssh:?}");

@@ -174,7 +174,7 @@ impl Ssh {
 
     /// Offer `password` (see [`Ssh::with_key`]).
     pub fn with_password(self, password: impl Into<String>) -> Ssh {
-        self.with_credential(Auth::Password(password.into()))
+        self.with_credential(Auth::Password(hypha_runtime::Secret::new(password.into())))
     }
 
     fn with_credential(mut self, auth: Auth) -> Ssh {
