@@ -52,7 +52,10 @@ async fn a_handler_error_carries_message_causes_and_context() {
     assert_eq!(remote.causes, ["could not open /etc/app.toml", "no such file"]);
     assert_eq!(remote.context, ctx.id());
     assert!(remote.origin.contains(&format!("pid {}", ctx.hello().pid)), "{}", remote.origin);
-    assert!(err.to_string().starts_with(&format!("test.Fail failed in context {} (", ctx.id())), "{err}");
+    // It names the path to the context, then the handler and where it failed.
+    let want = format!("{}: test.Fail failed in context {} (", ctx.path(), ctx.id());
+    assert!(err.to_string().starts_with(&want), "{err}");
+    assert_eq!(remote.path.as_deref(), Some(ctx.path().as_str()));
     rt.shutdown().await;
 }
 

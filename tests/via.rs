@@ -183,3 +183,18 @@ async fn a_context_that_opts_in_takes_calls_from_its_descendants_only() {
     assert!(answer.starts_with("refused:"), "{answer}");
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_remote_error_names_the_path_of_contexts_it_came_through() {
+    let rt = runtime();
+    let gw = rt.local().name("gw1").await.unwrap();
+    let db = rt.local().via(&gw).name("db1").await.unwrap();
+    let err = db.call(Fail("x".into())).await.unwrap_err();
+    let text = err.to_string();
+    let path = format!("controller → gw1 → db1 (local on {})", db.hello().host);
+    assert_eq!(db.path(), path);
+    assert!(text.starts_with(&format!("{path}: test.Fail failed in context {}", db.id())), "{text}");
+    // The cause chain is kept.
+    assert!(text.ends_with("no such file"), "{text}");
+    rt.shutdown().await;
+}

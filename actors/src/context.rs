@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::Addr;
 use hypha_bootstrap::process::{ChunkSink, Command, Exit, Line, LineSink, Lines, Output, Run, Stream, MAX_OUTPUT};
 use hypha_runtime::proto::Hello;
-use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteError, RemoteErrorKind, Request, Router};
+use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -146,6 +146,16 @@ impl Events {
     }
 }
 
+/// True for the router's own "no route" (here, or at a hop on the way), not for a handler's own
+/// error of that kind: the call never reached a handler.
+fn never_delivered(e: &CallError) -> bool {
+    match e {
+        CallError::NoRoute(_) => true,
+        CallError::Remote(r) => r.kind == RemoteErrorKind::NoRoute,
+        _ => false,
+    }
+}
+
 /// Resolves once the context has ended for good, or its actor is gone.
 async fn ended(status: &mut watch::Receiver<Status>) {
     let _ = status.wait_for(|s| s.state.is_terminal()).await.map(drop);
@@ -185,6 +195,11 @@ pub(crate) struct Inner {
     pub(crate) restarts: bool,
     /// The Hello of the first start.
     pub(crate) first: Arc<Hello>,
+    /// The names of the contexts from the root of this process's tree to this one
+    /// (`controller → gw1 → db1`).
+    pub(crate) route: String,
+    /// Its method and host.
+    pub(crate) target: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -214,6 +229,27 @@ impl Context {
         &self.inner.name
     }
 
+    /// The contexts a call goes through to reach this one, and how this one was started:
+    /// `controller → gw1 → db1 (sudo postgres on gw1)`. Errors from it carry it.
+    pub fn path(&self) -> String {
+        format!("{} ({})", self.inner.route, self.inner.target)
+    }
+
+    pub(crate) fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    /// `err`, naming the path to this context if it happened here.
+    fn located(&self, err: CallError) -> CallError {
+        match err {
+            CallError::Remote(mut e) if e.context == self.inner.id && e.path.is_none() => {
+                e.path = Some(self.path());
+                CallError::Remote(e)
+            }
+            other => other,
+        }
+    }
+
     /// What the agent said about itself at its handshake (the latest, after a restart): pid,
     /// user, host, arch, binary hash.
     pub fn hello(&self) -> Hello {
@@ -231,7 +267,7 @@ impl Context {
     /// `Options::call_timeout`.
     pub async fn call<R: Request>(&self, req: R) -> Result<R::Response, CallError> {
         if !self.inner.restarts {
-            return self.inner.router.call(self.inner.id, &req).await;
+            return self.inner.router.call(self.inner.id, &req).await.map_err(|e| self.located(e));
         }
         self.call_within(req, self.inner.router.config().call_timeout).await
     }
@@ -241,7 +277,7 @@ impl Context {
     pub async fn call_within<R: Request>(&self, req: R, timeout: Duration) -> Result<R::Response, CallError> {
         let (router, id) = (&self.inner.router, self.inner.id);
         if !self.inner.restarts {
-            return router.call_within(id, &req, timeout).await;
+            return router.call_within(id, &req, timeout).await.map_err(|e| self.located(e));
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -250,11 +286,8 @@ impl Context {
             match router.call_within(id, &req, left).await {
                 // Never delivered (no route here, or at a hop on the way; not a handler's own error
                 // of that kind): the agent is gone, and a new one may be on its way.
-                Err(CallError::NoRoute(_))
-                | Err(CallError::Remote(RemoteError { kind: RemoteErrorKind::NoRoute, .. })) => {
-                    self.changed_by(seen, deadline, R::NAME, timeout).await?
-                }
-                done => return done,
+                Err(e) if never_delivered(&e) => self.changed_by(seen, deadline, R::NAME, timeout).await?,
+                done => return done.map_err(|e| self.located(e)),
             }
         }
     }
@@ -262,21 +295,21 @@ impl Context {
     /// Call an already encoded request (see [`call_all`](crate::call_all)).
     pub async fn call_encoded<R: Request>(&self, req: &EncodedRequest<R>) -> Result<R::Response, CallError> {
         let left = self.ready_for::<R>().await?;
-        self.inner.router.call_encoded_within(self.inner.id, req, left).await
+        self.inner.router.call_encoded_within(self.inner.id, req, left).await.map_err(|e| self.located(e))
     }
 
     /// Send `req` without waiting for an answer. An error of the handler is logged by the context.
     /// A context that restarts is waited for first (within the call timeout).
     pub async fn send<R: Request>(&self, req: R) -> Result<(), CallError> {
         self.ready_for::<R>().await?;
-        self.inner.router.send(self.inner.id, &req).await
+        self.inner.router.send(self.inner.id, &req).await.map_err(|e| self.located(e))
     }
 
     /// Call `req`, streaming everything `reader` yields to its upload handler. Memory stays bounded
     /// by the flow-control window, whatever the size of the data.
     pub async fn upload<R: Request>(&self, req: R, reader: impl AsyncRead + Unpin) -> Result<R::Response, CallError> {
         self.ready_for::<R>().await?;
-        self.inner.router.upload(self.inner.id, &req, reader).await
+        self.inner.router.upload(self.inner.id, &req, reader).await.map_err(|e| self.located(e))
     }
 
     /// Call `req` and write the bytes its download handler sends to `writer`.
@@ -286,7 +319,7 @@ impl Context {
         writer: impl AsyncWrite + Unpin,
     ) -> Result<R::Response, CallError> {
         self.ready_for::<R>().await?;
-        self.inner.router.download(self.inner.id, &req, writer).await
+        self.inner.router.download(self.inner.id, &req, writer).await.map_err(|e| self.located(e))
     }
 
     /// Run `cmd` in this context and collect what it prints (remoto's `process.check`): stdout
@@ -357,6 +390,10 @@ impl Context {
     /// Wait until the context is ready, by `deadline`; the generation it was ready at.
     async fn ready_by(&self, deadline: Instant, handler: &'static str, after: Duration) -> Result<u64, CallError> {
         let mut status = self.inner.status.clone();
+        if status.has_changed().is_err() {
+            // Its actor is gone with its runtime: whatever the last state said, it is over.
+            return Err(self.ended(&State::Disconnected { reason: "the runtime stopped".into(), exit: None }));
+        }
         let ready = |s: &Status| s.state == State::Ready || s.state.is_terminal();
         let seen = tokio::time::timeout_at(deadline, status.wait_for(ready))
             .await

@@ -267,6 +267,14 @@ impl Runtime {
         self.start(Local::default())
     }
 
+    /// How paths of contexts begin: `controller`, or the agent that started them.
+    fn root_name(&self) -> String {
+        match self.inner.ids {
+            Some(_) => "controller".to_owned(),
+            None => format!("context {}", self.inner.router.id()),
+        }
+    }
+
     /// A new context's id and block of ids.
     fn allocate(&self, target: &str) -> Result<(ContextId, IdBlock), BootError> {
         match &self.inner.ids {
@@ -303,10 +311,13 @@ impl Runtime {
         }
         let (id, ids) = self.allocate(&how.target(&kind))?;
         let name = name.unwrap_or_else(|| format!("{}.{id}", kind.split_whitespace().next().unwrap_or("context")));
-        let (via, hops) = match &how {
-            How::Via { parent, .. } => (Some(parent.id()), self.inner.contexts.above(parent.id())),
-            How::Direct(_) => (None, Vec::new()),
+        let (via, hops, route) = match &how {
+            How::Via { parent, .. } => {
+                (Some(parent.id()), self.inner.contexts.above(parent.id()), format!("{} → {name}", parent.route()))
+            }
+            How::Direct(_) => (None, Vec::new(), format!("{} → {name}", self.root_name())),
         };
+        let target = kind.clone();
         let status = Status { state: State::Connecting, hello: None, uploaded: None, generation: 0 };
         let (status_tx, status_rx) = watch::channel(status);
         let (events, _) = broadcast::channel(context::EVENTS);
@@ -359,6 +370,8 @@ impl Runtime {
             events,
             restarts: restart != Restart::Never,
             first: Arc::new(hello),
+            route,
+            target,
         });
         Ok(ctx)
     }

@@ -48,6 +48,10 @@ pub struct RemoteError {
     /// [`CallError`] it passed on).
     #[serde(default)]
     pub error_kind: Option<ErrorKind>,
+    /// The contexts the call went through to reach it, as the caller names them
+    /// (`controller → gw1 → db1 (sudo postgres on db1)`); set on the caller's side.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 impl RemoteError {
@@ -68,6 +72,9 @@ impl RemoteError {
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (ctx, origin, handler) = (self.context, &self.origin, &self.handler);
+        if let Some(path) = &self.path {
+            write!(f, "{path}: ")?;
+        }
         match self.kind {
             RemoteErrorKind::Handler => write!(f, "{handler} failed in context {ctx} ({origin}): ")?,
             RemoteErrorKind::Panic => write!(f, "{handler} panicked in context {ctx} ({origin}): ")?,
@@ -95,7 +102,7 @@ impl StdError for RemoteError {}
 pub enum CallError {
     /// The far side answered with an error.
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Remote(Box<RemoteError>),
     /// The stream the call travelled on closed before the answer came.
     #[error("context {context} ({name}) disconnected: {reason}")]
     Disconnected {
@@ -145,6 +152,12 @@ pub enum CallError {
     },
 }
 
+impl From<RemoteError> for CallError {
+    fn from(e: RemoteError) -> Self {
+        CallError::Remote(Box::new(e))
+    }
+}
+
 impl CallError {
     /// What kind of failure it is, to branch on without reading the text. A handler's error has
     /// the kind the handler gave it ([`KindedError`](crate::KindedError)), or [`ErrorKind::Handler`].
@@ -174,6 +187,7 @@ mod tests {
             context: 3,
             origin: "alice@web1 pid 42".into(),
             error_kind: None,
+            path: None,
         };
         assert_eq!(
             e.to_string(),

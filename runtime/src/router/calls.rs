@@ -71,7 +71,7 @@ fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
     if frame.header.flags & flags::ERROR != 0 {
         let err = codec::decode_value::<RemoteError>(&frame.body)
             .map_err(|e| CallError::Decode { handler: R::NAME, reason: format!("error answer: {e}") })?;
-        return Err(CallError::Remote(err));
+        return Err(CallError::Remote(Box::new(err)));
     }
     codec::decode_value(&frame.body).map_err(|e| CallError::Decode { handler: R::NAME, reason: e.to_string() })
 }

@@ -116,6 +116,7 @@ impl Router {
             context: self.id(),
             origin: self.inner.cfg.origin.clone(),
             error_kind: f.error_kind,
+            path: None,
         }
     }
 
