@@ -8,11 +8,11 @@ use hypha::{Cx, HandlerError, Handlers, Identity, Request, Runtime};
 use serde::{Deserialize, Serialize};
 
 /// Ask a context where it runs.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct WhereAreYou;
 
 /// The answer.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Place {
     pid: u32,
     host: String,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 /// Upload handler that discards what it gets and says how much it got.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Sink;
 impl Request for Sink {
     type Response = u64;

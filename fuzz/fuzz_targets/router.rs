@@ -45,35 +45,35 @@ const DOWN_MAX: u32 = 1 << 20;
 /// Ids the controller grants below child 1.
 const GRANTED: (u32, u32) = (1 << 24, (1 << 24) + 64);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Echo(Vec<u8>);
 impl Request for Echo {
     type Response = Vec<u8>;
     const NAME: &'static str = "f.echo";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Nap(u16);
 impl Request for Nap {
     type Response = u16;
     const NAME: &'static str = "f.nap";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Up;
 impl Request for Up {
     type Response = u64;
     const NAME: &'static str = "f.up";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Down(u32);
 impl Request for Down {
     type Response = u32;
     const NAME: &'static str = "f.down";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Relay(u32);
 impl Request for Relay {
     type Response = ();

@@ -33,7 +33,7 @@ pub use crate::error::{CallError, RemoteError, RemoteErrorKind};
 /// ```
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Debug, Serialize, Deserialize)]
 /// struct Add(i64, i64);
 ///
 /// impl hypha_runtime::Request for Add {
@@ -41,9 +41,9 @@ pub use crate::error::{CallError, RemoteError, RemoteErrorKind};
 ///     const NAME: &'static str = "example.add";
 /// }
 /// ```
-pub trait Request: Serialize + DeserializeOwned + Send + 'static {
+pub trait Request: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static {
     /// What the handler answers with.
-    type Response: Serialize + DeserializeOwned + Send + 'static;
+    type Response: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static;
     /// The handler's name; the same in every copy of the binary. At most 255 bytes. Names starting
     /// with `hypha.` are reserved for the built-in handlers.
     const NAME: &'static str;
@@ -262,7 +262,10 @@ impl Handlers {
         assert!(R::NAME.len() <= 255, "handler name {:?} is longer than 255 bytes", R::NAME);
         let run = move |body: &[u8], cx: Cx, stream: StreamArg| -> BoxReply {
             match rmp_serde::from_slice::<R>(body) {
-                Ok(req) => typed(req, cx, stream),
+                Ok(req) => {
+                    tracing::debug!(handler = R::NAME, caller = cx.caller(), args = %crate::logged::logged(&req), "call");
+                    typed(req, cx, stream)
+                }
                 Err(e) => {
                     let msg = format!("request does not decode as {}: {e}", std::any::type_name::<R>());
                     Box::pin(async move { Err(Failure::new(RemoteErrorKind::BadRequest, msg)) })
@@ -294,9 +297,16 @@ where
     E: Into<HandlerError>,
 {
     match fut.await {
-        Ok(resp) => encode_value(&resp)
-            .map_err(|e| Failure::new(RemoteErrorKind::Handler, format!("response does not encode: {e}"))),
-        Err(e) => Err(Failure::from_error(e.into())),
+        Ok(resp) => {
+            tracing::debug!(handler = R::NAME, result = %crate::logged::logged(&resp), "answered");
+            encode_value(&resp)
+                .map_err(|e| Failure::new(RemoteErrorKind::Handler, format!("response does not encode: {e}")))
+        }
+        Err(e) => {
+            let e: HandlerError = e.into();
+            tracing::debug!(handler = R::NAME, error = %crate::logged::logged(&e.to_string()), "failed");
+            Err(Failure::from_error(e))
+        }
     }
 }
 

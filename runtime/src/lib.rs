@@ -40,6 +40,7 @@ mod codec;
 mod error;
 pub mod frame;
 mod kind;
+pub mod logged;
 pub mod proto;
 mod router;
 mod secret;

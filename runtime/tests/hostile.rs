@@ -18,35 +18,35 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Touch;
 impl Request for Touch {
     type Response = u32;
     const NAME: &'static str = "t.touch";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Slow(u64);
 impl Request for Slow {
     type Response = u64;
     const NAME: &'static str = "t.slow";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Nap;
 impl Request for Nap {
     type Response = u64;
     const NAME: &'static str = "t.nap";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Drip;
 impl Request for Drip {
     type Response = u64;
     const NAME: &'static str = "t.drip";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Quit;
 impl Request for Quit {
     type Response = u64;

@@ -13,29 +13,37 @@ use hypha_runtime::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Double(u64);
 impl Request for Double {
     type Response = u64;
     const NAME: &'static str = "t.double";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Hang;
 impl Request for Hang {
     type Response = ();
     const NAME: &'static str = "t.hang";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Slurp;
 impl Request for Slurp {
     type Response = u64;
     const NAME: &'static str = "t.slurp";
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct Login(String, hypha_runtime::Secret<String>);
+impl Request for Login {
+    type Response = String;
+    const NAME: &'static str = "t.login";
+}
+
 fn handlers() -> Handlers {
     Handlers::new()
+        .on(|Login(user, _), _: Cx| async move { Ok::<_, HandlerError>(format!("welcome {user}")) })
         .on(|Double(n), _: Cx| async move { Ok::<_, HandlerError>(n * 2) })
         .on(|Hang, _: Cx| async move {
             std::future::pending::<()>().await;
@@ -173,7 +181,7 @@ async fn a_slow_consumer_throttles_the_sender() {
     assert_eq!(n, size);
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Deep;
 impl Request for Deep {
     type Response = u32;
@@ -293,4 +301,44 @@ async fn a_call_without_an_answer_times_out_naming_context_and_handler() {
     let _m = attach(&child, Role::Parent, b, BytesMut::new());
     assert!(matches!(quick.call(1, &Hang).await, Err(CallError::Timeout { .. })));
     assert_eq!(quick.call(1, &Double(2)).await.unwrap(), 4);
+}
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_call_is_logged_with_its_arguments_and_result_cut_short_and_secrets_never() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (parent, _child, _down, _up) = pair();
+    let user = "a-user-name-long-enough-to-be-cut-in-the-log-".repeat(3);
+    let login = Login(user.clone(), hypha_runtime::Secret::new("pa55word-xyz".into()));
+    assert!(parent.call(1, &login).await.unwrap().starts_with("welcome"));
+    let short = Login("bob".into(), hypha_runtime::Secret::new("pa55word-xyz".into()));
+    parent.call(1, &short).await.unwrap();
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("pa55word-xyz"), "the secret was logged:\n{text}");
+    // The long call: its arguments cut at 50 characters and marked; its result too.
+    let cut = hypha_runtime::logged::cut(&login, 50, "<...>");
+    assert_eq!(cut.chars().count(), 50 + "<...>".len());
+    assert!(text.contains(&format!("args={cut}")), "{text}");
+    assert!(text.contains("handler=\"t.login\"") && text.contains("result=\"welcome a-user"), "{text}");
+    // The short one whole, with the secret as a placeholder.
+    assert!(text.contains(r#"args=Login("bob", Secret(..))"#), "{text}");
 }
