@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{bench_call_rtt, bench_upload, handlers, timed_start, tokio_rt};
 use criterion::{Criterion, Throughput};
+use hypha::process;
 use hypha::{Ping, Restart, Runtime};
 
 /// Started with this variable set, the binary echoes 64-byte messages on stdin/stdout.
@@ -150,6 +151,14 @@ fn calls(c: &mut Criterion) {
         (hypha, ctx)
     });
     bench_call_rtt(c, "call_rtt", &rt, &ctx);
+
+    // The process service on a warm context (Mitogen: subprocess.check_output via context.call).
+    c.bench_function("check_true", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = ctx.check(process::Command::new(["true"])).await.expect("check");
+            assert!(out.exit.success());
+        })
+    });
 
     const IN_FLIGHT: u64 = 1000;
     let mut g = c.benchmark_group("calls_in_flight");

@@ -54,7 +54,7 @@ except ImportError:
 import mitogen_funcs as funcs
 
 FIGURES = ('local_start_ms', 'call_rtt_us', 'hundred_contexts_s',
-           'bytes_mib_s', 'bytes_call_mib_s')
+           'bytes_mib_s', 'bytes_call_mib_s', 'check_true_us')
 MIB = 1 << 20
 now = time.perf_counter
 
@@ -206,6 +206,25 @@ def bytes_calls(router, mib, repeats=3):
          method='context.call(fn, 1 MiB bytes)')
 
 
+def check_true(router, batches=5, calls=200):
+    """`subprocess.check_output(['true'])` through `context.call` on a warm context, in us:
+    the process service's figure (hypha: ctx.check(Command::new(["true"])))."""
+    import subprocess
+    ctx = start_and_ping(router)
+    ctx.call(subprocess.check_output, ['true'])
+    batch_means, per_call = [], []
+    for _ in range(batches):
+        times = []
+        for _ in range(calls):
+            t0 = now()
+            ctx.call(subprocess.check_output, ['true'])
+            times.append((now() - t0) * 1e6)
+        batch_means.append(statistics.fmean(times))
+        per_call.extend(times)
+    ctx.shutdown(wait=True)
+    emit_rtt('check_true_us', batch_means, per_call, calls)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--only', action='append', choices=FIGURES,
@@ -234,6 +253,8 @@ def main():
                 bytes_fileservice(router, args.bytes_mib)
             elif figure == 'bytes_call_mib_s':
                 bytes_calls(router, args.bytes_mib)
+            elif figure == 'check_true_us':
+                check_true(router)
     finally:
         broker.shutdown()
         broker.join()
