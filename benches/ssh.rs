@@ -122,6 +122,13 @@ fn calls(c: &mut Criterion, lab: &Lab) {
         (hypha, ctx)
     });
     bench_call_rtt(c, "ssh_call_rtt", &rt, &ctx);
+    // The process service on a warm SSH context (Mitogen: subprocess.check_output via context.call).
+    c.bench_function("ssh_check_true", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = ctx.check(hypha::process::Command::new(["true"])).await.expect("check");
+            assert!(out.exit.success());
+        })
+    });
     let mut g = c.benchmark_group("ssh_bulk");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));

@@ -51,7 +51,7 @@ import mitogen.master
 
 import mitogen_funcs as funcs
 
-FIGURES = ('ssh_start_ms', 'ssh_call_rtt_us', 'ssh_bytes_mib_s')
+FIGURES = ('ssh_start_ms', 'ssh_call_rtt_us', 'ssh_bytes_mib_s', 'ssh_check_true_us')
 CIPHER = 'aes128-gcm@openssh.com'
 
 
@@ -130,6 +130,26 @@ def ssh_call_rtt(router, target, batches=5, calls=2000):
     emit_rtt('ssh_call_rtt_us', batch_means, per_call, calls, **target.extra)
 
 
+def ssh_check_true(router, target, batches=5, calls=200):
+    """`subprocess.check_output(['true'])` through `context.call` on a warm SSH context, in us
+    (hypha: benches/ssh.rs ssh_check_true)."""
+    import subprocess
+    import statistics
+    ctx = target.start(router)
+    ctx.call(subprocess.check_output, ['true'])
+    batch_means, per_call = [], []
+    for _ in range(batches):
+        times = []
+        for _ in range(calls):
+            t0 = now()
+            ctx.call(subprocess.check_output, ['true'])
+            times.append((now() - t0) * 1e6)
+        batch_means.append(statistics.fmean(times))
+        per_call.extend(times)
+    ctx.shutdown(wait=True)
+    emit_rtt('ssh_check_true_us', batch_means, per_call, calls, **target.extra)
+
+
 def ssh_bytes(router, target, mib, repeats=3):
     samples = fileservice_mib_s(router, target.start, mib, repeats)
     emit('ssh_bytes_mib_s', samples, unit='MiB/s', mib=mib,
@@ -176,6 +196,8 @@ def main():
                 ssh_call_rtt(router, target)
             elif figure == 'ssh_bytes_mib_s':
                 ssh_bytes(router, target, args.bytes_mib)
+            elif figure == 'ssh_check_true_us':
+                ssh_check_true(router, target)
     finally:
         broker.shutdown()
         broker.join()
