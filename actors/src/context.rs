@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use hypha_bootstrap::process::{ChunkSink, Command, Exit, Line, LineSink, Lines, Output, Run, Stream, MAX_OUTPUT};
+use hypha_bootstrap::process::{ChunkSink, Command, Exit, Line, Lines, Output, Run, Stream, MAX_OUTPUT};
 use hypha_runtime::proto::Hello;
 use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteErrorKind, Request, Router};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -328,19 +328,20 @@ impl Context {
     /// kills the command and everything it started.
     pub async fn check(&self, cmd: Command) -> Result<Output, CallError> {
         let (mut stdout, mut stderr, mut kept) = (Vec::new(), Vec::new(), 0usize);
-        let sink = LineSink::new(|line: Line| {
+        let mut lines = self.lines(cmd);
+        while let Some(line) = lines.next().await {
             kept += line.text.len() + 1;
             if kept > MAX_OUTPUT {
-                return Err(std::io::Error::other(format!("more than {MAX_OUTPUT} bytes of output")));
+                // Dropping the stream kills the command.
+                let reason = format!("writing the download: more than {MAX_OUTPUT} bytes of output");
+                return Err(CallError::Stream { handler: Run::NAME, reason });
             }
             match line.stream {
                 Stream::Stdout => stdout.push(line.text),
                 Stream::Stderr => stderr.push(line.text),
             }
-            Ok(())
-        });
-        let exit = self.download(Run(cmd), sink).await?;
-        Ok(Output { stdout, stderr, exit })
+        }
+        Ok(Output { stdout, stderr, exit: lines.exit().await? })
     }
 
     /// Run `cmd` in this context, logging each line as it comes (remoto's `process.run`): stdout
@@ -348,15 +349,15 @@ impl Context {
     pub async fn run(&self, cmd: Command) -> Result<Exit, CallError> {
         let span = tracing::info_span!("context", id = self.inner.id, name = %self.inner.name);
         let program = cmd.program().to_owned();
-        let sink = LineSink::new(|line: Line| {
+        let mut lines = self.lines(cmd);
+        while let Some(line) = lines.next().await {
             let _enter = span.enter();
             match line.stream {
                 Stream::Stdout => tracing::debug!(program = %program, "{}", line.text),
                 Stream::Stderr => tracing::error!(program = %program, "{}", line.text),
             }
-            Ok(())
-        });
-        self.download(Run(cmd), sink).await
+        }
+        lines.exit().await
     }
 
     /// Run `cmd` in this context and yield its lines as they come, stdout and stderr in order of

@@ -137,54 +137,6 @@ pub struct Output {
 /// Most output `check` keeps (a command that prints more fails the check: stream it instead).
 pub const MAX_OUTPUT: usize = 64 << 20;
 
-/// An `AsyncWrite` for the download of a [`Run`]: each line it completes goes to `each`.
-pub struct LineSink<F> {
-    lines: Lines,
-    each: F,
-}
-
-impl<F: FnMut(Line) -> std::io::Result<()>> LineSink<F> {
-    /// Hand every line to `each` (its error ends the call).
-    pub fn new(each: F) -> Self {
-        LineSink { lines: Lines::default(), each }
-    }
-}
-
-impl<F> std::fmt::Debug for LineSink<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineSink").finish_non_exhaustive()
-    }
-}
-
-impl<F: FnMut(Line) -> std::io::Result<()> + Unpin> tokio::io::AsyncWrite for LineSink<F> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let lines = this.lines.push(buf).map_err(std::io::Error::other)?;
-        for line in lines {
-            (this.each)(line)?;
-        }
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 /// An `AsyncWrite` that hands each chunk written to a bounded channel (decode them with
 /// [`Lines`]): when the reader is slow the writer waits, and so (through the stream's credit) does
 /// the command's output on the far side. A dropped receiver fails the write, which ends the call
