@@ -206,11 +206,10 @@ def bytes_calls(router, mib, repeats=3):
          method='context.call(fn, 1 MiB bytes)')
 
 
-def check_true(router, batches=5, calls=200):
-    """`subprocess.check_output(['true'])` through `context.call` on a warm context, in us:
-    the process service's figure (hypha: ctx.check(Command::new(["true"])))."""
+def measure_check_true(ctx, batches=5, calls=200):
+    """`subprocess.check_output(['true'])` through `context.call` on warm `ctx`: (batch means,
+    every call), in us. The process service's figure (hypha: ctx.check(Command::new(["true"])))."""
     import subprocess
-    ctx = start_and_ping(router)
     ctx.call(subprocess.check_output, ['true'])
     batch_means, per_call = [], []
     for _ in range(batches):
@@ -221,6 +220,12 @@ def check_true(router, batches=5, calls=200):
             times.append((now() - t0) * 1e6)
         batch_means.append(statistics.fmean(times))
         per_call.extend(times)
+    return batch_means, per_call
+
+
+def check_true(router, calls=200):
+    ctx = start_and_ping(router)
+    batch_means, per_call = measure_check_true(ctx, calls=calls)
     ctx.shutdown(wait=True)
     emit_rtt('check_true_us', batch_means, per_call, calls)
 

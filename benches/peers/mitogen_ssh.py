@@ -46,7 +46,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # keep benches/peers/ free of __pycache__
 
-from mitogen_local import emit, emit_rtt, fileservice_mib_s, measure_rtt, now  # also checks for mitogen
+from mitogen_local import emit, emit_rtt, fileservice_mib_s, measure_check_true, measure_rtt, now  # also checks for mitogen
 import mitogen.master
 
 import mitogen_funcs as funcs
@@ -130,22 +130,11 @@ def ssh_call_rtt(router, target, batches=5, calls=2000):
     emit_rtt('ssh_call_rtt_us', batch_means, per_call, calls, **target.extra)
 
 
-def ssh_check_true(router, target, batches=5, calls=200):
-    """`subprocess.check_output(['true'])` through `context.call` on a warm SSH context, in us
-    (hypha: benches/ssh.rs ssh_check_true)."""
-    import subprocess
-    import statistics
+def ssh_check_true(router, target, calls=200):
+    """As check_true_us in mitogen_local.py, on a warm SSH context (hypha: benches/ssh.rs
+    ssh_check_true)."""
     ctx = target.start(router)
-    ctx.call(subprocess.check_output, ['true'])
-    batch_means, per_call = [], []
-    for _ in range(batches):
-        times = []
-        for _ in range(calls):
-            t0 = now()
-            ctx.call(subprocess.check_output, ['true'])
-            times.append((now() - t0) * 1e6)
-        batch_means.append(statistics.fmean(times))
-        per_call.extend(times)
+    batch_means, per_call = measure_check_true(ctx, calls=calls)
     ctx.shutdown(wait=True)
     emit_rtt('ssh_check_true_us', batch_means, per_call, calls, **target.extra)
 
