@@ -5,7 +5,7 @@
 
 mod util;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hypha::process::{Command, Exit, Line, Stream};
 use hypha::ErrorKind;
@@ -18,16 +18,9 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Wait (at most 20 s) for `path` to hold a pid.
+/// The pid a command writes into the fifo at `path`.
 async fn pid_in(path: &std::path::Path) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no pid in {}", path.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    read_fifo(path).await.trim().parse().unwrap()
 }
 
 #[tokio::test]
@@ -81,10 +74,15 @@ async fn a_timeout_kills_the_command_and_what_it_forked() {
     let ctx = rt.local().await.unwrap();
     let dir = scratch("timeout");
     let pidfile = dir.join("child.pid");
+    fifo(&pidfile);
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-    let err = ctx.check(Command::shell(script).with_timeout(Duration::from_millis(500))).await.unwrap_err();
-    assert!(err.to_string().contains("timed out"), "{err}");
+    let call = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { ctx.check(Command::shell(script).with_timeout(Duration::from_secs(2))).await })
+    };
     let forked = pid_in(&pidfile).await;
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
     assert!(gone_within(forked, Duration::from_secs(10)).await, "the forked child {forked} still runs");
     std::fs::remove_dir_all(&dir).unwrap();
     rt.shutdown().await;
@@ -96,6 +94,7 @@ async fn a_dropped_call_kills_the_command_and_what_it_forked() {
     let ctx = rt.local().await.unwrap();
     let dir = scratch("dropped");
     let pidfile = dir.join("child.pid");
+    fifo(&pidfile);
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let call = {
         let ctx = ctx.clone();
@@ -129,12 +128,21 @@ async fn lines_stream_in_order_of_arrival_and_dropping_the_stream_kills_the_comm
     let rt = runtime();
     let ctx = rt.local().await.unwrap();
     let line = |stream, text: &str| Line { stream, text: text.into() };
-    let mut lines = ctx.lines(Command::shell("echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c; exit 5"));
+    // Each line is printed only once the one before has arrived (the test says so through a fifo).
+    let dir = scratch("order");
+    let go = dir.join("go");
+    fifo(&go);
+    let script = format!("echo a; read _ < {go}; echo b >&2; read _ < {go}; echo c; exit 5", go = go.display());
+    let mut lines = ctx.lines(Command::shell(script));
     let mut seen = Vec::new();
     while let Some(l) = lines.next().await {
         seen.push(l);
+        if seen.len() < 3 {
+            write_fifo(&go, "\n").await;
+        }
     }
     assert_eq!(seen, [line(Stream::Stdout, "a"), line(Stream::Stderr, "b"), line(Stream::Stdout, "c")]);
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(lines.exit().await.unwrap(), Exit::Code(5));
     // The first line comes while the command still runs; dropping the stream kills it.
     let mut lines = ctx.lines(Command::shell("echo $$; exec sleep 300"));

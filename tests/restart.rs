@@ -168,21 +168,30 @@ async fn a_via_start_given_up_on_leaves_nothing_on_the_parent() {
     let parent = rt.local().name("parent").await.unwrap();
     let dir = std::env::temp_dir().join(format!("hypha-slow-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // An agent that takes a second to start: the start is given up on before it is up.
+    // An agent that starts only when the test says so (through a fifo), after the start has
+    // been given up on; it says its pid first (which the agent keeps: the script execs it).
+    let (pid_fifo, go) = (dir.join("pid"), dir.join("go"));
+    fifo(&pid_fifo);
+    fifo(&go);
     let slow = dir.join("slow-agent");
     let exe = std::env::current_exe().unwrap();
-    std::fs::write(&slow, format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", exe.display())).unwrap();
+    let script = format!(
+        "#!/bin/sh\necho $$ > {}\nread _ < {}\nexec {} \"$@\"\n",
+        pid_fifo.display(),
+        go.display(),
+        exe.display()
+    );
+    std::fs::write(&slow, script).unwrap();
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let start = rt.start(Local::default().with_program(&slow)).via(&parent).timeout(Duration::from_millis(300));
     let err = start.await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
-    // The parent finishes that start on its own deadline, and the child is shut down at once.
+    let pid: u32 = read_fifo(&pid_fifo).await.trim().parse().unwrap();
     assert_eq!(children(parent.hello().pid), 1, "the slow start runs on the parent");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while children(parent.hello().pid) != 0 {
-        assert!(std::time::Instant::now() < deadline, "the child given up on still runs on the parent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The parent finishes that start on its own deadline, and the child is shut down at once.
+    write_fifo(&go, "\n").await;
+    assert!(gone_within(pid, Duration::from_secs(20)).await, "the child given up on still runs on the parent");
+    assert_eq!(children(parent.hello().pid), 0);
     std::fs::remove_dir_all(&dir).unwrap();
     rt.shutdown().await;
 }

@@ -200,6 +200,33 @@ pub fn runtime() -> Runtime {
     Runtime::new(handlers()).expect("runtime starts")
 }
 
+/// Make a named pipe at `path`. A test and a command it runs meet there: opening one end waits for
+/// the other, so each waits for the other exactly, not for a guessed while.
+pub fn fifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Everything a command writes into the fifo at `path` (waits, at most 60 s, for it to open and
+/// close it).
+pub async fn read_fifo(path: &std::path::Path) -> String {
+    let p = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(p).unwrap());
+    let read = tokio::time::timeout(Duration::from_secs(60), read).await;
+    read.unwrap_or_else(|_| panic!("nothing opened {} to write", path.display())).unwrap()
+}
+
+/// Write `text` into the fifo at `path` (waits, at most 60 s, for a command to open it for
+/// reading).
+pub async fn write_fifo(path: &std::path::Path, text: &str) {
+    let (p, text) = (path.to_owned(), text.to_owned());
+    let write = tokio::task::spawn_blocking(move || std::fs::write(p, text).unwrap());
+    let write = tokio::time::timeout(Duration::from_secs(60), write).await;
+    write.unwrap_or_else(|_| panic!("nothing opened {} to read", path.display())).unwrap()
+}
+
 /// True while `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
