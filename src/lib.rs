@@ -33,8 +33,8 @@ pub use hypha_bootstrap::{
     RegisterMethod, Ssh, Su, Sudo, Whoami,
 };
 pub use hypha_runtime::{
-    ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, HandlerError, Handlers, KindedError, Ping,
-    RemoteError, RemoteErrorKind, Request, Secret, StreamError,
+    ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, Feed, HandlerError, Handlers, ItemReceiver,
+    ItemSender, Items, KindedError, Ping, RemoteError, RemoteErrorKind, Request, Secret, StreamError, Takes, Yields,
 };
 
 /// What most programs import: `use hypha::prelude::*;` brings the runtime, the handle, requests
@@ -43,6 +43,6 @@ pub use hypha_runtime::{
 pub mod prelude {
     pub use crate::{
         Context, Cx, ErrorKind, HandlerError, Handlers, Local, Method, Portable, RegisterMethod, Request, Restart,
-        Runtime, StartFrom,
+        Runtime, StartFrom, Takes, Yields,
     };
 }

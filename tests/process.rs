@@ -133,7 +133,7 @@ async fn lines_stream_in_order_of_arrival_and_dropping_the_stream_kills_the_comm
     let go = dir.join("go");
     fifo(&go);
     let script = format!("echo a; read _ < {go}; echo b >&2; read _ < {go}; echo c; exit 5", go = go.display());
-    let mut lines = ctx.lines(Command::shell(script));
+    let mut lines = ctx.lines(Command::shell(script)).await.unwrap();
     let mut seen = Vec::new();
     while let Some(l) = lines.next().await {
         seen.push(l);
@@ -145,13 +145,13 @@ async fn lines_stream_in_order_of_arrival_and_dropping_the_stream_kills_the_comm
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(lines.exit().await.unwrap(), Exit::Code(5));
     // The first line comes while the command still runs; dropping the stream kills it.
-    let mut lines = ctx.lines(Command::shell("echo $$; exec sleep 300"));
+    let mut lines = ctx.lines(Command::shell("echo $$; exec sleep 300")).await.unwrap();
     let pid: u32 = lines.next().await.unwrap().text.parse().unwrap();
     assert!(alive(pid));
     drop(lines);
     assert!(gone_within(pid, Duration::from_secs(10)).await, "the command {pid} still runs");
     // A reader that takes only some lines still gets the exit.
-    let lines = ctx.lines(Command::shell("seq 1 100000"));
+    let lines = ctx.lines(Command::shell("seq 1 100000")).await.unwrap();
     assert_eq!(lines.exit().await.unwrap(), Exit::Code(0));
     rt.shutdown().await;
 }

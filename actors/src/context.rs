@@ -4,47 +4,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use hypha_bootstrap::process::{ChunkSink, Command, Exit, Line, Lines, Output, Run, Stream, MAX_OUTPUT};
+use hypha_bootstrap::process::{Command, Exit, Line, Output, Run, Stream, MAX_OUTPUT};
 use hypha_runtime::proto::Hello;
-use hypha_runtime::{CallError, ContextId, EncodedRequest, RemoteErrorKind, Request, Router};
+use hypha_runtime::{
+    ByteSender, CallError, ContextId, EncodedRequest, Feed, ItemReceiver, Items, RemoteErrorKind, Request, Router,
+    Takes, Yields,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::actor::{Lifecycle, Shutdown, State};
 
-/// Chunks of output (each at most a stream chunk) a [`LineStream`] holds before the command's
-/// output waits for its reader.
-const CHUNKS: usize = 16;
-
-/// The lines of a command as it prints them ([`Context::lines`]). Dropping it kills the command.
+/// The lines of a command as it prints them ([`Context::lines`], [`Context::spawn`]). Dropping it
+/// kills the command and everything it started.
 #[derive(Debug)]
 pub struct LineStream {
-    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    lines: Lines,
-    ready: std::collections::VecDeque<Line>,
-    /// Output that did not decode: the call is ended, and `exit` says why.
-    broken: Option<String>,
-    call: Option<tokio::task::JoinHandle<Result<Exit, CallError>>>,
+    rx: Option<ItemReceiver<Line>>,
+    /// Why the output stopped before its end: `exit` says so.
+    error: Option<CallError>,
+    ctx: Context,
 }
 
 impl LineStream {
-    /// The next line, or `None` once the command's output has ended.
+    /// The next line, or `None` once the command's output has ended (or broke: see
+    /// [`LineStream::exit`]).
     pub async fn next(&mut self) -> Option<Line> {
-        loop {
-            if let Some(line) = self.ready.pop_front() {
-                return Some(line);
-            }
-            if self.broken.is_some() {
-                return None;
-            }
-            let chunk = self.rx.recv().await?;
-            match self.lines.push(&chunk) {
-                Ok(lines) => self.ready.extend(lines),
-                Err(why) => {
-                    self.broken = Some(why);
-                    self.rx.close();
-                }
+        let rx = self.rx.as_mut()?;
+        match rx.next().await {
+            Ok(Some(line)) => Some(line),
+            Ok(None) => None,
+            Err(e) => {
+                self.error = Some(self.ctx.located(e.into_call_error(self.ctx.inner.id, Run::NAME)));
+                None
             }
         }
     }
@@ -52,23 +44,52 @@ impl LineStream {
     /// How the command ended, once it has (the lines not read yet are read and dropped).
     pub async fn exit(mut self) -> Result<Exit, CallError> {
         while self.next().await.is_some() {}
-        if let Some(why) = self.broken.take() {
-            return Err(CallError::Stream { handler: Run::NAME, reason: format!("garbled output: {why}") });
+        if let Some(e) = self.error.take() {
+            return Err(e);
         }
-        match self.call.take() {
-            Some(call) => call.await.unwrap_or_else(|e| {
-                Err(CallError::Stream { handler: Run::NAME, reason: format!("the call's task failed: {e}") })
-            }),
-            None => Err(CallError::Stream { handler: Run::NAME, reason: "no call".into() }),
-        }
+        let Some(rx) = self.rx.take() else {
+            return Err(CallError::Stream { handler: Run::NAME, reason: "no call".into() });
+        };
+        rx.into_inner().answer::<Run>().await.map_err(|e| self.ctx.located(e))
     }
 }
 
-impl Drop for LineStream {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.abort();
+/// A command's stdin, streamed while it runs ([`Context::spawn`]). Dropping it (or
+/// [`Stdin::close`]) closes the command's stdin.
+#[derive(Debug)]
+pub struct Stdin {
+    tx: ByteSender,
+    id: ContextId,
+}
+
+impl Stdin {
+    /// Write `bytes`, waiting while the command is behind.
+    pub async fn write(&mut self, bytes: impl Into<bytes::Bytes>) -> Result<(), CallError> {
+        self.tx.send(bytes.into()).await.map_err(|e| e.into_call_error(self.id, Run::NAME))
+    }
+
+    /// Write everything `reader` yields, then close stdin. Returns the bytes written.
+    pub async fn copy_from(mut self, mut reader: impl AsyncRead + Unpin) -> Result<u64, CallError> {
+        use tokio::io::AsyncReadExt;
+        let mut n = 0;
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(hypha_runtime::stream::CHUNK);
+            let read = reader.read_buf(&mut chunk).await.map_err(|e| CallError::Stream {
+                handler: Run::NAME,
+                reason: format!("reading the command's stdin: {e}"),
+            })?;
+            if read == 0 {
+                self.close().await?;
+                return Ok(n);
+            }
+            n += read as u64;
+            self.write(chunk.freeze()).await?;
         }
+    }
+
+    /// Close the command's stdin (it reads end of file).
+    pub async fn close(mut self) -> Result<(), CallError> {
+        self.tx.finish().await.map_err(|e| e.into_call_error(self.id, Run::NAME))
     }
 }
 
@@ -322,13 +343,34 @@ impl Context {
         self.inner.router.download(self.inner.id, &req, writer).await.map_err(|e| self.located(e))
     }
 
+    /// Call `req` and receive the items its handler yields ([`Handlers::on_yields`]), as they
+    /// come; then its answer ([`Items::answer`]). A slow reader slows the handler down (memory
+    /// stays bounded); dropping the stream aborts the call.
+    ///
+    /// [`Handlers::on_yields`]: hypha_runtime::Handlers::on_yields
+    pub async fn items<R: Yields>(&self, req: R) -> Result<Items<R>, CallError> {
+        self.ready_for::<R>().await?;
+        let items = self.inner.router.items(self.inner.id, &req).await.map_err(|e| self.located(e))?;
+        Ok(items.at_path(self.path()))
+    }
+
+    /// Call `req` and send its handler ([`Handlers::on_takes`]) items ([`Feed::send`]), waiting
+    /// whenever it is behind; then take its answer ([`Feed::answer`]).
+    ///
+    /// [`Handlers::on_takes`]: hypha_runtime::Handlers::on_takes
+    pub async fn feed<R: Takes>(&self, req: R) -> Result<Feed<R>, CallError> {
+        self.ready_for::<R>().await?;
+        let feed = self.inner.router.feed(self.inner.id, &req).await.map_err(|e| self.located(e))?;
+        Ok(feed.at_path(self.path()))
+    }
+
     /// Run `cmd` in this context and collect what it prints (remoto's `process.check`): stdout
     /// lines, stderr lines and the exit, whatever the exit. A missing program, a permission error
     /// or the timeout is an error naming host and program; the timeout, or dropping this call,
     /// kills the command and everything it started.
     pub async fn check(&self, cmd: Command) -> Result<Output, CallError> {
         let (mut stdout, mut stderr, mut kept) = (Vec::new(), Vec::new(), 0usize);
-        let mut lines = self.lines(cmd);
+        let mut lines = self.lines(cmd).await?;
         while let Some(line) = lines.next().await {
             kept += line.text.len() + 1;
             if kept > MAX_OUTPUT {
@@ -349,7 +391,7 @@ impl Context {
     pub async fn run(&self, cmd: Command) -> Result<Exit, CallError> {
         let span = tracing::info_span!("context", id = self.inner.id, name = %self.inner.name);
         let program = cmd.program().to_owned();
-        let mut lines = self.lines(cmd);
+        let mut lines = self.lines(cmd).await?;
         while let Some(line) = lines.next().await {
             let _enter = span.enter();
             match line.stream {
@@ -361,14 +403,22 @@ impl Context {
     }
 
     /// Run `cmd` in this context and yield its lines as they come, stdout and stderr in order of
-    /// arrival; then its exit ([`LineStream::exit`]). A slow reader slows the command's output
-    /// down (memory stays bounded); dropping the stream kills the command and everything it
-    /// started.
-    pub fn lines(&self, cmd: Command) -> LineStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS);
-        let ctx = self.clone();
-        let call = tokio::spawn(async move { ctx.download(Run(cmd), ChunkSink::new(tx)).await });
-        LineStream { rx, lines: Lines::default(), ready: Default::default(), broken: None, call: Some(call) }
+    /// arrival; then its exit ([`LineStream::exit`]). Its stdin is `cmd`'s bytes, then closed. A
+    /// slow reader slows the command's output down (memory stays bounded); dropping the stream
+    /// kills the command and everything it started.
+    pub async fn lines(&self, cmd: Command) -> Result<LineStream, CallError> {
+        let (stdin, lines) = self.spawn(cmd).await?;
+        stdin.close().await?;
+        Ok(lines)
+    }
+
+    /// [`Context::lines`], with the command's stdin left open: write to it (after `cmd`'s own
+    /// bytes) while reading its lines, then close it.
+    pub async fn spawn(&self, cmd: Command) -> Result<(Stdin, LineStream), CallError> {
+        self.ready_for::<Run>().await?;
+        let (tx, rx) = self.inner.router.open_duplex(self.inner.id, &Run(cmd)).await.map_err(|e| self.located(e))?;
+        let lines = LineStream { rx: Some(ItemReceiver::new(rx)), error: None, ctx: self.clone() };
+        Ok((Stdin { tx, id: self.inner.id }, lines))
     }
 
     /// For a context that restarts: wait (within the call timeout) until it is ready. What is

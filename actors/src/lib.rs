@@ -45,7 +45,7 @@ use hypha_runtime::{CallError, ContextId, Cx, EncodedRequest, Handlers, Request,
 use tokio::sync::{broadcast, oneshot, watch};
 
 pub use actor::State;
-pub use context::{Context, Event, Events, LineStream, DEFAULT_GRACE};
+pub use context::{Context, Event, Events, LineStream, Stdin, DEFAULT_GRACE};
 pub use hypha_bootstrap::Exit;
 pub use start::{Restart, Start};
 

@@ -20,5 +20,5 @@ pub fn install(handlers: Handlers) -> Handlers {
         .on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) })
         .on(crate::forward::serve)
         .on_download(crate::builds::serve)
-        .on_download(crate::process::serve)
+        .on_duplex(crate::process::serve)
 }

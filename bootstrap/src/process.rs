@@ -1,17 +1,17 @@
 //! The process service (remoto's `process.run` / `process.check`): run a command in a context.
 //!
-//! `hypha.process` ([`Run`]) is a download call: the handler starts the command in a process group
-//! of its own and sends its output as [`Line`]s, in order of arrival, over the call's byte stream
-//! (so memory stays bounded by the flow-control window, however much it prints); its answer is the
-//! [`Exit`]. A timeout, a dropped call or a lost caller kills the whole group (the command and
-//! whatever it forked): nothing keeps running on the host.
+//! `hypha.process` ([`Run`]) is a duplex call: the handler starts the command in a process group
+//! of its own, feeds it the caller's bytes on stdin (those of the request first, then the call's
+//! upstream until the caller ends it), and sends its output as typed [`Line`]s, in order of
+//! arrival, downstream (so memory stays bounded by the flow-control window, however much it
+//! prints); its answer is the [`Exit`]. A timeout, a dropped call or a lost caller kills the whole
+//! group (the command and whatever it forked): nothing keeps running on the host.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
-use hypha_runtime::{ByteSender, Cx, HandlerError, Request};
+use hypha_runtime::{ByteReceiver, ByteSender, Cx, HandlerError, ItemSender, Request};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -30,7 +30,8 @@ pub struct Command {
     pub env: Vec<(String, String)>,
     /// Its working directory (the context's, by default).
     pub cwd: Option<PathBuf>,
-    /// Bytes for its stdin, which is closed after them (empty, by default).
+    /// Bytes for its stdin, first (empty, by default). Its stdin closes after them, unless the
+    /// caller streams more (`Context::spawn`).
     pub stdin: Vec<u8>,
     /// Kill it (and everything it started) after this long.
     pub timeout: Option<Duration>,
@@ -104,7 +105,7 @@ impl std::fmt::Display for Exit {
 }
 
 /// Which stream a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
     /// Standard output.
     Stdout,
@@ -114,7 +115,7 @@ pub enum Stream {
 
 /// One line a command printed, without its newline (a line longer than [`MAX_LINE`] arrives in
 /// pieces).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     /// Where it was printed.
     pub stream: Stream,
@@ -137,76 +138,7 @@ pub struct Output {
 /// Most output `check` keeps (a command that prints more fails the check: stream it instead).
 pub const MAX_OUTPUT: usize = 64 << 20;
 
-/// An `AsyncWrite` that hands each chunk written to a bounded channel (decode them with
-/// [`Lines`]): when the reader is slow the writer waits, and so (through the stream's credit) does
-/// the command's output on the far side. A dropped receiver fails the write, which ends the call
-/// and kills the command.
-pub struct ChunkSink {
-    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    reserve: Option<Reserve>,
-}
-
-type Reserve = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<tokio::sync::mpsc::OwnedPermit<bytes::Bytes>, tokio::sync::mpsc::error::SendError<()>>,
-            > + Send,
-    >,
->;
-
-impl ChunkSink {
-    /// Chunks go to `tx`.
-    pub fn new(tx: tokio::sync::mpsc::Sender<bytes::Bytes>) -> Self {
-        ChunkSink { tx, reserve: None }
-    }
-}
-
-impl std::fmt::Debug for ChunkSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkSink").finish_non_exhaustive()
-    }
-}
-
-impl tokio::io::AsyncWrite for ChunkSink {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        let tx = this.tx.clone();
-        let reserve = this.reserve.get_or_insert_with(|| Box::pin(tx.reserve_owned()));
-        match reserve.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(_)) => {
-                this.reserve = None;
-                Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-            }
-            Poll::Ready(Ok(permit)) => {
-                this.reserve = None;
-                permit.send(bytes::Bytes::copy_from_slice(buf));
-                Poll::Ready(Ok(buf.len()))
-            }
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// Run a command in the context called; the output comes as the call's download.
+/// Run a command in the context called: a duplex call, stdin up, [`Line`]s down.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run(pub Command);
 
@@ -234,7 +166,8 @@ impl Drop for Group {
 }
 
 /// The `hypha.process` handler.
-pub(crate) async fn serve(Run(cmd): Run, _: Cx, mut tx: ByteSender) -> Result<Exit, HandlerError> {
+pub(crate) async fn serve(Run(cmd): Run, _: Cx, input: ByteReceiver, tx: ByteSender) -> Result<Exit, HandlerError> {
+    let mut tx = ItemSender::<Line>::new(tx);
     let host = &Identity::current().host;
     let program = cmd.program().to_owned();
     let Some((first, rest)) = cmd.argv.split_first() else {
@@ -260,10 +193,20 @@ pub(crate) async fn serve(Run(cmd): Run, _: Cx, mut tx: ByteSender) -> Result<Ex
     else {
         return Err(format!("{host}: {program}: its stdio was not piped").into());
     };
-    let input = cmd.stdin;
-    tokio::spawn(async move {
-        let _ = stdin.write_all(&input).await;
+    let first = cmd.stdin;
+    // Ends with the command (or with the caller's input): stdin closes when this returns.
+    let feed = tokio::spawn(async move {
+        let mut input = input;
+        if stdin.write_all(&first).await.is_err() {
+            return;
+        }
+        while let Ok(Some(chunk)) = input.recv().await {
+            if stdin.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
     });
+    let _feed = AbortOnDrop(feed);
     let deadline = async {
         match cmd.timeout {
             Some(after) => tokio::time::sleep(after).await,
@@ -275,7 +218,7 @@ pub(crate) async fn serve(Run(cmd): Run, _: Cx, mut tx: ByteSender) -> Result<Ex
     let (mut out_open, mut err_open) = (true, true);
     let (mut out_buf, mut err_buf) = (vec![0u8; 16 << 10], vec![0u8; 16 << 10]);
     while out_open || err_open {
-        let mut batch = BytesMut::new();
+        let mut batch = Vec::new();
         tokio::select! {
             n = read_some(&mut stdout, &mut out_buf, out_open) => match n {
                 0 => { out_open = false; out.finish(&mut batch) }
@@ -297,7 +240,7 @@ pub(crate) async fn serve(Run(cmd): Run, _: Cx, mut tx: ByteSender) -> Result<Ex
             }
         }
         if !batch.is_empty() {
-            if let Err(e) = tx.send(batch.freeze()).await {
+            if let Err(e) = tx.send_all(&batch).await {
                 group.kill();
                 return Err(format!("{host}: {program}: the caller has gone ({e})").into());
             }
@@ -320,6 +263,15 @@ pub(crate) async fn serve(Run(cmd): Run, _: Cx, mut tx: ByteSender) -> Result<Ex
     })
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Read what is there, or wait forever on a closed stream (so `select!` skips it).
 async fn read_some(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8], open: bool) -> usize {
     if !open {
@@ -328,7 +280,7 @@ async fn read_some(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8], open: bool)
     r.read(buf).await.unwrap_or(0)
 }
 
-/// Splits one stream's bytes into lines, encoded as records: `stream (u8) | len (u32 LE) | text`.
+/// Splits one stream's bytes into [`Line`]s.
 struct Splitter {
     stream: Stream,
     partial: Vec<u8>,
@@ -339,7 +291,7 @@ impl Splitter {
         Splitter { stream, partial: Vec::new() }
     }
 
-    fn push(&mut self, mut bytes: &[u8], out: &mut BytesMut) {
+    fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Line>) {
         while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             self.partial.extend_from_slice(&bytes[..end]);
             self.emit(out);
@@ -353,57 +305,16 @@ impl Splitter {
         }
     }
 
-    fn finish(&mut self, out: &mut BytesMut) {
+    fn finish(&mut self, out: &mut Vec<Line>) {
         if !self.partial.is_empty() {
             self.emit(out);
         }
     }
 
-    fn emit(&mut self, out: &mut BytesMut) {
-        out.put_u8(match self.stream {
-            Stream::Stdout => 1,
-            Stream::Stderr => 2,
-        });
-        out.put_u32_le(self.partial.len() as u32);
-        out.put_slice(&self.partial);
+    fn emit(&mut self, out: &mut Vec<Line>) {
+        let text = String::from_utf8_lossy(&self.partial).into_owned();
+        out.push(Line { stream: self.stream, text });
         self.partial.clear();
-    }
-}
-
-/// Decodes the records of a [`Run`] download back into [`Line`]s, whatever the chunks' borders.
-#[derive(Debug, Default)]
-pub struct Lines {
-    buf: BytesMut,
-}
-
-impl Lines {
-    /// Take `chunk`; the lines it completes. A record no [`Run`] handler would send is an error.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Line>, String> {
-        self.buf.extend_from_slice(chunk);
-        let mut lines = Vec::new();
-        while self.buf.len() >= 5 {
-            let stream = match self.buf[0] {
-                1 => Stream::Stdout,
-                2 => Stream::Stderr,
-                other => return Err(format!("a line record of stream {other}")),
-            };
-            let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-            if len > MAX_LINE {
-                return Err(format!("a line record of {len} bytes, above {MAX_LINE}"));
-            }
-            if self.buf.len() < 5 + len {
-                break;
-            }
-            self.buf.advance(5);
-            let text = String::from_utf8_lossy(&self.buf.split_to(len)).into_owned();
-            lines.push(Line { stream, text });
-        }
-        Ok(lines)
-    }
-
-    /// True when nothing is left half-received.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 }
 
@@ -411,24 +322,21 @@ impl Lines {
 mod tests {
     use super::*;
 
-    fn records(stream: Stream, input: &[&[u8]]) -> bytes::Bytes {
-        let (mut s, mut out) = (Splitter::new(stream), BytesMut::new());
+    fn lines(stream: Stream, input: &[&[u8]]) -> Vec<Line> {
+        let (mut s, mut out) = (Splitter::new(stream), Vec::new());
         for piece in input {
             s.push(piece, &mut out);
         }
         s.finish(&mut out);
-        out.freeze()
+        out
     }
 
     #[test]
     fn lines_survive_any_chunking() {
-        let bytes = records(Stream::Stderr, &[b"ab", b"c\nde\n\nf"]);
+        let bytes = b"abc\nde\n\nf";
         let want = ["abc", "de", "", "f"];
         for split in 0..bytes.len() {
-            let mut lines = Lines::default();
-            let mut got = lines.push(&bytes[..split]).unwrap();
-            got.extend(lines.push(&bytes[split..]).unwrap());
-            assert!(lines.is_empty());
+            let got = lines(Stream::Stderr, &[&bytes[..split], &bytes[split..]]);
             let texts: Vec<_> = got.iter().map(|l| l.text.as_str()).collect();
             assert_eq!(texts, want);
             assert!(got.iter().all(|l| l.stream == Stream::Stderr));
@@ -438,14 +346,7 @@ mod tests {
     #[test]
     fn a_long_line_arrives_in_pieces() {
         let long = vec![b'x'; MAX_LINE * 2 + 3];
-        let bytes = records(Stream::Stdout, &[&long]);
-        let got = Lines::default().push(&bytes).unwrap();
+        let got = lines(Stream::Stdout, &[&long]);
         assert_eq!(got.iter().map(|l| l.text.len()).collect::<Vec<_>>(), [MAX_LINE, MAX_LINE, 3]);
-    }
-
-    #[test]
-    fn hostile_records_are_errors() {
-        assert!(Lines::default().push(&[9, 0, 0, 0, 0]).is_err());
-        assert!(Lines::default().push(&[1, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 }

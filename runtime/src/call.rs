@@ -163,6 +163,7 @@ pub(crate) enum StreamArg {
     None,
     Upload(ByteReceiver),
     Download(ByteSender),
+    Duplex(ByteReceiver, ByteSender),
 }
 
 /// Which kind of stream a handler takes; the call's flags must agree.
@@ -171,6 +172,7 @@ pub(crate) enum Shape {
     Plain,
     Upload,
     Download,
+    Duplex,
 }
 
 pub(crate) type Reply = Result<Bytes, Failure>;
@@ -251,6 +253,23 @@ impl Handlers {
         self.insert::<R>(Shape::Download, move |req, cx, stream| match stream {
             StreamArg::Download(tx) => Box::pin(respond::<R, _, _>(f(req, cx, tx))),
             _ => Box::pin(async { Err(Failure::new(RemoteErrorKind::BadRequest, "expected a download")) }),
+        })
+    }
+
+    /// Register `f` as the handler for `R`, called with both ends of a duplex call (see
+    /// `Router::open_duplex`): the bytes the caller sends, and a sender for bytes back, each way
+    /// with its own credit. The caller's bytes end when it says so; the handler's end when `f`
+    /// returns.
+    pub fn on_duplex<R, F, Fut, E>(self, f: F) -> Self
+    where
+        R: Request,
+        F: Fn(R, Cx, ByteReceiver, ByteSender) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response, E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        self.insert::<R>(Shape::Duplex, move |req, cx, stream| match stream {
+            StreamArg::Duplex(rx, tx) => Box::pin(respond::<R, _, _>(f(req, cx, rx, tx))),
+            _ => Box::pin(async { Err(Failure::new(RemoteErrorKind::BadRequest, "expected a duplex call")) }),
         })
     }
 

@@ -58,7 +58,8 @@ pub mod flags {
     pub const END: u32 = 1 << 3;
     /// Flow-control credit: the body is a msgpack `u64` of bytes the receiver may send.
     pub const CREDIT: u32 = 1 << 4;
-    /// The stream was abandoned; the body is a msgpack reason string.
+    /// The stream was abandoned; the body is a msgpack reason string. With [`CREDIT`] too, only
+    /// the sender's receiving end went away (the other way of a duplex call goes on).
     pub const ABORT: u32 = 1 << 5;
     /// A call whose caller streams bytes to the handler.
     pub const UPLOAD: u32 = 1 << 6;

@@ -11,7 +11,9 @@
 //!   reader/writer task of each link.
 //! - [`Request`] / [`Handlers`]: typed calls; a request type names its response type and a stable
 //!   handler name, so one registration serves every copy of the binary.
-//! - [`stream`]: byte streams belonging to a call, flow-controlled with credit.
+//! - [`stream`]: byte streams belonging to a call, flow-controlled with credit: one way (upload,
+//!   download) or both at once (duplex).
+//! - [`items`]: typed streams of items over them, either way.
 //!
 //! Because links are generic, two routers joined by an in-memory pipe make a complete system:
 //!
@@ -39,6 +41,7 @@ pub mod call;
 mod codec;
 mod error;
 pub mod frame;
+pub mod items;
 mod kind;
 pub mod logged;
 pub mod proto;
@@ -47,6 +50,7 @@ mod secret;
 pub mod stream;
 
 pub use call::{CallError, Cx, HandlerError, Handlers, Ping, RemoteError, RemoteErrorKind, Request};
+pub use items::{Feed, ItemReceiver, ItemSender, Items, Takes, Yields};
 pub use kind::{ErrorKind, KindedError};
 pub use router::{
     CloseReason, EncodedRequest, LinkHandle, LinkId, LinkOptions, Role, Router, RouterConfig, DEFAULT_CALL_TIMEOUT,

@@ -21,9 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::call::Request;
 use crate::codec;
 use crate::error::CallError;
 use crate::frame::{flags, Frame, Header};
+use crate::router::{decode_reply, PendingGuard};
 use crate::{ContextId, Router};
 
 /// Largest chunk of stream data in one frame.
@@ -65,7 +67,8 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    pub(crate) fn into_call_error(self, context: ContextId, handler: &'static str) -> CallError {
+    /// As a [`CallError`] of the call to `handler` in `context` the stream belongs to.
+    pub fn into_call_error(self, context: ContextId, handler: &'static str) -> CallError {
         match self {
             StreamError::Call(e) => e,
             StreamError::Timeout(after) => CallError::Timeout { context, handler, after },
@@ -74,15 +77,19 @@ impl StreamError {
     }
 }
 
-/// How a stream ended, as far as frames say.
+/// How a stream ended, as far as frames say. The data from the peer ends with END or the call's
+/// answer (`Finished`); this side's own data may go on after the peer's has ended (a duplex call),
+/// until the answer, an abort or a failure.
 #[derive(Debug)]
 enum End {
-    /// The sender finished (END), or the call was answered.
+    /// The peer finished its data (END), or the call was answered.
     Finished,
     /// The other side aborted, saying why.
     Aborted(String),
     /// The link went, or the other side broke the rules.
     Failed(StreamError),
+    /// A failure that was reported already.
+    Gone,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +100,8 @@ struct State {
     /// Sending side: units it may still send.
     credit: u64,
     end: Option<End>,
+    /// Sending side: the peer stopped taking data, saying why.
+    sink_gone: Option<String>,
     /// The call's answer, on the caller's side.
     reply: Option<Frame>,
 }
@@ -150,7 +159,7 @@ impl Shared {
             s.data.push_back(body);
             drop(s);
             self.wake.notify_one();
-        } else if f & flags::CREDIT != 0 {
+        } else if f & flags::CREDIT != 0 && f & flags::ABORT == 0 {
             let grant: u64 = codec::decode_value(&frame.body).unwrap_or(0);
             self.update(|s| s.credit = s.credit.saturating_add(grant));
         } else if f & flags::END != 0 {
@@ -166,8 +175,14 @@ impl Shared {
                 }
                 reason.truncate(cut);
             }
+            // With CREDIT, only the peer's receiving end went away; without, the whole stream
+            // did (even after the peer's own data was complete).
+            let whole = f & flags::CREDIT == 0;
             self.update(|s| {
-                s.end.get_or_insert(End::Aborted(reason));
+                if whole && matches!(s.end, None | Some(End::Finished)) && s.reply.is_none() {
+                    s.end = Some(End::Aborted(reason.clone()));
+                }
+                s.sink_gone.get_or_insert(reason);
             });
         }
         Ok(())
@@ -188,21 +203,37 @@ impl Shared {
         tokio::time::timeout(idle, self.wake.notified()).await.map_err(|_| StreamError::Timeout(idle))
     }
 
-    /// Take a failure out (leaving the stream finished), or describe how it ended.
+    /// Take a failure out (it is reported once), or describe how the stream ended; `None` while it
+    /// goes on or once it finished.
     fn ended(s: &mut State) -> Option<StreamError> {
         match s.end.take()? {
-            End::Finished => {
-                s.end = Some(End::Finished);
-                None
-            }
             End::Aborted(why) => {
                 s.end = Some(End::Aborted(why.clone()));
                 Some(StreamError::Aborted(why))
             }
             End::Failed(e) => {
-                s.end = Some(End::Finished);
+                s.end = Some(End::Gone);
                 Some(e)
             }
+            end => {
+                s.end = Some(end);
+                None
+            }
+        }
+    }
+
+    /// Sending side: why this side can send nothing more, if it cannot. The peer's END does not
+    /// stop it (in a duplex call each side ends its own data).
+    fn send_closed(s: &mut State) -> Option<StreamError> {
+        if s.reply.is_some() || matches!(s.end, Some(End::Gone)) {
+            return Some(StreamError::Closed);
+        }
+        if let Some(why) = &s.sink_gone {
+            return Some(StreamError::Aborted(why.clone()));
+        }
+        match s.end {
+            Some(End::Failed(_)) => Shared::ended(s),
+            _ => None,
         }
     }
 }
@@ -216,8 +247,9 @@ struct AbortOnDrop {
 }
 
 impl AbortOnDrop {
-    fn new(router: Router, mut header: Header, why: &'static str) -> Self {
-        header.flags = flags::ABORT;
+    /// `whole`: the whole stream is off; otherwise only this receiving end went away.
+    fn new(router: Router, mut header: Header, whole: bool, why: &'static str) -> Self {
+        header.flags = if whole { flags::ABORT } else { flags::ABORT | flags::CREDIT };
         AbortOnDrop { router, header, why }
     }
 
@@ -239,6 +271,8 @@ pub struct ByteSender {
     finished: bool,
     /// Sent to the receiver if this end is dropped before the stream is over (caller side).
     abort: Option<AbortOnDrop>,
+    /// The call's reply handle, when this end takes the answer (an upload's caller).
+    call: Option<PendingGuard>,
 }
 
 impl ByteSender {
@@ -246,8 +280,13 @@ impl ByteSender {
     /// upload; the handler's side of a download ends with its answer instead).
     pub(crate) fn new(router: Router, data: Header, shared: Arc<Shared>, abort: bool) -> Self {
         let idle = router.config().call_timeout;
-        let abort = abort.then(|| AbortOnDrop::new(router.clone(), data, "the sender gave up"));
-        ByteSender { router, data, shared, idle, finished: false, abort }
+        let abort = abort.then(|| AbortOnDrop::new(router.clone(), data, true, "the sender gave up"));
+        ByteSender { router, data, shared, idle, finished: false, abort, call: None }
+    }
+
+    pub(crate) fn with_call(mut self, guard: PendingGuard) -> Self {
+        self.call = Some(guard);
+        self
     }
 
     /// Send `bytes`, in chunks of at most [`CHUNK`], waiting for credit as needed.
@@ -268,17 +307,8 @@ impl ByteSender {
     /// quiet process), to notice a caller that has gone.
     pub async fn closed(&self) -> StreamError {
         loop {
-            {
-                let mut s = self.shared.lock();
-                if s.reply.is_some() {
-                    return StreamError::Closed;
-                }
-                if let Some(e) = Shared::ended(&mut s) {
-                    return e;
-                }
-                if s.end.is_some() {
-                    return StreamError::Closed;
-                }
+            if let Some(e) = Shared::send_closed(&mut self.shared.lock()) {
+                return e;
             }
             self.shared.wake.notified().await;
         }
@@ -288,14 +318,8 @@ impl ByteSender {
         loop {
             {
                 let mut s = self.shared.lock();
-                if s.reply.is_some() {
-                    return Err(StreamError::Closed);
-                }
-                if let Some(e) = Shared::ended(&mut s) {
+                if let Some(e) = Shared::send_closed(&mut s) {
                     return Err(e);
-                }
-                if s.end.is_some() {
-                    return Err(StreamError::Closed);
                 }
                 if s.credit >= units {
                     s.credit -= units;
@@ -306,8 +330,9 @@ impl ByteSender {
         }
     }
 
-    /// Say the stream is complete. Only uploads need this: a download ends with the handler's answer.
-    pub(crate) async fn finish(&mut self) -> Result<(), StreamError> {
+    /// Say this side's bytes are complete (the caller's side of an upload or a duplex call; a
+    /// handler's bytes end with its answer). Sending after this fails.
+    pub async fn finish(&mut self) -> Result<(), StreamError> {
         if !self.finished {
             self.finished = true;
             let mut header = self.data;
@@ -317,8 +342,24 @@ impl ByteSender {
         Ok(())
     }
 
-    /// Caller side of an upload: the handler's answer, once it comes.
-    pub(crate) async fn into_reply(mut self) -> Result<Frame, StreamError> {
+    /// The caller's side of an upload ([`Router::open_upload`]): end the bytes and wait for the
+    /// handler's answer. A handler that stopped taking them early says why in its answer.
+    pub async fn answer<R: Request>(mut self) -> Result<R::Response, CallError> {
+        let dst = self.data.dst;
+        if self.call.is_none() {
+            let reason = "only the caller's end of an upload takes the answer".into();
+            return Err(CallError::Stream { handler: R::NAME, reason });
+        }
+        match self.finish().await {
+            Ok(()) | Err(StreamError::Closed | StreamError::Aborted(_)) => {}
+            Err(e) => return Err(e.into_call_error(dst, R::NAME)),
+        }
+        let frame = self.into_reply().await.map_err(|e| e.into_call_error(dst, R::NAME))?;
+        decode_reply::<R>(&frame)
+    }
+
+    /// The handler's answer, once it comes.
+    async fn into_reply(mut self) -> Result<Frame, StreamError> {
         loop {
             {
                 let mut s = self.shared.lock();
@@ -340,10 +381,16 @@ impl ByteSender {
 
 impl Drop for ByteSender {
     fn drop(&mut self) {
-        if let Some(abort) = &self.abort {
-            if self.shared.lock().reply.is_none() {
-                abort.send();
+        let Some(abort) = &self.abort else { return };
+        if self.call.is_none() {
+            // A duplex caller's sender: the call is its receiver's; dropping this one only ends
+            // this side's bytes, as closing a pipe does. Never waits: a drop cannot.
+            if !self.finished {
+                let header = Header { flags: flags::END, ..self.data };
+                let _ = self.router.push_frame(Frame { header, body: Bytes::new() });
             }
+        } else if self.shared.lock().reply.is_none() {
+            abort.send();
         }
     }
 }
@@ -360,13 +407,20 @@ pub struct ByteReceiver {
     taken: u64,
     done: bool,
     abort: AbortOnDrop,
+    /// The call's reply handle, when this end takes the answer (a download's or a duplex caller).
+    call: Option<PendingGuard>,
 }
 
 impl ByteReceiver {
     pub(crate) fn new(router: Router, credit: Header, shared: Arc<Shared>) -> Self {
         let idle = router.config().call_timeout;
-        let abort = AbortOnDrop::new(router.clone(), credit, "the receiver went away");
-        ByteReceiver { router, credit, shared, idle, taken: 0, done: false, abort }
+        let abort = AbortOnDrop::new(router.clone(), credit, false, "the receiver went away");
+        ByteReceiver { router, credit, shared, idle, taken: 0, done: false, abort, call: None }
+    }
+
+    pub(crate) fn with_call(mut self, guard: PendingGuard) -> Self {
+        self.call = Some(guard);
+        self
     }
 
     /// The next chunk, or `None` once the stream has ended.
@@ -421,13 +475,19 @@ impl ByteReceiver {
         Ok(())
     }
 
-    /// The call's answer, once the stream has ended with it (caller side of a download).
-    pub(crate) fn take_reply(&mut self) -> Option<Frame> {
-        let reply = self.shared.lock().reply.take();
-        if reply.is_some() {
-            self.done = true;
+    /// The caller's side of a download or a duplex call: the handler's answer, after the bytes not
+    /// read yet (read and dropped).
+    pub async fn answer<R: Request>(mut self) -> Result<R::Response, CallError> {
+        let dst = self.credit.dst;
+        if self.call.is_none() {
+            let reason = "only the caller's end of a download takes the answer".into();
+            return Err(CallError::Stream { handler: R::NAME, reason });
         }
-        reply
+        self.drain().await.map_err(|e| e.into_call_error(dst, R::NAME))?;
+        let reply = self.shared.lock().reply.take();
+        let reason = || "the stream ended without an answer".to_owned();
+        let frame = reply.ok_or_else(|| CallError::Stream { handler: R::NAME, reason: reason() })?;
+        decode_reply::<R>(&frame)
     }
 }
 

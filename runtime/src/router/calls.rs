@@ -56,18 +56,27 @@ pub(super) enum PendingTx {
     Stream(Arc<Shared>),
 }
 
-struct PendingGuard<'a> {
-    router: &'a Router,
+/// A call's reply handle, removed when the call is over or dropped. The end of a stream call that
+/// receives the answer owns it.
+pub(crate) struct PendingGuard {
+    router: Router,
     handle: u32,
 }
 
-impl Drop for PendingGuard<'_> {
+impl fmt::Debug for PendingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PendingGuard({})", self.handle)
+    }
+}
+
+impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.router.inner.pending.remove(&self.handle);
     }
 }
 
-fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
+/// A call's answer: the response, or the [`RemoteError`] the handler's side sent.
+pub(crate) fn decode_reply<R: Request>(frame: &Frame) -> Result<R::Response, CallError> {
     if frame.header.flags & flags::ERROR != 0 {
         let err = codec::decode_value::<RemoteError>(&frame.body)
             .map_err(|e| CallError::Decode { handler: R::NAME, reason: format!("error answer: {e}") })?;
@@ -135,23 +144,22 @@ impl Router {
         R: Request,
         S: AsyncRead + Unpin,
     {
-        let (data, shared, _guard) = self.stream_call(dst, req, flags::UPLOAD, flags::DATA).await?;
-        let mut tx = ByteSender::new(self.clone(), data, shared, true);
+        let mut tx = self.open_upload(dst, req).await?;
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         loop {
             let mut chunk = BytesMut::with_capacity(CHUNK);
             let n = reader.read_buf(&mut chunk).await.map_err(|e| stream_err(format!("reading the upload: {e}")))?;
-            let sent = if n == 0 { tx.finish().await } else { tx.send(chunk.freeze()).await };
-            match sent {
-                Ok(()) if n == 0 => break,
+            if n == 0 {
+                break;
+            }
+            match tx.send(chunk.freeze()).await {
                 Ok(()) => {}
                 // The handler answered, or stopped taking data: its answer says why.
                 Err(StreamError::Closed | StreamError::Aborted(_)) => break,
                 Err(e) => return Err(e.into_call_error(dst, R::NAME)),
             }
         }
-        let frame = tx.into_reply().await.map_err(|e| e.into_call_error(dst, R::NAME))?;
-        decode_reply::<R>(&frame)
+        tx.answer::<R>().await
     }
 
     /// Call `req` in `dst` and write the bytes its handler (registered with
@@ -163,31 +171,59 @@ impl Router {
         W: AsyncWrite + Unpin,
     {
         use tokio::io::AsyncWriteExt;
-        let (credit, shared, _guard) = self.stream_call(dst, req, flags::DOWNLOAD, flags::CREDIT).await?;
-        let mut rx = ByteReceiver::new(self.clone(), credit, shared);
+        let mut rx = self.open_download(dst, req).await?;
         let stream_err = |reason: String| CallError::Stream { handler: R::NAME, reason };
         while let Some(chunk) = rx.recv().await.map_err(|e| e.into_call_error(dst, R::NAME))? {
             writer.write_all(&chunk).await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
         }
         writer.flush().await.map_err(|e| stream_err(format!("writing the download: {e}")))?;
-        let frame = rx.take_reply().ok_or_else(|| stream_err("stream ended without an answer".into()))?;
-        decode_reply::<R>(&frame)
+        rx.answer::<R>().await
     }
 
-    /// Send a call that comes with a stream (`kind`: UPLOAD or DOWNLOAD). Returns the header this
-    /// side's stream frames (`frames`: DATA or CREDIT) carry to the callee, and the stream's state.
+    /// Call `req` in `dst` (an upload handler) and return the end that sends its bytes; the answer
+    /// comes with [`ByteSender::answer`]. Dropping the sender before that aborts the call.
+    pub async fn open_upload<R: Request>(&self, dst: ContextId, req: &R) -> Result<ByteSender, CallError> {
+        let (header, shared, guard) = self.stream_call(dst, req, flags::UPLOAD).await?;
+        Ok(ByteSender::new(self.clone(), Header { flags: flags::DATA, ..header }, shared, true).with_call(guard))
+    }
+
+    /// Call `req` in `dst` (a download handler) and return the end that receives its bytes; the
+    /// answer comes with [`ByteReceiver::answer`]. Dropping the receiver before that aborts the call.
+    pub async fn open_download<R: Request>(&self, dst: ContextId, req: &R) -> Result<ByteReceiver, CallError> {
+        let (header, shared, guard) = self.stream_call(dst, req, flags::DOWNLOAD).await?;
+        Ok(ByteReceiver::new(self.clone(), Header { flags: flags::CREDIT, ..header }, shared).with_call(guard))
+    }
+
+    /// Call `req` in `dst`, whose handler was registered with
+    /// [`Handlers::on_duplex`](crate::Handlers::on_duplex): bytes go both ways at once, each way
+    /// with its own credit. The sender ends this side's bytes ([`ByteSender::finish`]); the receiver
+    /// takes the handler's, then its answer ([`ByteReceiver::answer`]). Dropping either end before
+    /// the answer aborts the call.
+    pub async fn open_duplex<R: Request>(
+        &self,
+        dst: ContextId,
+        req: &R,
+    ) -> Result<(ByteSender, ByteReceiver), CallError> {
+        let (header, shared, guard) = self.stream_call(dst, req, flags::UPLOAD | flags::DOWNLOAD).await?;
+        let tx = ByteSender::new(self.clone(), Header { flags: flags::DATA, ..header }, shared.clone(), true);
+        let rx = ByteReceiver::new(self.clone(), Header { flags: flags::CREDIT, ..header }, shared).with_call(guard);
+        Ok((tx, rx))
+    }
+
+    /// Send a call that comes with a stream (`kind`: UPLOAD, DOWNLOAD or both). Returns the header
+    /// this side's stream frames carry to the callee (flags to be set), the stream's state, and
+    /// the reply handle's guard.
     async fn stream_call<R: Request>(
         &self,
         dst: ContextId,
         req: &R,
         kind: u32,
-        frames: u32,
-    ) -> Result<(Header, Arc<Shared>, PendingGuard<'_>), CallError> {
+    ) -> Result<(Header, Arc<Shared>, PendingGuard), CallError> {
         let body = call::encode_call(req)?;
         let shared = Shared::new(WINDOW);
         let (handle, guard) = self.expect_reply(dst, PendingTx::Stream(shared.clone()))?;
         self.send_call(dst, body, handle, kind).await?;
-        let header = Header { dst, src: self.id(), handle: handles::STREAM, reply_to: handle, flags: frames };
+        let header = Header { dst, src: self.id(), handle: handles::STREAM, reply_to: handle, flags: 0 };
         Ok((header, shared, guard))
     }
 
@@ -201,11 +237,11 @@ impl Router {
     }
 
     /// Register a reply handle for a call to `dst`; the guard removes it if the call is dropped.
-    fn expect_reply(&self, dst: ContextId, tx: PendingTx) -> Result<(u32, PendingGuard<'_>), CallError> {
+    fn expect_reply(&self, dst: ContextId, tx: PendingTx) -> Result<(u32, PendingGuard), CallError> {
         let via = self.link_for(dst).ok_or(CallError::NoRoute(dst))?;
         let handle = self.alloc_handle();
         self.inner.pending.insert(handle, Pending { via, dst, tx });
-        let guard = PendingGuard { router: self, handle };
+        let guard = PendingGuard { router: self.clone(), handle };
         // A link that closed before the insert did not see this entry: fail now instead of waiting.
         if !self.inner.links.contains_key(&via) {
             return Err(self.lost(dst));

@@ -45,9 +45,9 @@ impl Router {
             0 => Shape::Plain,
             flags::UPLOAD => Shape::Upload,
             flags::DOWNLOAD => Shape::Download,
-            _ => Shape::Plain, // both bits: refused below as a mismatch unless the handler is plain
+            _ => Shape::Duplex,
         };
-        if shape != entry.shape || h.flags & flags::UPLOAD != 0 && h.flags & flags::DOWNLOAD != 0 {
+        if shape != entry.shape {
             let msg = format!("the handler takes a {:?} call, this one is {:?}", entry.shape, shape);
             return self.reply(h, name, refuse(RemoteErrorKind::BadRequest, msg), wait).await;
         }
@@ -70,6 +70,15 @@ impl Router {
                 self.inner.inbound.insert((h.src, h.reply_to), shared.clone());
                 let data = Header { dst: h.src, src: id, handle: h.reply_to, reply_to: 0, flags: flags::DATA };
                 StreamArg::Download(ByteSender::new(self.clone(), data, shared, false))
+            }
+            Shape::Duplex => {
+                // One state for both ways: the caller's data and END come in, credit for ours too.
+                let shared = Shared::new(WINDOW);
+                self.inner.inbound.insert((h.src, h.reply_to), shared.clone());
+                let back = Header { dst: h.src, src: id, handle: h.reply_to, reply_to: 0, flags: 0 };
+                let rx = ByteReceiver::new(self.clone(), Header { flags: flags::CREDIT, ..back }, shared.clone());
+                let tx = ByteSender::new(self.clone(), Header { flags: flags::DATA, ..back }, shared, false);
+                StreamArg::Duplex(rx, tx)
             }
         };
         let name: Arc<str> = name.into();

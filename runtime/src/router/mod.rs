@@ -54,6 +54,7 @@ use crate::stream::Shared;
 use crate::{ContextId, Handlers};
 
 pub use calls::EncodedRequest;
+pub(crate) use calls::{decode_reply, PendingGuard};
 pub use links::{CloseReason, LinkHandle, LinkId, LinkOptions, Role};
 
 /// Default [`RouterConfig::link_timeout`].
