@@ -43,6 +43,22 @@ request!(StartChild => u32);
 request!(SpawnOn(u32) => String);
 request!(Relay(u32) => String);
 request!(Reveal(hypha::Secret<String>) => String);
+request!(Numbers(u64) => u64);
+request!(Total(u64) => u64);
+request!(Garbage(Vec<u8>) => ());
+
+/// Yields `0..n`, answers `n`; counts a caller that went away mid-stream in [`Count`].
+impl hypha::Yields for Numbers {
+    type Item = u64;
+}
+/// Sums what it is fed and answers the sum; fails once the sum passes its limit.
+impl hypha::Takes for Total {
+    type Item = u64;
+}
+/// Claims to yield numbers, and sends these raw bytes instead: a hostile handler.
+impl hypha::Yields for Garbage {
+    type Item = u64;
+}
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -118,6 +134,34 @@ pub fn handlers() -> Handlers {
             tracing::error!(?secret, "refusing");
             let seen = secret.expose().len();
             Err::<String, _>(HandlerError::from(format!("refusing {secret:?} ({seen} bytes)")))
+        })
+        .on_yields(|Numbers(n), _: Cx, mut tx: hypha::ItemSender<u64>| async move {
+            let mut batch = Vec::with_capacity(1000);
+            for i in 0..n {
+                batch.push(i);
+                if batch.len() == batch.capacity() || i + 1 == n {
+                    if let Err(e) = tx.send_all(&batch).await {
+                        BUMPS.fetch_add(1, Ordering::SeqCst);
+                        return Err(HandlerError::from(e));
+                    }
+                    batch.clear();
+                }
+            }
+            Ok::<_, HandlerError>(n)
+        })
+        .on_takes(|Total(limit), _: Cx, mut rx: hypha::ItemReceiver<u64>| async move {
+            let mut sum = 0u64;
+            while let Some(n) = rx.next().await? {
+                sum += n;
+                if sum > limit {
+                    return Err(HandlerError::from(format!("the sum passed {limit}")));
+                }
+            }
+            Ok::<_, HandlerError>(sum)
+        })
+        .on_download(|Garbage(bytes), _: Cx, mut tx: ByteSender| async move {
+            tx.send(bytes.into()).await?;
+            Ok::<_, HandlerError>(())
         })
         // Call on to another context, passing its error on with `?`.
         .on(|Relay(id), cx: Cx| async move { Ok::<_, HandlerError>(cx.call(id, &Echo("relayed".into())).await?) })
