@@ -128,12 +128,10 @@ async fn items_that_are_garbage_or_too_long_are_refused_and_the_context_goes_on(
     ];
     for (bytes, why) in cases {
         let mut items = ctx.items(Garbage(bytes)).await.unwrap();
-        let err = loop {
-            match items.next().await {
-                Ok(Some(n)) => panic!("a garbage item decoded as {n}"),
-                Ok(None) => panic!("garbage ended cleanly ({why})"),
-                Err(e) => break e,
-            }
+        let err = match items.next().await {
+            Ok(Some(n)) => panic!("a garbage item decoded as {n}"),
+            Ok(None) => panic!("garbage ended cleanly ({why})"),
+            Err(e) => e,
         };
         assert!(err.to_string().contains(why), "{err}");
         assert_eq!(ctx.call(Echo("still here".into())).await.unwrap(), "still here");
