@@ -201,7 +201,7 @@ pub(crate) struct Status {
 /// lifecycle events (start, link loss, restart, shutdown).
 #[derive(Clone)]
 pub struct Context {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// What a handle holds.
@@ -261,7 +261,7 @@ impl Context {
     }
 
     /// `err`, naming the path to this context if it happened here.
-    fn located(&self, err: CallError) -> CallError {
+    pub(crate) fn located(&self, err: CallError) -> CallError {
         match err {
             CallError::Remote(mut e) if e.context == self.inner.id && e.path.is_none() => {
                 e.path = Some(self.path());
@@ -423,7 +423,7 @@ impl Context {
 
     /// For a context that restarts: wait (within the call timeout) until it is ready. What is
     /// left of the call timeout.
-    async fn ready_for<R: Request>(&self) -> Result<Duration, CallError> {
+    pub(crate) async fn ready_for<R: Request>(&self) -> Result<Duration, CallError> {
         let timeout = self.inner.router.config().call_timeout;
         if self.inner.restarts {
             let deadline = Instant::now() + timeout;

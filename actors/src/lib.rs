@@ -28,6 +28,7 @@
 
 mod actor;
 mod context;
+pub mod files;
 mod registry;
 mod start;
 

@@ -21,4 +21,6 @@ pub fn install(handlers: Handlers) -> Handlers {
         .on(crate::forward::serve)
         .on_download(crate::builds::serve)
         .on_duplex(crate::process::serve)
+        .on_download(crate::files::serve_read)
+        .on_upload(crate::files::serve_write)
 }

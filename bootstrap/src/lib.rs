@@ -31,6 +31,7 @@ mod child;
 mod destination;
 mod error;
 pub mod fdio;
+pub mod files;
 pub mod forward;
 pub mod handshake;
 mod identity;

@@ -8,7 +8,7 @@
 #
 # Needs root. Only addresses this script creates (LAB_NET below, inside its own namespaces) are
 # ever used. Hosts:
-#   plain   10.213.0.11   an ordinary host
+#   plain   10.213.0.11   an ordinary host (with a 1 MiB disk at /tmp/small-disk)
 #   noisy   10.213.0.12   MOTD, a .bashrc and a .profile that print text before anything runs
 #   locked  10.213.0.13   no writable, executable directory for the agent cache
 #   arm     10.213.0.14   a real aarch64 userland (arm64 busybox) run by qemu-user: `uname -m` says aarch64
@@ -234,6 +234,13 @@ chown -R $USER_NAME:$USER_NAME \$home
 chmod 700 \$home/.ssh
 EOF
     case "$name" in
+        plain)
+            # A small disk of its own, for transfers that fill it.
+            cat <<EOF
+mkdir -p /tmp/small-disk
+mount -t tmpfs -o size=1m,mode=1777 tmpfs /tmp/small-disk
+EOF
+            ;;
         noisy)
             cat <<EOF
 printf 'Welcome to noisy!\nThis is the message of the day, HYPHA-SYNC-not-the-marker\n' > $dir/motd
@@ -327,10 +334,9 @@ start_host() {
     host_config "$name" "$ip" > "$dir/sshd_config.new"
     { host_setup_script "$name"; echo "exec /usr/sbin/sshd -f $dir/sshd_config -E $dir/sshd.log"; } > "$dir/setup.sh.new"
     if [ -f "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
-        # A host with a userland of its own that an older version of this script started (as the
-        # fake arm was) is started again; the others are left alone.
-        if ! root_base "$name" >/dev/null \
-            || { cmp -s "$dir/sshd_config.new" "$dir/sshd_config" && cmp -s "$dir/setup.sh.new" "$dir/setup.sh"; }; then
+        # A host that an older version of this script started is started again; the others are
+        # left alone.
+        if cmp -s "$dir/sshd_config.new" "$dir/sshd_config" && cmp -s "$dir/setup.sh.new" "$dir/setup.sh"; then
             rm -f "$dir/sshd_config.new" "$dir/setup.sh.new"
             return
         fi
