@@ -10,7 +10,8 @@
 //! ```
 //! In a process started as an agent it never returns: it serves calls until its parent tells it to
 //! shut down or goes away, then exits the process. Without a parent stream there is nothing to do,
-//! so an agent never outlives its parent.
+//! so an agent never outlives its parent. Its `tracing` events and whatever it writes to stderr go
+//! to the controller as log records ([`crate::log`]).
 
 use std::time::Duration;
 

@@ -4,8 +4,9 @@
 //! Mitogen forwards each child's `logging` records to the master, under a logger named after the
 //! child. hypha does the same with `tracing`, and no setup: [`run_if_agent`](crate::run_if_agent)
 //! installs a subscriber whose forwarding layer turns every event at or above the forward level
-//! (info unless the controller says otherwise, [`Init::log_level`]) into a [`Record`]: level,
-//! target, message and fields as text, the agent-side spans it happened in. The agent also points
+//! (info unless the controller says otherwise:
+//! [`Init::log_level`](hypha_runtime::proto::Init::log_level)) into a [`Record`]: level, target,
+//! message and fields as text, the agent-side spans it happened in. The agent also points
 //! its own stderr (and stdout, which already went there) at a pipe that a thread of its own reads
 //! line by line, so whatever it or a library or a command it started writes there becomes a record
 //! too ([`Source::Stderr`]).
@@ -670,10 +671,15 @@ impl Lines {
 
 /// Read the stderr pipe until it ends, queueing each line. A thread of its own: the agent's one
 /// runtime thread may be busy (or be the writer, blocked on a full pipe).
-fn read_stderr(pipe: OwnedFd, queue: Arc<Queue>) {
+/// Lines count as warnings: a forward level of error leaves them out.
+fn read_stderr(pipe: OwnedFd, queue: Arc<Queue>, level: ForwardFilter) {
     let mut pipe = std::fs::File::from(pipe);
     let mut lines = Lines::default();
-    let mut emit = |text: String| queue.push(Record { level: level_code(Level::WARN), source: Source::Stderr, text });
+    let mut emit = |text: String| {
+        if level.allows(&Level::WARN) {
+            queue.push(Record { level: level_code(Level::WARN), source: Source::Stderr, text });
+        }
+    };
     let mut buf = [0u8; 8192];
     loop {
         match pipe.read(&mut buf) {
@@ -716,10 +722,10 @@ impl AgentLogs {
         };
         let original = match crate::fdio::capture_stderr() {
             Ok((pipe, original)) => {
-                let queue = logs.queue.clone();
+                let (queue, level) = (logs.queue.clone(), logs.level.clone());
                 let reader = std::thread::Builder::new().name("hypha-stderr".into());
                 // Without the thread, stderr goes into a pipe nobody reads: put it back.
-                if reader.spawn(move || read_stderr(pipe, queue)).is_err() {
+                if reader.spawn(move || read_stderr(pipe, queue, level)).is_err() {
                     crate::fdio::restore_stderr();
                 }
                 Some(std::fs::File::from(original))
