@@ -20,6 +20,7 @@ fn init(_: &Hello) -> Init {
         ids: (0, 0),
         link_timeout_ms: 30_000,
         call_timeout_ms: 30_000,
+        log_level: 3,
     }
 }
 

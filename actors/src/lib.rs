@@ -44,6 +44,7 @@ use hypha_runtime::frame::DEFAULT_MAX_FRAME;
 use hypha_runtime::proto::IdBlock;
 use hypha_runtime::{CallError, ContextId, Cx, EncodedRequest, Handlers, Request, Router, RouterConfig};
 use tokio::sync::{broadcast, oneshot, watch};
+use tracing::level_filters::LevelFilter;
 
 pub use actor::State;
 pub use context::{Context, Event, Events, LineStream, Stdin, DEFAULT_GRACE};
@@ -81,6 +82,11 @@ pub struct Options {
     /// Builds of this program for other architectures, served to hosts of those (see
     /// [`Options::agent_for`]).
     pub agents: Vec<(String, PathBuf)>,
+    /// The most verbose of their own `tracing` events (and stray stderr lines, at warn) that
+    /// contexts send to the controller, which logs them in each context's span
+    /// ([`hypha_bootstrap::log`]): `info` unless the environment variable `HYPHA_FORWARD_LOG`
+    /// says otherwise; `LevelFilter::OFF` for none. Every context of the tree uses this value.
+    pub forward_logs: LevelFilter,
 }
 
 impl Options {
@@ -99,6 +105,12 @@ impl Options {
     /// Set [`Options::call_timeout`].
     pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// Set [`Options::forward_logs`].
+    pub fn with_forward_logs(mut self, level: LevelFilter) -> Self {
+        self.forward_logs = level;
         self
     }
 
@@ -122,6 +134,8 @@ impl Default for Options {
             link_timeout: hypha_runtime::DEFAULT_LINK_TIMEOUT,
             call_timeout: hypha_runtime::DEFAULT_CALL_TIMEOUT,
             agents: Vec::new(),
+            forward_logs: hypha_bootstrap::log::forward_level_from_env()
+                .unwrap_or(hypha_bootstrap::log::DEFAULT_FORWARD_LEVEL),
         }
     }
 }
@@ -219,6 +233,9 @@ impl Runtime {
         router.open_handler_to_descendants(AgentMessage::NAME);
         // Parents of contexts started via them fetch the builds for their children from here.
         router.open_handler_to_descendants(BuildRequest::NAME);
+        // Every context sends its log records here; each is logged as the checked caller's.
+        router.open_handler_to_descendants(hypha_bootstrap::log::Batch::NAME);
+        hypha_bootstrap::log::set_forward_level(&router, options.forward_logs);
         let rt = Runtime::on(router, Some((AtomicU32::new(1), AtomicU32::new(FIRST_BLOCK))))?;
         *rt.inner.router.extension(Slot::default).lock() = Some(Found::Controller(Arc::downgrade(&rt.inner)));
         Ok(rt)
@@ -325,12 +342,15 @@ impl Runtime {
         let (ready_tx, ready_rx) = oneshot::channel();
         // Dropped with this future: a caller that gives up stops the start (cancel safety).
         let (_waiting, caller_gone) = oneshot::channel::<()>();
+        let span = actor::span(id, &name);
+        // The records this context sends are logged in its span.
+        hypha_bootstrap::log::register_span(&self.inner.router, id, span.clone());
         let actor = {
             let (name, router, io, events) =
                 (name.clone(), self.inner.router.clone(), self.inner.io.clone(), events.clone());
             Supervisor::start_in_arbiter(&self.inner.arbiter, move |_| Lifecycle {
                 id,
-                span: actor::span(id, &name),
+                span,
                 name,
                 how,
                 ids,
@@ -358,6 +378,7 @@ impl Runtime {
             let _ = ended.wait_for(|s| s.state.is_terminal()).await.map(drop);
             if let Some(rt) = rt.upgrade() {
                 rt.contexts.remove(id);
+                hypha_bootstrap::log::forget_span(&rt.router, id);
             }
         });
         let stopped = || BootError::start(name.clone(), "the runtime has stopped", None);

@@ -10,7 +10,8 @@
 //! ```
 //! In a process started as an agent it never returns: it serves calls until its parent tells it to
 //! shut down or goes away, then exits the process. Without a parent stream there is nothing to do,
-//! so an agent never outlives its parent.
+//! so an agent never outlives its parent. Its `tracing` events and whatever it writes to stderr go
+//! to the controller as log records ([`crate::log`]).
 
 use std::time::Duration;
 
@@ -20,13 +21,15 @@ use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
 use crate::fdio::{take_stdio, FdStream};
+use crate::log::AgentLogs;
 use crate::{builtins, handshake, identity, BootError, Identity};
 
 /// The first argument of a process started as an agent; the second is the handshake nonce
 /// (`<exe> --hypha-agent NONCE`). An argument, not an environment variable: nothing the handlers
 /// start inherits it, and the agent never has to change its environment.
 pub const AGENT_FLAG: &str = "--hypha-agent";
-/// If set (to `error`, `warn`, `info`, `debug` or `trace`), an agent logs to its stderr.
+/// If set (to `error`, `warn`, `info`, `debug` or `trace`), an agent also writes its log lines at
+/// that level to the stderr it was started with (besides forwarding them, see [`crate::log`]).
 pub const LOG_ENV: &str = "HYPHA_LOG";
 
 /// If this process was started as an agent (its arguments are [`AGENT_FLAG`] and a nonce), serve
@@ -62,6 +65,8 @@ pub fn run_if_agent(handlers: &Handlers) {
         run(handlers, &nonce)
     };
     if let Err(e) = result {
+        // Last words: no log record carries them any more.
+        crate::fdio::restore_stderr();
         eprintln!("hypha agent (pid {}): {e}", std::process::id());
         std::process::exit(1);
     }
@@ -71,7 +76,7 @@ pub fn run_if_agent(handlers: &Handlers) {
 fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
     let io = |source| BootError::Io { target: "agent start-up".into(), source };
     let (input, output) = take_stdio().map_err(io)?;
-    init_logging();
+    let logs = AgentLogs::install();
     // One thread: every wake-up stays on it, which halves a call's round trip compared with a
     // multi-threaded runtime. Handlers that compute for long should use `spawn_blocking`.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
@@ -83,7 +88,7 @@ fn run(handlers: &Handlers, nonce: &str) -> Result<(), BootError> {
         let (init, leftover) =
             handshake::agent(&mut reader, &mut writer, nonce, &hello, Duration::from_secs(60)).await?;
         let span = info_span!("context", id = init.id, name = %init.name, host = %hello.host);
-        serve(handlers, init, reader, writer, leftover).instrument(span).await;
+        serve(handlers, init, reader, writer, leftover, logs).instrument(span).await;
         Ok(())
     })
 }
@@ -107,13 +112,19 @@ async fn serve(
     reader: FdStream,
     writer: FdStream,
     leftover: bytes::BytesMut,
+    logs: AgentLogs,
 ) {
+    let level = crate::log::filter_from_code(init.log_level);
+    logs.set_level(level);
     let cfg = RouterConfig::new(init.id, init.ancestors, Identity::current().origin())
         .with_max_frame(init.max_frame as usize)
         .with_link_timeout(Duration::from_millis(init.link_timeout_ms))
         .with_call_timeout(Duration::from_millis(init.call_timeout_ms));
     let router = Router::new(cfg, handlers);
     router.grant_ids(init.ids);
+    // Its children forward at the level it was given.
+    crate::log::set_forward_level(&router, level);
+    logs.forward(router.clone());
     // Children started via this context by a context of its own may fetch builds from it.
     router.open_handler_to_descendants(crate::builds::BuildRequest::NAME);
     let (control_tx, mut control) = mpsc::unbounded_channel();
@@ -129,6 +140,7 @@ async fn serve(
         Some(Control::Shutdown { grace_ms }) = control.recv() => {
             let finished = router.drain(Duration::from_millis(grace_ms)).await;
             debug!(finished, "shutting down");
+            logs.flush(&router, Duration::from_secs(1)).await;
             if let Some(writer) = router.close(parent.id(), hypha_runtime::CloseReason::Local("shutdown".into())) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
             }
@@ -136,8 +148,8 @@ async fn serve(
     }
 }
 
-/// Log to stderr at the level named by [`LOG_ENV`], if it is set. Agents do this on their own; a
-/// controller may call it too.
+/// Log to stderr at the level named by [`LOG_ENV`], if it is set: for a controller (agents set up
+/// their own logging, see [`crate::log`]).
 pub fn init_logging() {
     let Ok(level) = std::env::var(LOG_ENV) else {
         return;

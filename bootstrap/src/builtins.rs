@@ -19,6 +19,7 @@ pub fn install(handlers: Handlers) -> Handlers {
     crate::via::install(handlers)
         .on(|_: Whoami, _| async { Ok::<_, HandlerError>(Identity::current().clone()) })
         .on(crate::forward::serve)
+        .on(crate::log::serve)
         .on_download(crate::builds::serve)
         .on_duplex(crate::process::serve)
         .on_download(crate::files::serve_read)

@@ -45,7 +45,7 @@ pub struct Exit {
 }
 
 /// Start a child of `router`'s context with `method`: boot it (its Init carries this context's
-/// deadlines and frame size), let only its subtree announce the ids of its block, and attach its
+/// deadlines, frame size and forward level), let only its subtree announce the ids of its block, and attach its
 /// link, which announces it to the ancestors before this returns.
 pub async fn start_child(
     router: &Router,
@@ -62,6 +62,7 @@ pub async fn start_child(
         ids: child.ids,
         link_timeout_ms: millis(cfg.link_timeout),
         call_timeout_ms: millis(cfg.call_timeout),
+        log_level: crate::log::filter_code(crate::log::forward_level(router)),
     };
     let booted = boot(method, cfg.max_frame, init).await?;
     let hello = booted.hello;

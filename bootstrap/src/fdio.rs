@@ -118,6 +118,47 @@ pub fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
+/// The agent's stderr as it was before [`capture_stderr`] (`-1`: not captured), for the last words
+/// of an agent that fails ([`restore_stderr`]) and for `HYPHA_LOG`'s own log lines.
+static ORIGINAL_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Point fd 2 (and fd 1, which [`take_stdio`] made its copy) at a new pipe, whose read end is
+/// returned, and keep the original stderr aside (returned as a copy too). Whatever this process
+/// writes to stderr from then on (a panic message, a library's complaint, a stray `println!`),
+/// and whatever a command it starts writes to the stderr it inherits, comes out of the pipe,
+/// for the agent to send up the tree as log records. Call it after [`take_stdio`].
+pub fn capture_stderr() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: descriptor juggling at start-up, as in take_stdio; every result is checked, and
+    // nothing is closed that another owner holds.
+    unsafe {
+        let original = check(libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
+        let original = OwnedFd::from_raw_fd(original);
+        let mut ends = [0 as RawFd; 2];
+        check(libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) as isize)?;
+        let (read, write) = (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1]));
+        // dup2 clears close-on-exec on 1 and 2: children inherit the pipe as their stderr.
+        check(libc::dup2(write.as_raw_fd(), 2) as isize)?;
+        check(libc::dup2(write.as_raw_fd(), 1) as isize)?;
+        drop(write);
+        let kept = check(libc::fcntl(original.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) as isize)? as RawFd;
+        ORIGINAL_STDERR.store(kept, std::sync::atomic::Ordering::Release);
+        Ok((read, original))
+    }
+}
+
+/// Point fd 1 and 2 back at the stderr [`capture_stderr`] found (if it ran): for an agent's last
+/// words before it exits, which no log record would carry any more.
+pub fn restore_stderr() {
+    let original = ORIGINAL_STDERR.load(std::sync::atomic::Ordering::Acquire);
+    if original >= 0 {
+        // SAFETY: dup2 onto the standard descriptors from one this module keeps open for good.
+        unsafe {
+            libc::dup2(original, 2);
+            libc::dup2(original, 1);
+        }
+    }
+}
+
 fn same_file(a: RawFd, b: RawFd) -> bool {
     let mut sa = std::mem::MaybeUninit::<libc::stat>::uninit();
     let mut sb = std::mem::MaybeUninit::<libc::stat>::uninit();

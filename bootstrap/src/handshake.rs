@@ -218,6 +218,7 @@ mod tests {
             ids: (0, 0),
             link_timeout_ms: 30_000,
             call_timeout_ms: 30_000,
+            log_level: 3,
         }
     }
 

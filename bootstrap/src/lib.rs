@@ -10,6 +10,8 @@
 //!   block of methods of one's own that reach the far side through a command.
 //! - [`run_if_agent`] is the agent's entry point: one call at the top of the user's `main`.
 //! - [`Identity`] and [`exe_hash`] describe this process; [`Whoami`] asks another context.
+//! - [`log`]: every agent sends its `tracing` events and its stray stderr lines to the controller,
+//!   which logs them in that context's span.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hypha_bootstrap::BootError> {
@@ -18,7 +20,7 @@
 //!
 //! let booted = boot(&Local::default(), 1 << 20, |_hello| Init {
 //!     id: 1, ancestors: vec![0], name: "local.1".into(), max_frame: 1 << 20, ids: (0, 0),
-//!     link_timeout_ms: 30_000, call_timeout_ms: 300_000,
+//!     link_timeout_ms: 30_000, call_timeout_ms: 300_000, log_level: 3,
 //! }).await?;
 //! println!("agent pid {}", booted.hello.pid);
 //! # Ok(()) }
@@ -36,6 +38,7 @@ pub mod forward;
 pub mod handshake;
 mod identity;
 mod local;
+pub mod log;
 mod method;
 mod openssh;
 pub mod process;

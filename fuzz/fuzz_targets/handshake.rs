@@ -63,6 +63,7 @@ fn init_for(hello: &Hello) -> Init {
         ids: (1 << 24, (1 << 24) + 4096),
         link_timeout_ms: 30_000,
         call_timeout_ms: 300_000,
+        log_level: 3,
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Init {
     /// Default deadline of the calls the agent makes (milliseconds, see
     /// `RouterConfig::call_timeout`).
     pub call_timeout_ms: u64,
+    /// The most verbose of the agent's own log events it sends to the controller: 0 none, 1 error,
+    /// 2 warn, 3 info, 4 debug, 5 trace (see `hypha_bootstrap::log`).
+    pub log_level: u8,
 }
 
 /// Control messages, sent to [`crate::frame::handles::CONTROL`].

@@ -59,6 +59,13 @@ impl hypha::Takes for Total {
 impl hypha::Yields for Garbage {
     type Item = u64;
 }
+request!(Log(String) => ());
+request!(LogOn(u32, String) => ());
+request!(Stderr(Vec<String>) => ());
+request!(Flood(u64) => ());
+request!(FloodThread(u64) => ());
+request!(FloodStderr(u64) => ());
+request!(Forge(String) => ());
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
@@ -161,6 +168,60 @@ pub fn handlers() -> Handlers {
         })
         .on_download(|Garbage(bytes), _: Cx, mut tx: ByteSender| async move {
             tx.send(bytes.into()).await?;
+            Ok::<_, HandlerError>(())
+        })
+        // Log at every level: only what the controller asked for is forwarded (info by default).
+        .on(|Log(text), _: Cx| async move {
+            tracing::trace!(%text, "at trace");
+            tracing::debug!(%text, "at debug");
+            tracing::info!(answer = 42, "{text}");
+            Ok::<_, HandlerError>(())
+        })
+        // Ask context `id` (a child of this one) to log.
+        .on(|LogOn(id, text), cx: Cx| async move { Ok::<_, HandlerError>(cx.call(id, &Log(text)).await?) })
+        // Write lines to stderr, the way a careless handler or a library would, then have a
+        // command that inherited stderr write one more.
+        .on(|Stderr(lines), _: Cx| async move {
+            for line in &lines {
+                eprintln!("{line}");
+            }
+            let status = std::process::Command::new("sh").arg("-c").arg("echo from a command >&2").status()?;
+            assert!(status.success());
+            Ok::<_, HandlerError>(())
+        })
+        // Log `n` events in a tight loop on the agent's one thread: nothing is sent meanwhile.
+        .on(|Flood(n), _: Cx| async move {
+            for i in 0..n {
+                tracing::info!(i, "flood");
+            }
+            Ok::<_, HandlerError>(())
+        })
+        // Log `n` events from another thread while the agent goes on serving.
+        .on(|FloodThread(n), _: Cx| async move {
+            tokio::task::spawn_blocking(move || {
+                for i in 0..n {
+                    tracing::info!(i, "flood from a thread");
+                }
+            })
+            .await?;
+            Ok::<_, HandlerError>(())
+        })
+        // Write `n` lines to stderr from another thread while the agent goes on serving.
+        .on(|FloodStderr(n), _: Cx| async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                (0..n).try_for_each(|i| writeln!(err, "stderr flood {i}"))
+            })
+            .await??;
+            Ok::<_, HandlerError>(())
+        })
+        // Send the controller a record that claims to be another context's, and log one too.
+        .on(|Forge(claim), cx: Cx| async move {
+            use hypha::bootstrap::log::{Batch, Record, Source};
+            let record = Record { level: 3, source: Source::Stderr, text: claim.clone() };
+            cx.router().send(0, &Batch { records: vec![record] }).await?;
+            tracing::info!(id = 99, name = "someone else", "{claim}");
             Ok::<_, HandlerError>(())
         })
         // Call on to another context, passing its error on with `?`.
