@@ -131,10 +131,15 @@ impl Failure {
     }
 
     fn from_error(err: HandlerError) -> Self {
-        let mut causes = Vec::new();
+        let message = err.to_string();
+        let mut causes: Vec<String> = Vec::new();
         let mut next = err.source();
         while let Some(cause) = next {
-            causes.push(cause.to_string());
+            // An error that prints its source already (`{path}: {source}`) does not say it twice.
+            let text = cause.to_string();
+            if !causes.last().unwrap_or(&message).ends_with(&text) {
+                causes.push(text);
+            }
             next = cause.source();
         }
         let error_kind = match (err.downcast_ref::<KindedError>(), err.downcast_ref::<CallError>()) {
@@ -142,7 +147,7 @@ impl Failure {
             (None, Some(e)) => Some(e.kind()),
             (None, None) => None,
         };
-        Failure { kind: RemoteErrorKind::Handler, message: err.to_string(), causes, error_kind }
+        Failure { kind: RemoteErrorKind::Handler, message, causes, error_kind }
     }
 
     fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {

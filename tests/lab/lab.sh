@@ -436,7 +436,11 @@ up() {
     mkdir -p "$LAB"
     exec 9>"$LAB.lock"
     flock 9
-    if [ -f "$LAB/ready" ] && all_running && users_exist; then
+    # Quick when the lab is up and was set up by this very script; a changed script goes through
+    # every step again (each host whose definition changed is restarted).
+    local stamp
+    stamp=$(cksum < "${BASH_SOURCE[0]}")
+    if [ "$(cat "$LAB/ready" 2>/dev/null)" = "$stamp" ] && all_running && users_exist; then
         return
     fi
     install_packages
@@ -465,7 +469,7 @@ up() {
         for entry in $ROOTS; do echo "ROOT_${entry%%:*}=$LAB/hosts/${entry%%:*}/root"; done
     } > "$LAB/env.new"
     mv -f "$LAB/env.new" "$LAB/env"
-    touch "$LAB/ready"
+    echo "$stamp" > "$LAB/ready"
 }
 
 users_exist() {
