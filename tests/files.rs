@@ -8,34 +8,11 @@ mod util;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hypha::files::{copy, FileError, Keep};
 use hypha::process::Command;
 use util::*;
-
-/// A scratch directory for one test, removed at its end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hypha-files-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chmod").arg("-R").arg("u+rwx").arg(&self.0).status();
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A tree with what a transfer must keep: nested directories, an empty file, a file of several
 /// chunks, many small files, an executable, a read-only directory and a symbolic link.
@@ -87,7 +64,7 @@ fn xxhash(data: &[u8]) -> u64 {
 
 #[tokio::test]
 async fn a_tree_pushed_and_pulled_back_is_the_same_tree() {
-    let s = Scratch::new("local");
+    let s = Scratch::new("files-local");
     make_tree(&s.path("src"));
     let want = describe(&s.path("src"));
     let rt = runtime();
@@ -127,7 +104,7 @@ fn sizes(root: &Path) -> u64 {
 #[tokio::test]
 async fn files_move_over_ssh_between_two_contexts_and_through_a_sudo_hop() {
     let Some(lab) = lab() else { return };
-    let s = Scratch::new("ssh");
+    let s = Scratch::new("files-ssh");
     make_tree(&s.path("src"));
     let want = describe(&s.path("src"));
     let rt = runtime();
@@ -158,7 +135,7 @@ async fn files_move_over_ssh_between_two_contexts_and_through_a_sudo_hop() {
 
 #[tokio::test]
 async fn missing_files_and_refused_writes_name_host_and_path() {
-    let s = Scratch::new("errors");
+    let s = Scratch::new("files-errors");
     let rt = runtime();
     let ctx = rt.local().await.unwrap();
     let host = ctx.hello().host;
@@ -192,7 +169,7 @@ async fn missing_files_and_refused_writes_name_host_and_path() {
 #[tokio::test]
 async fn no_permission_and_a_full_disk_are_errors_that_leave_no_partial_file() {
     let Some(lab) = lab() else { return };
-    let s = Scratch::new("full");
+    let s = Scratch::new("files-full");
     let rt = runtime();
     let plain = rt.start(lab.ssh("plain")).await.unwrap();
     let host = "lab-plain";
@@ -232,7 +209,7 @@ async fn no_permission_and_a_full_disk_are_errors_that_leave_no_partial_file() {
 
 #[tokio::test]
 async fn a_file_larger_than_4_gib_arrives_whole() {
-    let s = Scratch::new("huge");
+    let s = Scratch::new("files-huge");
     let size: u64 = (4 << 30) + (3 << 20) + 5;
     let marks = [0u64, (2 << 30) + 17, (4 << 30) + 4099, size - 3];
     {

@@ -181,8 +181,7 @@ impl<T: DeserializeOwned> ItemReceiver<T> {
 #[derive(Debug)]
 pub struct Items<R: Yields> {
     rx: ItemReceiver<R::Item>,
-    dst: ContextId,
-    path: Option<String>,
+    at: Callee,
 }
 
 impl<R: Yields> Items<R> {
@@ -190,27 +189,22 @@ impl<R: Yields> Items<R> {
     pub async fn next(&mut self) -> Result<Option<R::Item>, CallError> {
         match self.rx.next().await {
             Ok(item) => Ok(item),
-            Err(e) => Err(self.locate(e.into_call_error(self.dst, R::NAME))),
+            Err(e) => Err(self.at.locate(e.into_call_error(self.at.dst, R::NAME))),
         }
     }
 
     /// The handler's answer (items not read yet are read and dropped).
     pub async fn answer(mut self) -> Result<R::Response, CallError> {
         while self.next().await?.is_some() {}
-        let path = self.path.take();
         let answer = self.rx.into_inner().answer::<R>().await;
-        answer.map_err(|e| with_path(e, self.dst, path))
+        answer.map_err(|e| self.at.locate(e))
     }
 
     /// Not public API: the errors name this path of contexts (the caller's `Context` sets it).
     #[doc(hidden)]
     pub fn at_path(mut self, path: String) -> Self {
-        self.path = Some(path);
+        self.at.path = Some(path);
         self
-    }
-
-    fn locate(&self, e: CallError) -> CallError {
-        with_path(e, self.dst, self.path.clone())
     }
 }
 
@@ -219,8 +213,27 @@ impl<R: Yields> Items<R> {
 #[derive(Debug)]
 pub struct Feed<R: Takes> {
     tx: Option<ItemSender<R::Item>>,
+    at: Callee,
+}
+
+/// The context a stream call went to, and the path of contexts its errors name.
+#[derive(Debug)]
+struct Callee {
     dst: ContextId,
     path: Option<String>,
+}
+
+impl Callee {
+    /// A remote error from the context called names the path it came through, if known.
+    fn locate(&self, e: CallError) -> CallError {
+        match (e, &self.path) {
+            (CallError::Remote(mut r), Some(path)) if r.context == self.dst && r.path.is_none() => {
+                r.path = Some(path.clone());
+                CallError::Remote(r)
+            }
+            (e, _) => e,
+        }
+    }
 }
 
 impl<R: Takes> Feed<R> {
@@ -248,7 +261,7 @@ impl<R: Takes> Feed<R> {
                     reason: "the handler answered before taking every item".into(),
                 }))
             }
-            Err(e) => Err(self.locate(e.into_call_error(self.dst, R::NAME))),
+            Err(e) => Err(self.at.locate(e.into_call_error(self.at.dst, R::NAME))),
         }
     }
 
@@ -262,29 +275,14 @@ impl<R: Takes> Feed<R> {
             return Err(CallError::Stream { handler: R::NAME, reason: "the answer was taken already".into() });
         };
         let answer = tx.into_inner().answer::<R>().await;
-        answer.map_err(|e| self.locate(e))
+        answer.map_err(|e| self.at.locate(e))
     }
 
     /// Not public API: the errors name this path of contexts (the caller's `Context` sets it).
     #[doc(hidden)]
     pub fn at_path(mut self, path: String) -> Self {
-        self.path = Some(path);
+        self.at.path = Some(path);
         self
-    }
-
-    fn locate(&self, e: CallError) -> CallError {
-        with_path(e, self.dst, self.path.clone())
-    }
-}
-
-/// A remote error from context `dst` names the path it came through, if known.
-fn with_path(e: CallError, dst: ContextId, path: Option<String>) -> CallError {
-    match (e, path) {
-        (CallError::Remote(mut r), Some(path)) if r.context == dst && r.path.is_none() => {
-            r.path = Some(path);
-            CallError::Remote(r)
-        }
-        (e, _) => e,
     }
 }
 
@@ -293,14 +291,14 @@ impl Router {
     /// [`Handlers::on_yields`]) sends, as they come; then its answer ([`Items::answer`]).
     pub async fn items<R: Yields>(&self, dst: ContextId, req: &R) -> Result<Items<R>, CallError> {
         let rx = ItemReceiver::new(self.open_download(dst, req).await?);
-        Ok(Items { rx, dst, path: None })
+        Ok(Items { rx, at: Callee { dst, path: None } })
     }
 
     /// Call `req` in `dst` and send its handler (registered with [`Handlers::on_takes`]) items,
     /// with [`Feed::send`]; then take its answer ([`Feed::answer`]).
     pub async fn feed<R: Takes>(&self, dst: ContextId, req: &R) -> Result<Feed<R>, CallError> {
         let tx = ItemSender::new(self.open_upload(dst, req).await?);
-        Ok(Feed { tx: Some(tx), dst, path: None })
+        Ok(Feed { tx: Some(tx), at: Callee { dst, path: None } })
     }
 }
 

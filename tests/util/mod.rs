@@ -69,6 +69,29 @@ request!(Forge(String) => ());
 
 static BUMPS: AtomicU64 = AtomicU64::new(0);
 
+/// A scratch directory for one test, removed at its end (read-only directories in it too).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hypha-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chmod").arg("-R").arg("u+rwx").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The handlers of the test agents.
 pub fn handlers() -> Handlers {
     Handlers::new()
@@ -320,7 +343,25 @@ pub async fn read_fifo(path: &std::path::Path) -> String {
     let p = path.to_owned();
     let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(p).unwrap());
     let read = tokio::time::timeout(Duration::from_secs(60), read).await;
-    read.unwrap_or_else(|_| panic!("nothing opened {} to write", path.display())).unwrap()
+    read.unwrap_or_else(|_| {
+        unstick(path, libc::O_WRONLY);
+        panic!("nothing opened {} to write", path.display())
+    })
+    .unwrap()
+}
+
+/// Open the fifo at `path` for the other end, without waiting, and close it: a thread blocked in
+/// opening it goes on (and the test's runtime can stop) when the command never came.
+fn unstick(path: &std::path::Path, flags: i32) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: open reads a NUL-terminated path; the descriptor is closed at once.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), flags | libc::O_NONBLOCK);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
 }
 
 /// Write `text` into the fifo at `path` (waits, at most 60 s, for a command to open it for
@@ -329,7 +370,12 @@ pub async fn write_fifo(path: &std::path::Path, text: &str) {
     let (p, text) = (path.to_owned(), text.to_owned());
     let write = tokio::task::spawn_blocking(move || std::fs::write(p, text).unwrap());
     let write = tokio::time::timeout(Duration::from_secs(60), write).await;
-    write.unwrap_or_else(|_| panic!("nothing opened {} to read", path.display())).unwrap()
+    write
+        .unwrap_or_else(|_| {
+            unstick(path, libc::O_RDONLY);
+            panic!("nothing opened {} to read", path.display())
+        })
+        .unwrap()
 }
 
 /// True while `pid` is a live (not zombie) process.
