@@ -21,7 +21,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub use hypha_actors as actors;
-pub use hypha_actors::files;
+pub use hypha_actors::{files, fleet};
 pub use hypha_bootstrap as bootstrap;
 pub use hypha_bootstrap::process;
 pub use hypha_runtime as runtime;

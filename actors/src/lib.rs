@@ -29,6 +29,7 @@
 mod actor;
 mod context;
 pub mod files;
+pub mod fleet;
 mod registry;
 mod start;
 

@@ -274,8 +274,13 @@ fn send_entry(
         return Ok(());
     };
     // A file is opened before its entry goes: one that cannot be read fails the transfer here.
+    // Below the root a link is sent as a link: one swapped in since the stat is not followed.
     let file = match kind {
-        Kind::File { .. } => Some(File::open(path).map_err(|e| FileError::io(path, "open", e))?),
+        Kind::File { .. } => {
+            let flags = if rel.is_empty() { 0 } else { libc::O_NOFOLLOW };
+            let file = fs::OpenOptions::new().read(true).custom_flags(flags).open(path);
+            Some(file.map_err(|e| FileError::io(path, "open", e))?)
+        }
         _ => None,
     };
     let entry = Entry {

@@ -1,0 +1,118 @@
+//! The fleet: many contexts started with a bounded fan-out, answers as they come, a summary that
+//! names the hosts that failed and why, and warm calls on the contexts it keeps.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hypha::bootstrap::{BoxFuture, Transport};
+use hypha::fleet::{Fleet, Outcome, Summary};
+use hypha::process::Command;
+use hypha::{BootError, Local, Method, Whoami};
+use util::*;
+
+/// A local start that counts how many starts of its kind are in progress at once.
+#[derive(Debug)]
+struct Counted {
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl Method for Counted {
+    fn target(&self) -> String {
+        Local::default().target()
+    }
+
+    fn start<'a>(&'a self, nonce: &'a str) -> BoxFuture<'a, Result<Transport, BootError>> {
+        Box::pin(async move {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let started = Local::default().start(nonce).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            started
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_starts_with_a_bounded_fanout_and_keeps_its_contexts_warm() {
+    let rt = runtime();
+    let fleet = Fleet::new(&rt).with_fanout(4);
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let hosts = (0..24).map(|i| {
+        let m: Box<dyn Method> = Box::new(Counted { now: now.clone(), most: most.clone() });
+        (format!("node{i:02}"), m)
+    });
+    let mut answers = fleet.start(hosts);
+    let mut started = Vec::new();
+    while let Some(a) = answers.next().await {
+        assert!(matches!(a.outcome, Outcome::Done(())), "{a:?}");
+        started.push(a.host);
+    }
+    assert_eq!(started.len(), 24);
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&most), "{most} starts at once with a fan-out of 4");
+
+    // Warm: the same contexts answer again, one call each.
+    let pids = |answers: Vec<hypha::fleet::Answer<hypha::Identity>>| {
+        let mut pids: Vec<u32> = answers
+            .into_iter()
+            .map(|a| match a.outcome {
+                Outcome::Done(who) => who.pid,
+                other => panic!("{}: {other:?}", a.host),
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    let first = pids(fleet.call(&Whoami).collect().await);
+    assert_eq!(first.len(), 24);
+    assert_eq!(pids(fleet.call(&Whoami).collect().await), first);
+    // Starting hosts that are up starts nothing.
+    let again = fleet.start([("node00", Box::new(Local::default()) as Box<dyn Method>)]).collect().await;
+    assert!(matches!(again[0].outcome, Outcome::Done(())));
+    assert_eq!(fleet.up().len(), 24);
+
+    // A command on every host, sorted by its exit.
+    let ok = fleet.check(Command::new(["true"])).collect().await;
+    assert!(Summary::new(&ok, |out| out.exit.success()).all_ok());
+    let failed = fleet.check(Command::shell("echo oops >&2; exit 3")).collect().await;
+    let summary = Summary::new(&failed, |out| out.exit.success());
+    assert_eq!(summary.failed.len(), 24);
+    assert!(summary.failed[0].1.contains("Code(3)") && summary.failed[0].1.contains("oops"), "{summary:?}");
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_hosts_are_named_with_why_and_the_others_answer() {
+    let s = Scratch::new("fleet-silent");
+    let silent = s.path("silent-agent");
+    std::fs::write(&silent, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rt = runtime();
+    let fleet = Fleet::new(&rt).with_connect_timeout(Duration::from_secs(2));
+    let mut hosts: Vec<(String, Box<dyn Method>)> =
+        (0..3).map(|i| (format!("ok{i}"), Box::new(Local::default()) as Box<dyn Method>)).collect();
+    // Nothing listens on port 1 of loopback: refused at once.
+    hosts.push(("refused".into(), Box::new(hypha::Ssh::new("127.0.0.1:1"))));
+    // Starts, and never says a word: the connect timeout.
+    hosts.push(("silent".into(), Box::new(Local::default().with_program(&silent))));
+    let answers = fleet.start(hosts).collect().await;
+    let summary = Summary::new(&answers, |()| true);
+    assert_eq!(summary.ok, ["ok0", "ok1", "ok2"]);
+    let why: Vec<_> = summary.unreachable.iter().map(|(h, why)| format!("{h}: {why}")).collect();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[0].starts_with("refused: ") && why[0].contains("127.0.0.1"), "{why:?}");
+    assert!(why[1].starts_with("silent: ") && why[1].contains("2"), "{why:?}");
+    // The hosts that failed to start stay named in every later round.
+    let answers = fleet.call(&Echo("hi".into())).collect().await;
+    let summary = Summary::new(&answers, |s| s == "hi");
+    assert_eq!((summary.ok.len(), summary.unreachable.len()), (3, 2), "{summary:?}");
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}
