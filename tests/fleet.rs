@@ -116,3 +116,42 @@ async fn unreachable_and_silent_hosts_are_named_with_why_and_the_others_answer()
     fleet.shutdown().await;
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn fleet_gateways_start_their_own_hosts_and_a_dead_one_fails_only_those() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let fleet = Fleet::new(&rt).with_fanout(8);
+    let gateways: Vec<(String, Box<dyn Method>)> =
+        ["hop1", "plain"].iter().map(|h| (h.to_string(), Box::new(lab.ssh(h)) as Box<dyn Method>)).collect();
+    let summary = Summary::new(&fleet.start(gateways).collect().await, |()| true);
+    assert!(summary.all_ok(), "{summary:?}");
+    let gw = |name: &str| fleet.up().into_iter().find(|(n, _)| n == name).unwrap().1;
+    let (hop1, plain) = (gw("hop1"), gw("plain"));
+    // hop2 answers only from hop1; noisy is started from plain.
+    let behind = Summary::new(&fleet.start_via(&hop1, [("hop2", lab.ssh("hop2"))]).collect().await, |()| true);
+    assert!(behind.all_ok(), "{behind:?}");
+    let behind = Summary::new(&fleet.start_via(&plain, [("noisy", lab.ssh("noisy"))]).collect().await, |()| true);
+    assert!(behind.all_ok(), "{behind:?}");
+    let hostnames = fleet.check(Command::new(["hostname"])).collect().await;
+    let mut seen: Vec<String> = hostnames
+        .iter()
+        .map(|a| match &a.outcome {
+            Outcome::Done(out) => format!("{} {}", a.host, out.stdout.join("")),
+            other => panic!("{}: {other:?}", a.host),
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["hop1 lab-hop1", "hop2 lab-hop2", "noisy lab-noisy", "plain lab-plain"]);
+
+    // hop1's agent dies: hop1 and the host behind it are unreachable, naming it; the rest answer.
+    lab.root_sh("hop1", &format!("kill -9 {}", hop1.hello().pid));
+    hop1.closed().await;
+    let summary = Summary::new(&fleet.check(Command::new(["hostname"])).collect().await, |o| o.exit.success());
+    assert_eq!(summary.ok, ["noisy", "plain"], "{summary:?}");
+    let unreachable: Vec<&str> = summary.unreachable.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(unreachable, ["hop1", "hop2"], "{summary:?}");
+    assert!(summary.unreachable[1].1.contains("through gateway hop1"), "{summary:?}");
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}

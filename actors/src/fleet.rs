@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hypha_bootstrap::process::{Command, Output};
-use hypha_bootstrap::Method;
+use hypha_bootstrap::{BootError, Method, Portable};
 use hypha_runtime::{EncodedRequest, Request};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -39,6 +39,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors a context costs its controller, at most (a socket or pipes, and their
 /// stderr): what the open-files limit is measured against.
 const FDS_PER_CONTEXT: u64 = 4;
+
+type BoxStart = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Context, BootError>> + Send>>;
 
 /// What became of one host.
 #[derive(Debug)]
@@ -125,6 +127,9 @@ impl Summary {
 pub struct Fleet {
     rt: Runtime,
     fanout: usize,
+    /// One gate for every start of the fleet, direct or through a gateway: the fan-out is split
+    /// across gateways, not multiplied by them.
+    gate: Arc<Semaphore>,
     connect_timeout: Duration,
     command_timeout: Option<Duration>,
     hosts: Arc<Mutex<BTreeMap<String, Member>>>,
@@ -132,7 +137,8 @@ pub struct Fleet {
 
 #[derive(Clone, Debug)]
 enum Member {
-    Up(Context),
+    /// Up, and the gateway it was started through.
+    Up(Context, Option<String>),
     Down(String),
 }
 
@@ -142,6 +148,7 @@ impl Fleet {
         Fleet {
             rt: rt.clone(),
             fanout: DEFAULT_FANOUT,
+            gate: Arc::new(Semaphore::new(DEFAULT_FANOUT)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: None,
             hosts: Arc::default(),
@@ -151,6 +158,7 @@ impl Fleet {
     /// Run at most `n` starts at once (at least one).
     pub fn with_fanout(mut self, n: usize) -> Self {
         self.fanout = n.max(1);
+        self.gate = Arc::new(Semaphore::new(self.fanout));
         self
     }
 
@@ -180,29 +188,59 @@ impl Fleet {
         N: Into<String>,
         I: IntoIterator<Item = (N, Box<dyn Method>)>,
     {
-        let hosts: Vec<(String, Box<dyn Method>)> = hosts.into_iter().map(|(n, m)| (n.into(), m)).collect();
+        let starts = hosts.into_iter().map(|(name, method)| {
+            let name = name.into();
+            let start = self.rt.start(method).name(name.clone()).timeout(self.connect_timeout);
+            (name, std::future::IntoFuture::into_future(start))
+        });
+        self.launch(starts.collect(), None)
+    }
+
+    /// Start a context on each host *through* `gateway` (ClusterShell's tree mode, Mitogen's
+    /// `via=`): the gateway connects to them from its own host and serves them the agent; calls
+    /// route through it. Its starts share the fleet's fan-out with every other start. If the
+    /// gateway is lost, its hosts (and only they) answer as unreachable, naming it.
+    pub fn start_via<N, M, I>(&self, gateway: &Context, hosts: I) -> Answers<()>
+    where
+        N: Into<String>,
+        M: Portable,
+        I: IntoIterator<Item = (N, M)>,
+    {
+        let starts = hosts.into_iter().map(|(name, method)| {
+            let name = name.into();
+            let start = self.rt.start(method).via(gateway).name(name.clone()).timeout(self.connect_timeout);
+            (name, std::future::IntoFuture::into_future(start))
+        });
+        self.launch(starts.collect(), Some(gateway.name().to_owned()))
+    }
+
+    fn launch(&self, starts: Vec<(String, BoxStart)>, via: Option<String>) -> Answers<()> {
         let limit = raise_open_files();
-        let wanted = (self.up().len() + hosts.len()) as u64 * FDS_PER_CONTEXT;
-        if limit < wanted + 64 {
-            tracing::warn!(limit, hosts = hosts.len(), "the open-files limit is too low for a fleet this large");
+        let wanted = (self.up().len() + starts.len()) as u64 * FDS_PER_CONTEXT;
+        if via.is_none() && limit < wanted + 64 {
+            tracing::warn!(limit, hosts = starts.len(), "the open-files limit is too low for a fleet this large");
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(self.fanout));
-        for (name, method) in hosts {
-            if matches!(self.member(&name), Some(Member::Up(_))) {
+        for (name, start) in starts {
+            if matches!(self.member(&name), Some(Member::Up(..))) {
                 let _ = tx.send(Answer { host: name, outcome: Outcome::Done(()) });
                 continue;
             }
-            let (fleet, gate, tx) = (self.clone(), gate.clone(), tx.clone());
+            let (fleet, tx, via) = (self.clone(), tx.clone(), via.clone());
             tokio::spawn(async move {
                 let outcome = {
-                    let _turn = gate.acquire_owned().await;
-                    let start = fleet.rt.start(method).name(name.clone()).timeout(fleet.connect_timeout);
-                    std::future::IntoFuture::into_future(start).await
+                    let _turn = fleet.gate.clone().acquire_owned().await;
+                    start.await
                 };
                 let (member, outcome) = match outcome {
-                    Ok(ctx) => (Member::Up(ctx), Outcome::Done(())),
-                    Err(e) => (Member::Down(e.to_string()), Outcome::Unreachable(e.to_string())),
+                    Ok(ctx) => (Member::Up(ctx, via), Outcome::Done(())),
+                    Err(e) => {
+                        let why = match &via {
+                            Some(gw) => format!("{e} (through gateway {gw})"),
+                            None => e.to_string(),
+                        };
+                        (Member::Down(why.clone()), Outcome::Unreachable(why))
+                    }
                 };
                 fleet.hosts.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), member);
                 let _ = tx.send(Answer { host: name, outcome });
@@ -265,13 +303,16 @@ impl Fleet {
             self.hosts.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, m)| (n.clone(), m.clone())).collect();
         for (host, member) in members {
             match member {
-                Member::Up(ctx) => {
+                Member::Up(ctx, via) => {
                     let (tx, call, lost) = (tx.clone(), f(ctx.clone()), ctx);
                     tokio::spawn(async move {
-                        let outcome = match call.await {
-                            Ok(v) => Outcome::Done(v),
-                            Err(why) if lost.state().is_terminal() => Outcome::Unreachable(why),
-                            Err(why) => Outcome::Failed(why),
+                        let outcome = match (call.await, via) {
+                            (Ok(v), _) => Outcome::Done(v),
+                            (Err(why), Some(gw)) if lost.state().is_terminal() => {
+                                Outcome::Unreachable(format!("{why} (through gateway {gw})"))
+                            }
+                            (Err(why), None) if lost.state().is_terminal() => Outcome::Unreachable(why),
+                            (Err(why), _) => Outcome::Failed(why),
                         };
                         let _ = tx.send(Answer { host, outcome });
                     });
@@ -298,7 +339,7 @@ impl Fleet {
         hosts
             .iter()
             .filter_map(|(n, m)| match m {
-                Member::Up(ctx) => Some((n.clone(), ctx.clone())),
+                Member::Up(ctx, _) => Some((n.clone(), ctx.clone())),
                 Member::Down(_) => None,
             })
             .collect()
