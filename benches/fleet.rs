@@ -39,7 +39,7 @@ fn main() {
         let hosts = (0..n).map(|i| (format!("local{i:04}"), Box::new(Local::default()) as Box<dyn Method>));
         let started = fleet.start(hosts).collect().await;
         let start_s = t.elapsed().as_secs_f64();
-        let summary = Summary::new(&started, |()| true);
+        let summary = Summary::new(&started, |()| Ok(()));
         assert!(summary.all_ok(), "{:?}", summary.unreachable.first());
         let per_context_kib = rss_kib().saturating_sub(before) as f64 / n as f64;
         let mut rounds = Vec::new();

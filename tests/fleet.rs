@@ -79,11 +79,11 @@ async fn a_fleet_starts_with_a_bounded_fanout_and_keeps_its_contexts_warm() {
 
     // A command on every host, sorted by its exit.
     let ok = fleet.check(Command::new(["true"])).collect().await;
-    assert!(Summary::new(&ok, |out| out.exit.success()).all_ok());
+    assert!(Summary::of_checks(&ok).all_ok());
     let failed = fleet.check(Command::shell("echo oops >&2; exit 3")).collect().await;
-    let summary = Summary::new(&failed, |out| out.exit.success());
+    let summary = Summary::of_checks(&failed);
     assert_eq!(summary.failed.len(), 24);
-    assert!(summary.failed[0].1.contains("Code(3)") && summary.failed[0].1.contains("oops"), "{summary:?}");
+    assert_eq!(summary.failed[0].1, "exit status 3: oops", "{summary:?}");
     fleet.shutdown().await;
     rt.shutdown().await;
 }
@@ -103,7 +103,7 @@ async fn unreachable_and_silent_hosts_are_named_with_why_and_the_others_answer()
     // Starts, and never says a word: the connect timeout.
     hosts.push(("silent".into(), Box::new(Local::default().with_program(&silent))));
     let answers = fleet.start(hosts).collect().await;
-    let summary = Summary::new(&answers, |()| true);
+    let summary = Summary::new(&answers, |()| Ok(()));
     assert_eq!(summary.ok, ["ok0", "ok1", "ok2"]);
     let why: Vec<_> = summary.unreachable.iter().map(|(h, why)| format!("{h}: {why}")).collect();
     assert_eq!(why.len(), 2, "{why:?}");
@@ -111,7 +111,7 @@ async fn unreachable_and_silent_hosts_are_named_with_why_and_the_others_answer()
     assert!(why[1].starts_with("silent: ") && why[1].contains("2"), "{why:?}");
     // The hosts that failed to start stay named in every later round.
     let answers = fleet.call(&Echo("hi".into())).collect().await;
-    let summary = Summary::new(&answers, |s| s == "hi");
+    let summary = Summary::new(&answers, |s| if s == "hi" { Ok(()) } else { Err(s.clone()) });
     assert_eq!((summary.ok.len(), summary.unreachable.len()), (3, 2), "{summary:?}");
     fleet.shutdown().await;
     rt.shutdown().await;
@@ -124,14 +124,14 @@ async fn fleet_gateways_start_their_own_hosts_and_a_dead_one_fails_only_those() 
     let fleet = Fleet::new(&rt).with_fanout(8);
     let gateways: Vec<(String, Box<dyn Method>)> =
         ["hop1", "plain"].iter().map(|h| (h.to_string(), Box::new(lab.ssh(h)) as Box<dyn Method>)).collect();
-    let summary = Summary::new(&fleet.start(gateways).collect().await, |()| true);
+    let summary = Summary::new(&fleet.start(gateways).collect().await, |()| Ok(()));
     assert!(summary.all_ok(), "{summary:?}");
-    let gw = |name: &str| fleet.up().into_iter().find(|(n, _)| n == name).unwrap().1;
+    let gw = |name: &str| fleet.get(name).unwrap();
     let (hop1, plain) = (gw("hop1"), gw("plain"));
     // hop2 answers only from hop1; noisy is started from plain.
-    let behind = Summary::new(&fleet.start_via(&hop1, [("hop2", lab.ssh("hop2"))]).collect().await, |()| true);
+    let behind = Summary::new(&fleet.start_via(&hop1, [("hop2", lab.ssh("hop2"))]).collect().await, |()| Ok(()));
     assert!(behind.all_ok(), "{behind:?}");
-    let behind = Summary::new(&fleet.start_via(&plain, [("noisy", lab.ssh("noisy"))]).collect().await, |()| true);
+    let behind = Summary::new(&fleet.start_via(&plain, [("noisy", lab.ssh("noisy"))]).collect().await, |()| Ok(()));
     assert!(behind.all_ok(), "{behind:?}");
     let hostnames = fleet.check(Command::new(["hostname"])).collect().await;
     let mut seen: Vec<String> = hostnames
@@ -147,11 +147,31 @@ async fn fleet_gateways_start_their_own_hosts_and_a_dead_one_fails_only_those() 
     // hop1's agent dies: hop1 and the host behind it are unreachable, naming it; the rest answer.
     lab.root_sh("hop1", &format!("kill -9 {}", hop1.hello().pid));
     hop1.closed().await;
-    let summary = Summary::new(&fleet.check(Command::new(["hostname"])).collect().await, |o| o.exit.success());
+    let summary = Summary::of_checks(&fleet.check(Command::new(["hostname"])).collect().await);
     assert_eq!(summary.ok, ["noisy", "plain"], "{summary:?}");
     let unreachable: Vec<&str> = summary.unreachable.iter().map(|(h, _)| h.as_str()).collect();
     assert_eq!(unreachable, ["hop1", "hop2"], "{summary:?}");
     assert!(summary.unreachable[1].1.contains("through gateway hop1"), "{summary:?}");
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_a_rounds_answers_kills_the_commands_still_running() {
+    let s = Scratch::new("fleet-drop");
+    let pid_fifo = s.path("pid");
+    fifo(&pid_fifo);
+    let rt = runtime();
+    let fleet = Fleet::new(&rt);
+    fleet.start([("only", Box::new(Local::default()) as Box<dyn Method>)]).collect().await;
+    let script = format!("echo $$ > {}; exec sleep 300", pid_fifo.display());
+    let answers = fleet.check(Command::shell(script));
+    let pid: u32 = read_fifo(&pid_fifo).await.trim().parse().unwrap();
+    assert!(alive(pid));
+    drop(answers);
+    assert!(gone_within(pid, Duration::from_secs(10)).await, "the command {pid} still runs");
+    // The context itself stays up for the next round.
+    assert_eq!(fleet.call(&Echo("next".into())).collect().await.len(), 1);
     fleet.shutdown().await;
     rt.shutdown().await;
 }

@@ -16,7 +16,7 @@
 //! let hosts = (1..=100).map(|i| (format!("web{i:02}"), Box::new(hypha_bootstrap::Ssh::new(format!("web{i:02}"))) as _));
 //! fleet.start(hosts).collect().await;
 //! let answers = fleet.check(Command::new(["uptime"])).collect().await;
-//! let summary = hypha_actors::fleet::Summary::new(&answers, |out| out.exit.success());
+//! let summary = hypha_actors::fleet::Summary::of_checks(&answers);
 //! println!("{} ok, failed: {:?}, unreachable: {:?}", summary.ok.len(), summary.failed, summary.unreachable);
 //! # }
 //! ```
@@ -63,10 +63,13 @@ pub struct Answer<T> {
     pub outcome: Outcome<T>,
 }
 
-/// Answers as they come, one per host.
+/// Answers as they come, one per host. Dropping it gives up on the hosts that have not answered
+/// yet: their starts stop, and their commands are killed.
 #[derive(Debug)]
 pub struct Answers<T> {
     rx: mpsc::UnboundedReceiver<Answer<T>>,
+    /// One task per host; dropped with the answers, which aborts those still going.
+    _tasks: tokio::task::JoinSet<()>,
 }
 
 impl<T> Answers<T> {
@@ -98,14 +101,16 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Sort `answers`; `ok` says whether an answer counts as a success.
-    pub fn new<T: std::fmt::Debug>(answers: &[Answer<T>], ok: impl Fn(&T) -> bool) -> Summary {
+    /// Sort `answers`; `ok` says whether an answer counts as a success, or why it does not.
+    pub fn new<T>(answers: &[Answer<T>], ok: impl Fn(&T) -> Result<(), String>) -> Summary {
         let mut s = Summary::default();
         for a in answers {
             let host = a.host.clone();
             match &a.outcome {
-                Outcome::Done(v) if ok(v) => s.ok.push(host),
-                Outcome::Done(v) => s.failed.push((host, format!("{v:?}"))),
+                Outcome::Done(v) => match ok(v) {
+                    Ok(()) => s.ok.push(host),
+                    Err(why) => s.failed.push((host, why)),
+                },
                 Outcome::Failed(why) => s.failed.push((host, why.clone())),
                 Outcome::Unreachable(why) => s.unreachable.push((host, why.clone())),
             }
@@ -114,6 +119,16 @@ impl Summary {
         s.failed.sort();
         s.unreachable.sort();
         s
+    }
+
+    /// Sort the answers of [`Fleet::check`]: a command that did not exit 0 failed, saying how it
+    /// ended and the last line it printed on stderr.
+    pub fn of_checks(answers: &[Answer<Output>]) -> Summary {
+        Summary::new(answers, |out| match (out.exit.success(), out.stderr.last()) {
+            (true, _) => Ok(()),
+            (false, Some(last)) => Err(format!("{}: {last}", out.exit)),
+            (false, None) => Err(out.exit.to_string()),
+        })
     }
 
     /// True when every host answered and every answer was accepted.
@@ -221,13 +236,14 @@ impl Fleet {
             tracing::warn!(limit, hosts = starts.len(), "the open-files limit is too low for a fleet this large");
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut tasks = tokio::task::JoinSet::new();
         for (name, start) in starts {
             if matches!(self.member(&name), Some(Member::Up(..))) {
                 let _ = tx.send(Answer { host: name, outcome: Outcome::Done(()) });
                 continue;
             }
             let (fleet, tx, via) = (self.clone(), tx.clone(), via.clone());
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let outcome = {
                     let _turn = fleet.gate.clone().acquire_owned().await;
                     start.await
@@ -246,7 +262,7 @@ impl Fleet {
                 let _ = tx.send(Answer { host: name, outcome });
             });
         }
-        Answers { rx }
+        Answers { rx, _tasks: tasks }
     }
 
     /// Call `req` on every host that is up (encoded once, all at once); hosts that could not be
@@ -259,11 +275,11 @@ impl Fleet {
                 for host in self.names() {
                     let _ = tx.send(Answer { host, outcome: Outcome::Failed(e.to_string()) });
                 }
-                return Answers { rx };
+                return Answers { rx, _tasks: tokio::task::JoinSet::new() };
             }
         };
         let within = self.command_timeout;
-        self.each(tx, move |ctx| {
+        let tasks = self.each(tx, move |ctx| {
             let encoded = encoded.clone();
             async move {
                 let call = ctx.call_encoded(&encoded);
@@ -274,7 +290,7 @@ impl Fleet {
                 answer.map_err(|e| e.to_string())
             }
         });
-        Answers { rx }
+        Answers { rx, _tasks: tasks }
     }
 
     /// Run `cmd` on every host that is up (remoto's `process.check` on each): each answer is the
@@ -285,15 +301,15 @@ impl Fleet {
             Some(t) if cmd.timeout.is_none() => cmd.with_timeout(t),
             _ => cmd,
         };
-        self.each(tx, move |ctx| {
+        let tasks = self.each(tx, move |ctx| {
             let cmd = cmd.clone();
             async move { ctx.check(cmd).await.map_err(|e| e.to_string()) }
         });
-        Answers { rx }
+        Answers { rx, _tasks: tasks }
     }
 
     /// Run `f` on each context that is up, all at once; the others answer as unreachable.
-    fn each<T, F, Fut>(&self, tx: mpsc::UnboundedSender<Answer<T>>, f: F)
+    fn each<T, F, Fut>(&self, tx: mpsc::UnboundedSender<Answer<T>>, f: F) -> tokio::task::JoinSet<()>
     where
         T: Send + 'static,
         F: Fn(Context) -> Fut,
@@ -301,11 +317,12 @@ impl Fleet {
     {
         let members: Vec<(String, Member)> =
             self.hosts.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, m)| (n.clone(), m.clone())).collect();
+        let mut tasks = tokio::task::JoinSet::new();
         for (host, member) in members {
             match member {
                 Member::Up(ctx, via) => {
                     let (tx, call, lost) = (tx.clone(), f(ctx.clone()), ctx);
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let outcome = match (call.await, via) {
                             (Ok(v), _) => Outcome::Done(v),
                             (Err(why), Some(gw)) if lost.state().is_terminal() => {
@@ -322,10 +339,19 @@ impl Fleet {
                 }
             }
         }
+        tasks
     }
 
     fn member(&self, name: &str) -> Option<Member> {
         self.hosts.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// The context of `host`, if it is up.
+    pub fn get(&self, host: &str) -> Option<Context> {
+        match self.member(host)? {
+            Member::Up(ctx, _) => Some(ctx),
+            Member::Down(_) => None,
+        }
     }
 
     /// Every host of the fleet, sorted.
