@@ -20,6 +20,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Node sets: many targets in ClusterShell's notation (`admin@web[01-20]:2222,@db!db3`), parsed and folded.
+pub mod nodeset;
+
 pub use hypha_actors as actors;
 pub use hypha_actors::{files, fleet};
 pub use hypha_bootstrap as bootstrap;
