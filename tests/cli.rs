@@ -205,3 +205,16 @@ async fn ctrl_c_kills_the_remote_commands_and_exits_130() {
     assert_eq!(status.code(), Some(130));
     assert!(gone_within(sleep, Duration::from_secs(10)).await, "the remote sleep was killed");
 }
+
+#[test]
+fn sudo_hops_on_each_host() {
+    // As root, sudo asks no password; elsewhere this needs a sudoers entry the test cannot make.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/sudo").exists() {
+        eprintln!("skipped: needs root and sudo");
+        return;
+    }
+    let out = hypha(&["exec", "--sudo=nobody", "local[1-2]", "--", "id", "-un"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sorted_lines(&out), ["local1: nobody", "local2: nobody"]);
+}
