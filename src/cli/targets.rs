@@ -1,0 +1,136 @@
+//! From the targets' text to the method that reaches each.
+//!
+//! `local`, `localhost` and `local` followed by digits (`local[1-10]` is ten) are local contexts,
+//! children of this process, unless they name a user or a port (`alice@localhost` goes through
+//! sshd). Every other target goes over SSH, with the method `--method` names.
+
+use hypha::nodeset::{NoGroups, NodeSet, Target};
+use hypha::{HostKeyPolicy, Local, Method, OpenSsh, Ssh};
+
+use super::args::{MethodKind, Reach};
+
+/// What is wrong with the command line, beyond what clap sees: exit status 64.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Hosts by name, each with the method that reaches it.
+pub(crate) type Hosts = Vec<(String, Box<dyn Method>)>;
+
+/// Each target of `text`, by its name, and the method that reaches it.
+pub(crate) fn methods(text: &str, reach: &Reach) -> Result<Hosts, Usage> {
+    let set = NodeSet::parse(text, &NoGroups).map_err(|e| Usage(format!("targets: {e}")))?;
+    if set.is_empty() {
+        return Err(Usage("no targets".into()));
+    }
+    if reach.method == MethodKind::Openssh && reach.password_env.is_some() {
+        return Err(Usage("--password-env needs --method ssh: the openssh method runs ssh in BatchMode".into()));
+    }
+    let password = match &reach.password_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| Usage(format!("--password-env: ${var} is not set")))?),
+        None => None,
+    };
+    let mut methods = Vec::with_capacity(set.len());
+    for target in set.iter() {
+        let name = target.to_string();
+        let method: Box<dyn Method> = if reach.method == MethodKind::Local || is_local(target) {
+            Box::new(Local::default())
+        } else {
+            let target = match (&target.user, &reach.user) {
+                (None, Some(user)) => target.clone().with_user(user),
+                _ => target.clone(),
+            };
+            let destination = target.to_string();
+            match reach.method {
+                MethodKind::Openssh => Box::new(openssh(&destination, reach)),
+                _ => {
+                    let mut m = ssh(&destination, reach, password.as_deref());
+                    for jump in &reach.jump {
+                        m = m.with_jump(ssh(jump, reach, password.as_deref()));
+                    }
+                    Box::new(m)
+                }
+            }
+        };
+        methods.push((name, method));
+    }
+    Ok(methods)
+}
+
+/// Whether `target` names a local context.
+pub(crate) fn is_local(target: &Target) -> bool {
+    let host = target.host.as_str();
+    let named = host == "localhost"
+        || host.strip_prefix("local").is_some_and(|n| n.is_empty() || n.bytes().all(|b| b.is_ascii_digit()));
+    named && target.user.is_none() && target.port.is_none()
+}
+
+fn policy(reach: &Reach) -> Option<HostKeyPolicy> {
+    if reach.ignore_host_key {
+        Some(HostKeyPolicy::Ignore)
+    } else if reach.accept_new {
+        Some(HostKeyPolicy::AcceptNew)
+    } else {
+        None
+    }
+}
+
+fn ssh(destination: &str, reach: &Reach, password: Option<&str>) -> Ssh {
+    let mut m = Ssh::new(destination);
+    if let Some(path) = &reach.identity {
+        m = m.with_key(path);
+    }
+    if let Some(password) = password {
+        // After the key, or after the default credentials.
+        let before = m.auth.clone();
+        m = m.with_auth(before).with_password(password);
+    }
+    if let Some(path) = &reach.known_hosts {
+        m = m.with_known_hosts(path);
+    }
+    if let Some(policy) = policy(reach) {
+        m = m.with_host_key(policy);
+    }
+    m
+}
+
+fn openssh(destination: &str, reach: &Reach) -> OpenSsh {
+    let mut m = OpenSsh::new(destination);
+    if let Some(path) = &reach.identity {
+        m = m.with_identity(path);
+    }
+    if let Some(path) = &reach.known_hosts {
+        m = m.with_known_hosts(path);
+    }
+    if let Some(policy) = policy(reach) {
+        m = m.with_host_key(policy);
+    }
+    for jump in &reach.jump {
+        m = m.with_jump(jump);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names() {
+        for host in ["local", "localhost", "local1", "local010"] {
+            assert!(is_local(&Target::new(host)), "{host}");
+        }
+        for host in ["locals", "localhost1", "web1", "local1a"] {
+            assert!(!is_local(&Target::new(host)), "{host}");
+        }
+        assert!(!is_local(&Target::new("localhost").with_user("alice")));
+        assert!(!is_local(&Target::new("localhost").with_port(2222)));
+    }
+}
