@@ -34,7 +34,7 @@ pub use hypha_actors::{
 };
 pub use hypha_bootstrap::{
     run_if_agent, Agent, Auth, BootError, Destination, HostKeyPolicy, Identity, Local, Method, OpenSsh, Portable,
-    RegisterMethod, Ssh, Su, Sudo, Whoami,
+    RegisterMethod, Ssh, SshConfigFile, Su, Sudo, Whoami,
 };
 pub use hypha_runtime::{
     ByteReceiver, ByteSender, CallError, ContextId, Cx, ErrorKind, Feed, HandlerError, Handlers, ItemReceiver,

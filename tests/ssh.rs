@@ -499,3 +499,35 @@ async fn a_dead_ssh_hop_leaves_no_agent_behind_it_and_the_rest_keeps_working() {
     assert_eq!(hop1.call(Echo("alive".into())).await.unwrap(), "alive");
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_ssh_method_reads_an_ssh_config_file_and_its_proxy_jump_hosts() {
+    let Some(lab) = lab() else { return };
+    let s = Scratch::new("ssh-config");
+    let host = |alias: &str, name: &str, extra: &str| {
+        format!(
+            "Host {alias}\n  HostName {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  \
+             StrictHostKeyChecking yes\n  ConnectTimeout 5\n{extra}",
+            lab.host(name),
+            lab.user,
+            lab.key().display(),
+            lab.known_hosts().display()
+        )
+    };
+    let text = [
+        host("plain-alias", "plain", ""),
+        host("far-alias", "hop2", "  ProxyJump gw-alias\n"),
+        host("gw-alias", "hop1", ""),
+    ]
+    .concat();
+    std::fs::write(s.path("config"), text).unwrap();
+    let config = hypha::SshConfigFile::read(s.path("config")).unwrap();
+    let rt = runtime();
+    // An alias: address, user, key and known hosts all come from the file.
+    let plain = rt.start(hypha::Ssh::with_config("plain-alias", &config)).await.unwrap();
+    assert_eq!(plain.call(hypha::Whoami).await.unwrap().host, "lab-plain");
+    // hop2 answers only from hop1: the file's ProxyJump passes through it (no agent there).
+    let far = rt.start(hypha::Ssh::with_config("far-alias", &config)).await.unwrap();
+    assert_eq!(far.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
+    rt.shutdown().await;
+}

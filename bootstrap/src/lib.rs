@@ -60,7 +60,7 @@ pub use identity::{exe_hash, hash_file, hello, Identity};
 pub use local::Local;
 pub use method::{boot, through_command, with_stderr, Booted, BoxFuture, Method, StderrTail, Transport};
 pub use openssh::OpenSsh;
-pub use ssh::{Auth, HostKeyPolicy, Ssh, SshStream, DEFAULT_CIPHERS};
+pub use ssh::{Auth, HostKeyPolicy, Ssh, SshConfigFile, SshStream, DEFAULT_CIPHERS};
 pub use su::Su;
 pub use sudo::Sudo;
 #[doc(hidden)]

@@ -83,7 +83,8 @@ fn policy(reach: &Reach) -> Option<HostKeyPolicy> {
 }
 
 fn ssh(destination: &str, reach: &Reach, password: Option<&str>) -> Ssh {
-    let mut m = Ssh::new(destination);
+    // As `ssh` would: what ~/.ssh/config says of the host, then the command line.
+    let mut m = Ssh::configured(destination);
     if let Some(path) = &reach.identity {
         m = m.with_key(path);
     }

@@ -12,6 +12,7 @@
 //!   readiness model needs.
 
 mod auth;
+mod config;
 mod known_hosts;
 mod pump;
 mod stream;
@@ -26,6 +27,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
 pub use auth::Auth;
+pub use config::SshConfigFile;
 pub use known_hosts::HostKeyPolicy;
 pub use stream::SshStream;
 
