@@ -138,3 +138,18 @@ async fn items_that_are_garbage_or_too_long_are_refused_and_the_context_goes_on(
     }
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_the_lines_kills_a_command_whose_stdin_is_still_open() {
+    // The handler then waits twice on the one call: for more stdin, and for its caller to go.
+    let rt = runtime();
+    let ctx = rt.local().await.unwrap();
+    let (stdin, mut lines) = ctx.spawn(Command::shell("echo $$; exec sleep 300")).await.unwrap();
+    let pid: u32 = lines.next().await.unwrap().text.parse().unwrap();
+    assert!(alive(pid));
+    drop(lines);
+    assert!(gone_within(pid, Duration::from_secs(10)).await, "the command {pid} still runs");
+    drop(stdin);
+    assert_eq!(ctx.call(Echo("still here".into())).await.unwrap(), "still here");
+    rt.shutdown().await;
+}

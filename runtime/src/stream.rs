@@ -127,9 +127,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wake whoever waits on this stream: both ends of a duplex call wait on the one state (the
+    /// handler's stdin reader and its output's sender), so every waiter is woken, and a permit is
+    /// left for one that checked the state and is about to wait.
+    fn wake_all(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) {
         f(&mut self.lock());
-        self.wake.notify_one();
+        self.wake_all();
     }
 
     /// Apply one stream frame that arrived from the peer.
@@ -151,14 +159,14 @@ impl Shared {
                 s.end = Some(End::Failed(StreamError::Protocol(why.clone())));
                 s.data.clear();
                 drop(s);
-                self.wake.notify_one();
+                self.wake_all();
                 return Err(Violation(why));
             }
             s.unacked += cost;
             let body = if frame.body.len() < COPY_BELOW { Bytes::copy_from_slice(&frame.body) } else { frame.body };
             s.data.push_back(body);
             drop(s);
-            self.wake.notify_one();
+            self.wake_all();
         } else if f & flags::CREDIT != 0 && f & flags::ABORT == 0 {
             let grant: u64 = codec::decode_value(&frame.body).unwrap_or(0);
             self.update(|s| s.credit = s.credit.saturating_add(grant));
