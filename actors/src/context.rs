@@ -262,13 +262,7 @@ impl Context {
 
     /// `err`, naming the path to this context if it happened here.
     pub(crate) fn located(&self, err: CallError) -> CallError {
-        match err {
-            CallError::Remote(mut e) if e.context == self.inner.id && e.path.is_none() => {
-                e.path = Some(self.path());
-                CallError::Remote(e)
-            }
-            other => other,
-        }
+        err.located(self.inner.id, || self.path())
     }
 
     /// What the agent said about itself at its handshake (the latest, after a restart): pid,

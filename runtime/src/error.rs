@@ -159,6 +159,18 @@ impl From<RemoteError> for CallError {
 }
 
 impl CallError {
+    /// A remote error that happened in `context` and names no path yet gets the one `path` gives
+    /// (the caller's names of the contexts it came through); any other error is left as it is.
+    pub fn located(self, context: ContextId, path: impl FnOnce() -> String) -> CallError {
+        match self {
+            CallError::Remote(mut e) if e.context == context && e.path.is_none() => {
+                e.path = Some(path());
+                CallError::Remote(e)
+            }
+            other => other,
+        }
+    }
+
     /// What kind of failure it is, to branch on without reading the text. A handler's error has
     /// the kind the handler gave it ([`KindedError`](crate::KindedError)), or [`ErrorKind::Handler`].
     pub fn kind(&self) -> ErrorKind {

@@ -226,12 +226,9 @@ struct Callee {
 impl Callee {
     /// A remote error from the context called names the path it came through, if known.
     fn locate(&self, e: CallError) -> CallError {
-        match (e, &self.path) {
-            (CallError::Remote(mut r), Some(path)) if r.context == self.dst && r.path.is_none() => {
-                r.path = Some(path.clone());
-                CallError::Remote(r)
-            }
-            (e, _) => e,
+        match &self.path {
+            Some(path) => e.located(self.dst, || path.clone()),
+            None => e,
         }
     }
 }
