@@ -1,31 +1,39 @@
-//! The `hypha` command: `exec` and `ping` on the targets of a nodeset, with a bounded fan-out.
+//! The `hypha` command: `exec`, `ping`, `copy`, `fetch` and `shell` on the targets of a nodeset,
+//! with a bounded fan-out.
 //!
-//! Each subcommand starts a [`Fleet`] over the targets ([`targets`] picks the methods), runs its
-//! job on each host as soon as that host is up (a command, or a timed call), and prints each
-//! answer as it comes ([`output`]); a summary of the hosts that failed or could not be reached
-//! goes to stderr, and the exit status says which of those happened. Ctrl-C drops the jobs
-//! running (a dropped command is killed with its process group on its host) and shuts the fleet
-//! down: exit status 130.
+//! Each subcommand turns its targets into [`targets::Plan`]s (how to reach each host), and runs
+//! one [`crew::Job`] across them in a round: on a [`crew::Crew`] of its own, or with `--persist`
+//! on the crew of a background process of this user's ([`persist`]). The round's events — the
+//! lines of commands as they come, one answer per host — are printed as they arrive
+//! ([`output`]); a summary of the hosts that failed or could not be reached goes to stderr, and
+//! the exit status says which of those happened. Ctrl-C drops the round (a dropped command is
+//! killed with its process group on its host) and shuts the contexts down: exit status 130.
 
 pub(crate) mod args;
+mod crew;
 mod output;
+mod persist;
 mod targets;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use hypha::fleet::{Answer, Fleet, Outcome};
-use hypha::nodeset::fold;
-use hypha::process::{Command, Output};
-use hypha::{Context, Handlers, Ping, Runtime, Sudo};
-use tokio::task::JoinSet;
+use hypha::files::Keep;
+use hypha::nodeset::{fold, NoGroups};
+use hypha::process::{Command, Exit};
+use hypha::{Handlers, Options, Runtime};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::mpsc;
 
-use args::{Cli, Cmd, Exec, Reach};
-use output::{status, Out, Printer, Reply, Style, Trouble};
+use args::{Cli, Cmd, Print, Reach};
+use crew::{Crew, Done, Event, Job, Pong, Trouble};
+use output::{status, Out, Printer, Style};
+use targets::Plan;
 pub(crate) use targets::Usage;
 
-/// Every command exited 0.
+/// Every host did well.
 pub(crate) const OK: u8 = 0;
 /// Some command exited non-zero, or its call failed.
 pub(crate) const FAILED: u8 = 1;
@@ -44,107 +52,84 @@ const INTERRUPTED_GRACE: Duration = Duration::from_secs(10);
 /// Run the command line; the exit status.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Cmd::Exec(args) => exec(args).await,
-        Cmd::Ping(args) => ping(args).await,
-    }
-}
-
-async fn exec(args: Exec) -> anyhow::Result<u8> {
-    let hosts = targets::methods(&args.targets, &args.reach)?;
-    let style = if args.json {
-        Style::Json
-    } else if let Some(format) = &args.format {
-        Style::format(format)?
-    } else if args.gather || args.gather_all {
-        Style::Gather { stderr: args.gather_all }
-    } else {
-        Style::Lines
-    };
-    let mut cmd = if args.shell { Command::shell(args.command.join(" ")) } else { Command::new(args.command) };
-    if let Some(t) = args.reach.command_timeout {
-        cmd = cmd.with_timeout(t);
-    }
-    let mut printer = Printer::new(style);
-    let mut tally = Tally::default();
-    let job = move |ctx: Context| {
-        let cmd = cmd.clone();
-        async move { ctx.check(cmd).await.map_err(|e| Trouble::Failed(e.to_string())) }
-    };
-    let ended = drive(&args.reach, hosts, job, |host, result, took| {
-        let reply = Reply { host, result, took };
-        tally.add(&reply.host, reply.result.as_ref().map(exit_trouble));
-        printer.answer(&reply);
-    })
-    .await?;
-    printer.finish();
-    Ok(tally.finish(ended))
-}
-
-/// Why an output counts as a failure, if it does.
-fn exit_trouble(output: &Output) -> Option<String> {
-    match output.exit {
-        e if e.success() => None,
-        hypha::process::Exit::Code(code) => Some(format!("exited with code {code}")),
-        hypha::process::Exit::Signal(signal) => {
-            Some(format!("killed by signal {signal} (status {})", status(output.exit)))
-        }
-        other => Some(format!("ended: {other}")),
-    }
-}
-
-/// What `ping` learns of each agent.
-#[derive(Debug)]
-struct Pong {
-    hello: hypha::runtime::proto::Hello,
-    uploaded: Option<u64>,
-    latency: Duration,
-}
-
-async fn ping(args: args::Ping) -> anyhow::Result<u8> {
-    let hosts = targets::methods(&args.targets, &args.reach)?;
-    let json = args.json;
-    let mut out = Out::default();
-    let mut tally = Tally::default();
-    let job = |ctx: Context| async move {
-        let t = Instant::now();
-        ctx.call(Ping).await.map_err(|e| Trouble::Failed(e.to_string()))?;
-        Ok(Pong { latency: t.elapsed(), hello: ctx.hello(), uploaded: ctx.uploaded() })
-    };
-    let ended = drive(&args.reach, hosts, job, |host, result: Result<Pong, Trouble>, _| {
-        tally.add(&host, result.as_ref().map(|_| None));
-        let line = match (&result, json) {
-            (Ok(p), false) => format!(
-                "{host}: pid {} user {} on {} ({}), protocol {}, agent {} {}, ping {:.2?}",
-                p.hello.pid,
-                p.hello.user,
-                p.hello.host,
-                p.hello.arch,
-                p.hello.protocol,
-                p.hello.binary_hash.get(..12).unwrap_or(&p.hello.binary_hash),
-                p.uploaded.map_or("cached".to_owned(), |n| format!("uploaded ({n} bytes)")),
-                p.latency,
-            ),
-            (Ok(p), true) => serde_json::json!({
-                "host": host,
-                "pid": p.hello.pid,
-                "user": p.hello.user,
-                "protocol": p.hello.protocol,
-                "agent": p.hello.binary_hash,
-                "uploaded": p.uploaded,
-                "seconds": p.latency.as_secs_f64(),
-                "error": null,
-            })
-            .to_string(),
-            (Err(Trouble::Failed(why) | Trouble::Unreachable(why)), true) => {
-                serde_json::json!({ "host": host, "error": why }).to_string()
+        Cmd::Exec(args) => {
+            let mut cmd = if args.shell { Command::shell(args.command.join(" ")) } else { Command::new(args.command) };
+            if let Some(t) = args.reach.command_timeout {
+                cmd = cmd.with_timeout(t);
             }
-            // The summary says why.
-            (Err(_), false) => return,
-        };
-        out.line(&line);
-    })
-    .await?;
-    Ok(tally.finish(ended))
+            let mut report = Report::exec(&args.print)?;
+            once(&args.reach, &args.targets, Job::Exec(cmd), &mut report).await
+        }
+        Cmd::Ping(args) => {
+            let mut report = Report::new(Shown::Ping { json: args.json });
+            once(&args.reach, &args.targets, Job::Ping, &mut report).await
+        }
+        Cmd::Copy(args) => {
+            let mut paths = args.paths;
+            let dest = PathBuf::from(paths.pop().context("no destination")?);
+            let here = std::env::current_dir().context("the working directory")?;
+            let sources = paths.into_iter().map(|p| here.join(p)).collect();
+            let job = Job::Push { sources, dest, keep: keep(args.preserve) };
+            let mut report = Report::new(Shown::Moved { json: args.json });
+            once(&args.reach, &args.targets, job, &mut report).await
+        }
+        Cmd::Fetch(args) => {
+            let here = std::env::current_dir().context("the working directory")?;
+            let job =
+                Job::Pull { source: args.source.into(), destdir: here.join(args.destdir), keep: keep(args.preserve) };
+            let mut report = Report::new(Shown::Moved { json: args.json });
+            once(&args.reach, &args.targets, job, &mut report).await
+        }
+        Cmd::Shell(args) => shell(args).await,
+        Cmd::Persist(args) => persist::serve(&args.socket).await,
+    }
+}
+
+fn keep(preserve: bool) -> Keep {
+    if preserve {
+        Keep::mode().with_times()
+    } else {
+        Keep::mode()
+    }
+}
+
+/// What a run is given to start its contexts with.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Setup {
+    plans: Vec<Plan>,
+    gateways: Vec<Plan>,
+    fanout: usize,
+    connect_timeout: Option<Duration>,
+    agents: Vec<(String, PathBuf)>,
+}
+
+impl Setup {
+    fn new(reach: &Reach, targets: &str) -> anyhow::Result<Setup> {
+        let plans = targets::plans(targets, reach, &NoGroups)?;
+        let gateways = reach.via.iter().map(|g| targets::gateway(g, reach)).collect::<Result<_, _>>()?;
+        // An agent build must be readable now, not when a host of its kind turns up.
+        let agents = reach
+            .agent
+            .iter()
+            .map(|(arch, path)| {
+                let path = std::fs::canonicalize(path)
+                    .map_err(|e| Usage(format!("--agent {arch}={}: {e}", path.display())))?;
+                Ok((arch.clone(), path))
+            })
+            .collect::<Result<_, Usage>>()?;
+        let fanout = reach.fanout.unwrap_or(hypha::fleet::DEFAULT_FANOUT as u32) as usize;
+        Ok(Setup { plans, gateways, fanout, connect_timeout: reach.connect_timeout, agents })
+    }
+
+    /// A crew of this process for these plans.
+    fn crew(&self) -> anyhow::Result<Crew> {
+        let mut options = Options::default();
+        for (arch, path) in &self.agents {
+            options = options.agent_for(arch, path);
+        }
+        let rt = Runtime::with_options(Handlers::new(), options).context("starting the runtime")?;
+        Ok(Crew::new(rt, self.fanout, self.connect_timeout, self.gateways.clone()))
+    }
 }
 
 /// How a round ended.
@@ -156,108 +141,286 @@ enum Ended {
     Interrupted,
 }
 
-/// Start a context on each host (at most `--fanout` starts at once; with `--sudo`, one more hop
-/// on each), run `job` on each as soon as it is up, and hand each host's answer to `answer` as it
-/// comes, with the time its job took. On Ctrl-C the jobs running are dropped, and then the fleet
-/// is shut down.
-async fn drive<T, F, Fut>(
-    reach: &Reach,
-    hosts: targets::Hosts,
-    job: F,
-    mut answer: impl FnMut(String, Result<T, Trouble>, Duration),
-) -> anyhow::Result<Ended>
-where
-    T: Send + 'static,
-    F: Fn(Context) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<T, Trouble>> + Send + 'static,
-{
-    let rt = Runtime::new(Handlers::new()).context("starting the runtime")?;
-    let mut fleet = Fleet::new(&rt).with_fanout(reach.fanout as usize);
-    if let Some(t) = reach.connect_timeout {
-        fleet = fleet.with_connect_timeout(t);
-    }
-    let connect_timeout = reach.connect_timeout.unwrap_or(hypha::fleet::DEFAULT_CONNECT_TIMEOUT);
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
-    let mut starts = fleet.start(hosts);
-    let (mut starting, mut jobs) = (true, JoinSet::new());
-    while starting || !jobs.is_empty() {
-        tokio::select! {
-            _ = &mut interrupt => {
-                // Dropping a job drops its call: its command is killed on its host. Wait until
-                // every job is gone, so no call outlives the fleet's shutdown.
-                jobs.abort_all();
-                while jobs.join_next().await.is_some() {}
-                Out::default().err("hypha: interrupted");
-                let stop = async {
-                    fleet.shutdown().await;
-                    rt.shutdown().await;
-                };
-                tokio::select! {
-                    _ = tokio::time::timeout(INTERRUPTED_GRACE, stop) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                return Ok(Ended::Interrupted);
-            }
-            started = starts.next(), if starting => {
-                let Some(Answer { host, outcome }) = started else {
-                    starting = false;
-                    continue;
-                };
-                match outcome {
-                    Outcome::Done(()) => match fleet.up().into_iter().find(|(name, _)| *name == host) {
-                        Some((_, ctx)) => {
-                            let (rt, sudo) = (rt.clone(), reach.sudo.clone());
-                            let work = job_on(rt, ctx, sudo, connect_timeout, job.clone());
-                            jobs.spawn(async move {
-                                let (result, took) = work.await;
-                                (host, result, took)
-                            });
-                        }
-                        None => answer(host, Err(Trouble::Unreachable("lost after it started".into())), Duration::ZERO),
-                    },
-                    Outcome::Unreachable(why) | Outcome::Failed(why) => {
-                        answer(host, Err(Trouble::Unreachable(why)), Duration::ZERO)
-                    }
-                    _ => answer(host, Err(Trouble::Unreachable("no answer".into())), Duration::ZERO),
-                }
-            }
-            Some(done) = jobs.join_next() => {
-                let (host, result, took) = done.context("a job panicked")?;
-                answer(host, result, took);
-            }
-        }
-    }
-    fleet.shutdown().await;
-    rt.shutdown().await;
-    Ok(Ended::Done)
+/// Where the contexts of a run live: here, or in the `--persist` process.
+#[derive(Debug)]
+enum Session {
+    Here(Crew),
+    Persist(persist::Client),
 }
 
-/// `job` on `ctx`, or on a sudo hop started via `ctx`; its result and how long it took (the hop's
-/// start included).
-async fn job_on<T, F, Fut>(
-    rt: Runtime,
-    ctx: Context,
-    sudo: Option<String>,
-    connect_timeout: Duration,
-    job: F,
-) -> (Result<T, Trouble>, Duration)
-where
-    F: Fn(Context) -> Fut,
-    Fut: Future<Output = Result<T, Trouble>>,
-{
-    let t = Instant::now();
-    let ctx = match sudo {
-        None => ctx,
-        Some(user) => {
-            let name = format!("{} (sudo {user})", ctx.name());
-            match rt.start(Sudo::new(&user)).via(&ctx).name(name).timeout(connect_timeout).await {
-                Ok(hop) => hop,
-                Err(e) => return (Err(Trouble::Unreachable(format!("sudo {user}: {e}"))), t.elapsed()),
+impl Session {
+    async fn open(setup: &Setup, reach: &Reach) -> anyhow::Result<Session> {
+        match reach.persist {
+            None => Ok(Session::Here(setup.crew()?)),
+            Some(keep) => {
+                // Runs that reach hosts alike share contexts; how long they stay, and each
+                // command's timeout, are not how a host is reached.
+                let key = format!("{:?}", Reach { persist: None, command_timeout: None, ..reach.clone() });
+                Ok(Session::Persist(persist::Client::open(setup.clone(), key, keep).await?))
             }
         }
-    };
-    (job(ctx).await, t.elapsed())
+    }
+
+    /// One round of `job`, its events to `report` as they come, until every host has answered
+    /// or Ctrl-C (which stops the round: its commands are killed).
+    async fn round(&mut self, plans: &[Plan], job: &Job, retry: bool, report: &mut Report) -> anyhow::Result<Ended> {
+        report.start(plans.len());
+        let (tx, mut rx) = mpsc::channel(crew::EVENTS);
+        let work = async {
+            match self {
+                Session::Here(crew) => {
+                    crew.round(plans, job, &tx, retry).await;
+                    Ok(())
+                }
+                Session::Persist(client) => client.round(plans, job, retry, &tx).await,
+            }
+        };
+        tokio::pin!(work);
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut working = true;
+        let ended = loop {
+            tokio::select! {
+                _ = &mut interrupt => break Ended::Interrupted,
+                done = &mut work, if working => {
+                    done?;
+                    working = false;
+                }
+                event = rx.recv() => match event {
+                    Some(event) => report.event(event),
+                    None => break Ended::Done,
+                },
+                _ = tick.tick() => report.printer.out.tick(),
+            }
+            if !working && rx.is_empty() {
+                // The round is over and every event it sent is printed.
+                break Ended::Done;
+            }
+        };
+        report.finish_round();
+        Ok(ended)
+    }
+
+    async fn close(self) {
+        match self {
+            Session::Here(crew) => crew.shutdown().await,
+            Session::Persist(client) => client.close().await,
+        }
+    }
+}
+
+/// One round of `job` on `targets`, then the summary; the exit status.
+async fn once(reach: &Reach, targets: &str, job: Job, report: &mut Report) -> anyhow::Result<u8> {
+    let setup = Setup::new(reach, targets)?;
+    let mut session = Session::open(&setup, reach).await?;
+    let ended = session.round(&setup.plans, &job, true, report).await?;
+    if ended == Ended::Interrupted {
+        Out::default().err("hypha: interrupted");
+        tokio::select! {
+            _ = tokio::time::timeout(INTERRUPTED_GRACE, session.close()) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        report.tally.summary();
+        return Ok(INTERRUPTED);
+    }
+    session.close().await;
+    Ok(report.tally.summary())
+}
+
+/// `hypha shell`: each line read runs on every target, on the same contexts.
+async fn shell(args: args::Shell) -> anyhow::Result<u8> {
+    let setup = Setup::new(&args.reach, &args.targets)?;
+    let mut session = Session::open(&setup, &args.reach).await?;
+    let prompt = std::io::stdin().is_terminal();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut code = OK;
+    loop {
+        if prompt {
+            use std::io::Write as _;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "hypha> ").and_then(|()| err.flush());
+        }
+        let line = tokio::select! {
+            line = lines.next_line() => line.context("reading stdin")?,
+            _ = tokio::signal::ctrl_c() => { Out::default().err(""); continue }
+        };
+        let Some(line) = line else { break };
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "exit" | "quit" => break,
+            _ => {}
+        }
+        let mut cmd = Command::shell(line);
+        if let Some(t) = args.reach.command_timeout {
+            cmd = cmd.with_timeout(t);
+        }
+        let mut report = Report::exec(&args.print)?;
+        // A host that could not be started is not tried again on every line.
+        let ended = session.round(&setup.plans, &Job::Exec(cmd), false, &mut report).await?;
+        code = report.tally.summary();
+        if ended == Ended::Interrupted {
+            Out::default().err("hypha: interrupted");
+            code = INTERRUPTED;
+        }
+    }
+    session.close().await;
+    Ok(code)
+}
+
+/// What a subcommand prints of each answer.
+#[derive(Debug)]
+enum Shown {
+    Exec,
+    Ping { json: bool },
+    Moved { json: bool },
+}
+
+/// Prints a round's events and counts its hosts.
+#[derive(Debug)]
+struct Report {
+    shown: Shown,
+    printer: Printer,
+    tally: Tally,
+}
+
+impl Report {
+    fn new(shown: Shown) -> Report {
+        Report { shown, printer: Printer::new(Style::Lines, None, None), tally: Tally::default() }
+    }
+
+    fn exec(print: &Print) -> anyhow::Result<Report> {
+        let style = if print.json {
+            Style::Json
+        } else if let Some(format) = &print.format {
+            Style::format(format)?
+        } else if print.gather || print.gather_all {
+            Style::Gather { stderr: print.gather_all }
+        } else {
+            Style::Lines
+        };
+        let printer = Printer::new(style, print.outdir.clone(), print.errdir.clone());
+        Ok(Report { shown: Shown::Exec, printer, tally: Tally::default() })
+    }
+
+    fn start(&mut self, hosts: usize) {
+        self.printer.out.progress(hosts);
+    }
+
+    fn event(&mut self, event: Event) {
+        let (host, result, took) = match event {
+            Event::Line { host, line } => return self.printer.line(&host, line),
+            Event::Answer { host, result, took } => (host, result, took),
+        };
+        let trouble = match (&self.shown, &result) {
+            (Shown::Exec, Ok(Done::Exit(exit))) => {
+                let kept = self.printer.answer(&host, Ok(*exit), took);
+                kept.or_else(|| exit_trouble(*exit))
+            }
+            (Shown::Exec, Err(trouble)) => {
+                self.printer.answer(&host, Err(trouble), took);
+                None
+            }
+            (Shown::Ping { json }, _) => {
+                self.pong(&host, &result, *json);
+                None
+            }
+            (Shown::Moved { json }, _) => {
+                self.moved(&host, &result, took, *json);
+                None
+            }
+            (_, Ok(other)) => Some(format!("unexpected answer {other:?}")),
+        };
+        let counted = match (&result, trouble) {
+            (Err(t), _) => Err(t),
+            (Ok(_), None) => Ok(None),
+            (Ok(_), Some(why)) => Ok(Some(why)),
+        };
+        let how = match &counted {
+            Ok(None) => Ok(true),
+            Ok(Some(_)) | Err(Trouble::Failed(_)) => Ok(false),
+            Err(Trouble::Unreachable(_)) => Err(()),
+        };
+        self.tally.add(&host, counted);
+        self.printer.out.count(how);
+    }
+
+    fn finish_round(&mut self) {
+        self.printer.out.done();
+        self.printer.finish();
+    }
+
+    fn pong(&mut self, host: &str, result: &Result<Done, Trouble>, json: bool) {
+        let line = match (result, json) {
+            (Ok(Done::Pong(p)), false) => pong_line(host, p),
+            (Ok(Done::Pong(p)), true) => serde_json::json!({
+                "host": host,
+                "pid": p.hello.pid,
+                "user": p.hello.user,
+                "arch": p.hello.arch,
+                "protocol": p.hello.protocol,
+                "agent": p.hello.binary_hash,
+                "uploaded": p.uploaded,
+                "seconds": p.latency.as_secs_f64(),
+                "error": null,
+            })
+            .to_string(),
+            (Err(Trouble::Failed(why) | Trouble::Unreachable(why)), true) => {
+                serde_json::json!({ "host": host, "error": why }).to_string()
+            }
+            // The summary says why.
+            _ => return,
+        };
+        self.printer.out.line(&line);
+    }
+
+    fn moved(&mut self, host: &str, result: &Result<Done, Trouble>, took: Duration, json: bool) {
+        if !json {
+            // As scp and clush: quiet when it went well; the summary names what did not.
+            return;
+        }
+        let line = match result {
+            Ok(Done::Moved(t)) => serde_json::json!({
+                "host": host,
+                "files": t.files,
+                "dirs": t.dirs,
+                "links": t.links,
+                "bytes": t.bytes,
+                "skipped": t.skipped,
+                "seconds": took.as_secs_f64(),
+                "error": null,
+            }),
+            Err(Trouble::Failed(why)) => serde_json::json!({ "host": host, "error": why, "unreachable": false }),
+            Err(Trouble::Unreachable(why)) => serde_json::json!({ "host": host, "error": why, "unreachable": true }),
+            Ok(_) => return,
+        };
+        self.printer.out.line(&line.to_string());
+    }
+}
+
+fn pong_line(host: &str, p: &Pong) -> String {
+    format!(
+        "{host}: pid {} user {} on {} ({}), protocol {}, agent {} {}, ping {:.2?}",
+        p.hello.pid,
+        p.hello.user,
+        p.hello.host,
+        p.hello.arch,
+        p.hello.protocol,
+        p.hello.binary_hash.get(..12).unwrap_or(&p.hello.binary_hash),
+        p.uploaded.map_or("cached".to_owned(), |n| format!("uploaded ({n} bytes)")),
+        p.latency,
+    )
+}
+
+/// Why an exit counts as a failure, if it does.
+fn exit_trouble(exit: Exit) -> Option<String> {
+    match exit {
+        e if e.success() => None,
+        Exit::Code(code) => Some(format!("exited with code {code}")),
+        Exit::Signal(signal) => Some(format!("killed by signal {signal} (status {})", status(exit))),
+        other => Some(format!("ended: {other}")),
+    }
 }
 
 /// The hosts that failed and those not reached, with why; the exit status they make.
@@ -279,7 +442,7 @@ impl Tally {
     }
 
     /// Print the summary on stderr (nothing when all went well); the exit status.
-    fn finish(self, ended: Ended) -> u8 {
+    fn summary(&self) -> u8 {
         let mut out = Out::default();
         for (what, hosts) in [("failed", &self.failed), ("unreachable", &self.unreachable)] {
             // Hosts that failed alike, on one line.
@@ -290,9 +453,6 @@ impl Tally {
             for (why, hosts) in by_why {
                 out.err(&format!("hypha: {what}: {}: {why}", fold(&hosts)));
             }
-        }
-        if ended == Ended::Interrupted {
-            return INTERRUPTED;
         }
         match (self.failed.is_empty(), self.unreachable.is_empty()) {
             (true, true) => OK,

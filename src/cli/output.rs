@@ -1,50 +1,126 @@
-//! How answers are printed: lines prefixed by host (as `clush`), gathered under folded host lists
-//! (as `clubak -b`), JSON objects, or a format of tentakel's. Errors go to the summary on stderr.
+//! How answers are printed: lines prefixed by host as they come (as `clush`), gathered under
+//! folded host lists (as `clubak -b`), JSON objects, or a format of tentakel's; optionally also
+//! into one file per host (as `pssh -o`). Errors go to the summary on stderr; on a terminal, a
+//! progress line on stderr counts the hosts done, failed and in flight.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use hypha::nodeset::{fold, natural_cmp};
-use hypha::process::Exit;
-use hypha::process::Output;
+use hypha::process::{Exit, Line, Stream, MAX_OUTPUT};
 
+use super::crew::{file_name, Trouble};
 use super::targets::Usage;
 
-/// One host's answer to a command.
+/// One host's answer to a command, with the output kept for it.
 #[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) host: String,
-    pub(crate) result: Result<Output, Trouble>,
+pub(crate) struct Reply<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) result: Result<Exit, &'a Trouble>,
+    pub(crate) stdout: &'a [String],
+    pub(crate) stderr: &'a [String],
     /// From the command's start to its answer.
     pub(crate) took: Duration,
 }
 
-/// Why a host has no output.
-#[derive(Debug, Clone)]
-pub(crate) enum Trouble {
-    /// It was reached, and the call failed there (a command timeout, a program not found, ...).
-    Failed(String),
-    /// It could not be reached, or was lost.
-    Unreachable(String),
-}
-
 /// Standard output and error that go quiet once closed (`| head`): whoever reads has seen enough,
-/// and the exit status still tells how the hosts did.
+/// and the exit status still tells how the hosts did. On a terminal, it keeps a progress line at
+/// the bottom of stderr, cleared before anything else is printed.
 #[derive(Debug, Default)]
 pub(crate) struct Out {
     closed: bool,
+    progress: Option<Progress>,
 }
+
+/// The hosts of a round so far, for the progress line.
+#[derive(Debug)]
+struct Progress {
+    total: usize,
+    ok: usize,
+    failed: usize,
+    unreachable: usize,
+    /// The line is on the screen.
+    shown: bool,
+    drawn: Option<Instant>,
+}
+
+/// How often the progress line is drawn, at most.
+const REDRAW: Duration = Duration::from_millis(100);
 
 impl Out {
     pub(crate) fn line(&mut self, text: &str) {
+        self.clear();
         if !self.closed && writeln!(std::io::stdout().lock(), "{text}").is_err() {
             self.closed = true;
         }
     }
 
     pub(crate) fn err(&mut self, text: &str) {
+        self.clear();
         let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+
+    /// Count `total` hosts on a progress line, if stderr is a terminal.
+    pub(crate) fn progress(&mut self, total: usize) {
+        self.clear();
+        self.progress = std::io::stderr().is_terminal().then_some(Progress {
+            total,
+            ok: 0,
+            failed: 0,
+            unreachable: 0,
+            shown: false,
+            drawn: None,
+        });
+    }
+
+    /// One more host answered: `Ok(true)` well, `Ok(false)` failed, `Err(())` unreachable.
+    pub(crate) fn count(&mut self, how: Result<bool, ()>) {
+        if let Some(p) = &mut self.progress {
+            match how {
+                Ok(true) => p.ok += 1,
+                Ok(false) => p.failed += 1,
+                Err(()) => p.unreachable += 1,
+            }
+        }
+        self.tick();
+    }
+
+    /// Draw the progress line, unless it was drawn a moment ago.
+    pub(crate) fn tick(&mut self) {
+        let Some(p) = &mut self.progress else { return };
+        if p.shown && p.drawn.is_some_and(|t| t.elapsed() < REDRAW) {
+            return;
+        }
+        let answered = p.ok + p.failed + p.unreachable;
+        let text = format!(
+            "\r\x1b[Khypha: {answered}/{} answered: {} ok, {} failed, {} unreachable, {} in flight",
+            p.total,
+            p.ok,
+            p.failed,
+            p.unreachable,
+            p.total.saturating_sub(answered)
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
+        p.shown = true;
+        p.drawn = Some(Instant::now());
+    }
+
+    /// Take the progress line off the screen (it comes back on the next tick).
+    pub(crate) fn clear(&mut self) {
+        if let Some(p) = self.progress.as_mut().filter(|p| p.shown) {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(b"\r\x1b[K").and_then(|()| err.flush());
+            p.shown = false;
+        }
+    }
+
+    /// Clear the progress line for good.
+    pub(crate) fn done(&mut self) {
+        self.clear();
+        self.progress = None;
     }
 }
 
@@ -121,45 +197,105 @@ impl Style {
     }
 }
 
-/// Prints answers in a [`Style`].
+/// Prints commands' lines and answers in a [`Style`].
 #[derive(Debug)]
 pub(crate) struct Printer {
     style: Style,
-    out: Out,
+    pub(crate) out: Out,
+    /// Where each host's stdout and stderr are also written, if anywhere.
+    outdir: Option<PathBuf>,
+    errdir: Option<PathBuf>,
+    /// The output of hosts that have not answered yet, when the style or a directory needs it.
+    kept: HashMap<String, Kept>,
     /// For [`Style::Gather`]: hosts by the output they share.
     groups: BTreeMap<Vec<String>, Vec<String>>,
 }
 
+/// One host's output so far.
+#[derive(Debug, Default)]
+struct Kept {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    bytes: usize,
+    /// Lines past [`MAX_OUTPUT`] were not kept.
+    cut: bool,
+}
+
 impl Printer {
-    pub(crate) fn new(style: Style) -> Printer {
-        Printer { style, out: Out::default(), groups: BTreeMap::new() }
+    pub(crate) fn new(style: Style, outdir: Option<PathBuf>, errdir: Option<PathBuf>) -> Printer {
+        Printer { style, out: Out::default(), outdir, errdir, kept: HashMap::new(), groups: BTreeMap::new() }
     }
 
-    /// Print (or keep, to gather) one host's answer.
-    pub(crate) fn answer(&mut self, reply: &Reply) {
-        let Printer { style, out, groups } = self;
+    /// Whether lines are kept until their host answers (rather than printed as they come).
+    fn keeps(&self) -> bool {
+        !matches!(self.style, Style::Lines) || self.outdir.is_some() || self.errdir.is_some()
+    }
+
+    /// A line `host`'s command printed: printed now (prefixed by its host), or kept.
+    pub(crate) fn line(&mut self, host: &str, line: Line) {
+        if let Style::Lines = self.style {
+            match line.stream {
+                Stream::Stdout => self.out.line(&format!("{host}: {}", line.text)),
+                Stream::Stderr => self.out.err(&format!("{host}: {}", line.text)),
+            }
+        } else if let (Style::Gather { stderr: false } | Style::Format(_), Stream::Stderr) = (&self.style, line.stream)
+        {
+            self.out.err(&format!("{host}: {}", line.text));
+        }
+        if !self.keeps() {
+            return;
+        }
+        let kept = self.kept.entry(host.to_owned()).or_default();
+        if kept.cut || kept.bytes + line.text.len() > MAX_OUTPUT {
+            kept.cut = true;
+            return;
+        }
+        kept.bytes += line.text.len() + 1;
+        match line.stream {
+            Stream::Stdout => kept.stdout.push(line.text),
+            Stream::Stderr => kept.stderr.push(line.text),
+        }
+    }
+
+    /// `host`'s answer: printed (or kept, to gather), and written to its files. Returns why the
+    /// host counts as failed here, if it does (its output could not be written or kept whole).
+    pub(crate) fn answer(&mut self, host: &str, result: Result<Exit, &Trouble>, took: Duration) -> Option<String> {
+        let kept = self.kept.remove(host).unwrap_or_default();
+        let reply = Reply { host, result, stdout: &kept.stdout, stderr: &kept.stderr, took };
+        let mut trouble = None;
+        if result.is_ok() {
+            for (dir, lines) in [(&self.outdir, &kept.stdout), (&self.errdir, &kept.stderr)] {
+                if let Some(dir) = dir {
+                    if let Err(why) = write_lines(dir, host, lines) {
+                        trouble = Some(why);
+                    }
+                }
+            }
+            if kept.cut {
+                trouble = Some(format!("printed more than {} MiB: the rest was not kept", MAX_OUTPUT >> 20));
+            }
+        }
+        self.print(&reply);
+        trouble
+    }
+
+    fn print(&mut self, reply: &Reply<'_>) {
+        let Printer { style, out, groups, .. } = self;
         if let Style::Json = style {
             return out.line(&json(reply).to_string());
         }
         // The other styles print commands' output; why a host has none is the summary's.
-        let Ok(output) = &reply.result else { return };
-        let host = &reply.host;
+        let Ok(exit) = reply.result else { return };
+        let host = reply.host;
         match style {
-            Style::Lines => {
-                for line in &output.stdout {
-                    out.line(&format!("{host}: {line}"));
-                }
-                stderr_lines(out, host, output);
-            }
+            Style::Lines | Style::Json => {}
             Style::Gather { stderr } => {
-                let mut key = output.stdout.clone();
+                let mut key = reply.stdout.to_vec();
                 if *stderr {
-                    key.extend(output.stderr.iter().cloned());
-                } else {
-                    stderr_lines(out, host, output);
+                    key.extend(reply.stderr.iter().cloned());
                 }
                 if !key.is_empty() {
-                    groups.entry(key).or_default().push(host.clone());
+                    groups.entry(key).or_default().push(host.to_owned());
                 }
             }
             Style::Format(pieces) => {
@@ -168,37 +304,51 @@ impl Printer {
                     match piece {
                         Piece::Text(t) => text.push_str(t),
                         Piece::Host => text.push_str(host),
-                        Piece::Output => text.push_str(&output.stdout.join("\n")),
-                        Piece::Status => text.push_str(&status(output.exit).to_string()),
+                        Piece::Output => text.push_str(&reply.stdout.join("\n")),
+                        Piece::Status => text.push_str(&status(exit).to_string()),
                         Piece::Took => text.push_str(&format!("{:.2}", reply.took.as_secs_f64())),
                     }
                 }
                 out.line(text.strip_suffix('\n').unwrap_or(&text));
-                stderr_lines(out, host, output);
             }
-            Style::Json => {}
         }
     }
 
     /// Print what was kept: for [`Style::Gather`], each group under its folded host list, in the
     /// natural order of the groups' first hosts.
     pub(crate) fn finish(&mut self) {
-        let mut groups: Vec<(String, &Vec<String>)> =
-            self.groups.iter().map(|(lines, hosts)| (fold(hosts), lines)).collect();
+        let mut groups: Vec<(String, Vec<String>)> =
+            std::mem::take(&mut self.groups).into_iter().map(|(lines, hosts)| (fold(&hosts), lines)).collect();
         groups.sort_by(|a, b| natural_cmp(&a.0, &b.0));
         for (hosts, lines) in groups {
             self.out.line(&format!("---------------\n{hosts}\n---------------"));
             for line in lines {
-                self.out.line(line);
+                self.out.line(&line);
             }
         }
     }
 }
 
-fn stderr_lines(out: &mut Out, host: &str, output: &Output) {
-    for line in &output.stderr {
-        out.err(&format!("{host}: {line}"));
-    }
+/// Write `lines` to `dir/host` (made if missing), replacing what was there; a link there is
+/// refused, not followed.
+fn write_lines(dir: &Path, host: &str, lines: &[String]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(file_name(host)?);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        let mut w = std::io::BufWriter::new(file);
+        for line in lines {
+            writeln!(w, "{line}")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_data()
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// An exit as a shell tells it: the code, or 128 and the signal.
@@ -210,24 +360,23 @@ pub(crate) fn status(exit: Exit) -> i32 {
     }
 }
 
-fn json(reply: &Reply) -> serde_json::Value {
-    let (output, error, unreachable) = match &reply.result {
-        Ok(output) => (Some(output), None, false),
-        Err(Trouble::Failed(why)) => (None, Some(why), false),
-        Err(Trouble::Unreachable(why)) => (None, Some(why), true),
+fn json(reply: &Reply<'_>) -> serde_json::Value {
+    let (error, unreachable) = match reply.result {
+        Ok(_) => (None, false),
+        Err(Trouble::Failed(why)) => (Some(why), false),
+        Err(Trouble::Unreachable(why)) => (Some(why), true),
     };
-    let (exit, signal) = match output.map(|o| o.exit) {
-        Some(Exit::Code(code)) => (Some(code), None),
-        Some(Exit::Signal(signal)) => (None, Some(signal)),
+    let (exit, signal) = match reply.result {
+        Ok(Exit::Code(code)) => (Some(code), None),
+        Ok(Exit::Signal(signal)) => (None, Some(signal)),
         _ => (None, None),
     };
-    let empty = Vec::new();
     serde_json::json!({
         "host": reply.host,
         "exit": exit,
         "signal": signal,
-        "stdout": output.map_or(&empty, |o| &o.stdout),
-        "stderr": output.map_or(&empty, |o| &o.stderr),
+        "stdout": reply.stdout,
+        "stderr": reply.stderr,
         "error": error,
         "unreachable": unreachable,
         "seconds": reply.took.as_secs_f64(),

@@ -4,7 +4,7 @@
 //! children of this process, unless they name a user or a port (`alice@localhost` goes through
 //! sshd). Every other target goes over SSH, with the method `--method` names.
 
-use hypha::nodeset::{NoGroups, NodeSet, Target};
+use hypha::nodeset::{Groups, NoGroups, NodeSet, Target};
 use hypha::{HostKeyPolicy, Local, Method, OpenSsh, Ssh};
 
 use super::args::{MethodKind, Reach};
@@ -21,47 +21,88 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// Hosts by name, each with the method that reaches it.
-pub(crate) type Hosts = Vec<(String, Box<dyn Method>)>;
+/// How one host is reached: the method that starts its context, the gateways whose agents start
+/// it (none: this process does), and the user it becomes there with sudo.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Plan {
+    /// The host, as the targets name it (and as the output prints it).
+    pub(crate) name: String,
+    pub(crate) way: Way,
+    pub(crate) via: Vec<String>,
+    pub(crate) sudo: Option<String>,
+}
 
-/// Each target of `text`, by its name, and the method that reaches it.
-pub(crate) fn methods(text: &str, reach: &Reach) -> Result<Hosts, Usage> {
-    let set = NodeSet::parse(text, &NoGroups).map_err(|e| Usage(format!("targets: {e}")))?;
+/// A method, as a value: boxed for a start from here, or as itself for a start through a gateway
+/// (which needs the method's type).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Way {
+    Local(Local),
+    Ssh(Ssh),
+    OpenSsh(OpenSsh),
+}
+
+impl Way {
+    pub(crate) fn boxed(self) -> Box<dyn Method> {
+        match self {
+            Way::Local(m) => Box::new(m),
+            Way::Ssh(m) => Box::new(m),
+            Way::OpenSsh(m) => Box::new(m),
+        }
+    }
+}
+
+/// Each target of `text`, with how to reach it.
+pub(crate) fn plans(text: &str, reach: &Reach, groups: &dyn Groups) -> Result<Vec<Plan>, Usage> {
+    let set = NodeSet::parse(text, groups).map_err(|e| Usage(format!("targets: {e}")))?;
     if set.is_empty() {
         return Err(Usage("no targets".into()));
     }
-    if reach.method == MethodKind::Openssh && reach.password_env.is_some() {
+    let method = reach.method.unwrap_or(MethodKind::Ssh);
+    if method == MethodKind::Openssh && reach.password_env.is_some() {
         return Err(Usage("--password-env needs --method ssh: the openssh method runs ssh in BatchMode".into()));
     }
     let password = match &reach.password_env {
         Some(var) => Some(std::env::var(var).map_err(|_| Usage(format!("--password-env: ${var} is not set")))?),
         None => None,
     };
-    let mut methods = Vec::with_capacity(set.len());
+    let mut plans = Vec::with_capacity(set.len());
     for target in set.iter() {
         let name = target.to_string();
-        let method: Box<dyn Method> = if reach.method == MethodKind::Local || is_local(target) {
-            Box::new(Local::default())
-        } else {
-            let target = match (&target.user, &reach.user) {
-                (None, Some(user)) => target.clone().with_user(user),
-                _ => target.clone(),
-            };
-            let destination = target.to_string();
-            match reach.method {
-                MethodKind::Openssh => Box::new(openssh(&destination, reach)),
-                _ => {
-                    let mut m = ssh(&destination, reach, password.as_deref());
-                    for jump in &reach.jump {
-                        m = m.with_jump(ssh(jump, reach, password.as_deref()));
-                    }
-                    Box::new(m)
-                }
-            }
-        };
-        methods.push((name, method));
+        let way = way(target, method, reach, password.as_deref());
+        plans.push(Plan { name, way, via: reach.via.clone(), sudo: reach.sudo.clone() });
     }
-    Ok(methods)
+    Ok(plans)
+}
+
+/// How to reach one gateway of `--via`: as a host, without gateways or sudo of its own.
+pub(crate) fn gateway(text: &str, reach: &Reach) -> Result<Plan, Usage> {
+    let mut plans = plans(text, &Reach { via: Vec::new(), sudo: None, ..reach.clone() }, &NoGroups)
+        .map_err(|e| Usage(format!("--via {text}: {e}")))?;
+    match (plans.pop(), plans.is_empty()) {
+        (Some(plan), true) => Ok(plan),
+        _ => Err(Usage(format!("--via {text}: a gateway is one host"))),
+    }
+}
+
+fn way(target: &Target, method: MethodKind, reach: &Reach, password: Option<&str>) -> Way {
+    if method == MethodKind::Local || is_local(target) {
+        return Way::Local(Local::default());
+    }
+    let target = match (&target.user, &reach.user) {
+        (None, Some(user)) => target.clone().with_user(user),
+        _ => target.clone(),
+    };
+    let destination = target.to_string();
+    match method {
+        MethodKind::Openssh => Way::OpenSsh(openssh(&destination, reach)),
+        _ => {
+            let mut m = ssh(&destination, reach, password);
+            for jump in &reach.jump {
+                m = m.with_jump(ssh(jump, reach, password));
+            }
+            Way::Ssh(m)
+        }
+    }
 }
 
 /// Whether `target` names a local context.
