@@ -185,25 +185,37 @@ fn exec_over_ssh_on_a_lab_host() {
 #[tokio::test]
 async fn ctrl_c_kills_the_remote_commands_and_exits_130() {
     let scratch = Scratch::new("cli-ctrl-c");
-    let fifo_path = scratch.path("pid");
-    fifo(&fifo_path);
-    let script = format!("echo $$ > {}; exec sleep 300", fifo_path.display());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hypha"))
-        .args(["exec", "local", "--shell", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The sleep runs once its shell has written its pid (it execs the sleep right after).
-    let sleep: u32 = read_fifo(&fifo_path).await.trim().parse().unwrap();
-    assert!(alive(sleep));
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("hypha exits").unwrap();
-    assert_eq!(status.code(), Some(130));
-    assert!(gone_within(sleep, Duration::from_secs(10)).await, "the remote sleep was killed");
+    // Here, and in the background process of --persist (whose round stops when its run goes).
+    for persist in [None, Some("60s")] {
+        let fifo_path = scratch.path("pid");
+        let _ = std::fs::remove_file(&fifo_path);
+        fifo(&fifo_path);
+        let script = format!("echo $$ > {}; exec sleep 300", fifo_path.display());
+        let mut args = vec!["exec", "local", "--shell", &script];
+        if let Some(keep) = persist {
+            args.splice(1..1, ["--persist", keep]);
+        }
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hypha"))
+            .args(&args)
+            .env("HYPHA_PERSIST_DIR", scratch.path("sockets"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The sleep runs once its shell has written its pid (it execs the sleep right after).
+        let sleep: u32 = read_fifo(&fifo_path).await.trim().parse().unwrap();
+        assert!(alive(sleep));
+        // SAFETY: sending a signal has no memory-safety preconditions.
+        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("hypha exits").unwrap();
+        assert_eq!(status.code(), Some(130), "{persist:?}");
+        assert!(gone_within(sleep, Duration::from_secs(10)).await, "{persist:?}: the remote sleep was killed");
+    }
+    let env = [("HYPHA_PERSIST_DIR", scratch.path("sockets"))];
+    let out = hypha_env(&["exec", "--persist", "0", "local", "--", "true"], &[(env[0].0, &env[0].1)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]
@@ -217,4 +229,233 @@ fn sudo_hops_on_each_host() {
     let out = hypha(&["exec", "--sudo=nobody", "local[1-2]", "--", "id", "-un"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(sorted_lines(&out), ["local1: nobody", "local2: nobody"]);
+}
+
+/// `hypha ARGS...` with `envs` set, run to its end.
+fn hypha_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hypha"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A small tree: `tree/a` (a line), `tree/sub/b` (executable), `tree/sub/empty`.
+fn small_tree(scratch: &Scratch) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = scratch.path("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a"), "alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("sub/b"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(tree.join("sub/empty"), "").unwrap();
+    tree
+}
+
+fn same_tree(a: &std::path::Path, b: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for rel in ["a", "sub/b", "sub/empty"] {
+        assert_eq!(std::fs::read(a.join(rel)).unwrap(), std::fs::read(b.join(rel)).unwrap(), "{rel}");
+        let mode = |p: &std::path::Path| std::fs::metadata(p.join(rel)).unwrap().permissions().mode();
+        assert_eq!(mode(a), mode(b), "{rel}");
+    }
+}
+
+#[test]
+fn copy_sends_a_tree_and_fetch_brings_one_back_per_host() {
+    let scratch = Scratch::new("cli-copy");
+    let tree = small_tree(&scratch);
+    let dest = scratch.path("copied");
+    let out = hypha(&["copy", "--json", "local", tree.to_str().unwrap(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    same_tree(&tree, &dest);
+    let moved: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((moved["host"].as_str(), moved["files"].as_u64()), (Some("local"), Some(3)));
+
+    let fetched = scratch.path("fetched");
+    let out = hypha(&["fetch", "local[1-3]", tree.to_str().unwrap(), fetched.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "quiet when all went well");
+    for host in ["local1", "local2", "local3"] {
+        same_tree(&tree, &fetched.join(host).join("tree"));
+    }
+}
+
+#[test]
+fn a_copy_that_fails_names_the_host_and_the_path() {
+    let scratch = Scratch::new("cli-copy-fails");
+    let tree = small_tree(&scratch);
+    let missing = scratch.path("no/such/dir/x");
+    let out = hypha(&["copy", "local[1-2]", tree.to_str().unwrap(), missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    for host in ["local1", "local2"] {
+        let line = lines.iter().find(|l| l.starts_with(&format!("hypha: failed: {host}: "))).expect(host);
+        assert!(line.contains(&format!("{}: mkdir: No such file", missing.display())), "{line}");
+    }
+    assert!(!scratch.path("no").exists(), "nothing made");
+
+    let out =
+        hypha(&["fetch", "local", scratch.path("nothing-here").to_str().unwrap(), scratch.path("f").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing-here"), "{}", stderr(&out));
+}
+
+#[test]
+fn shell_runs_each_line_on_the_same_contexts() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hypha"))
+        .args(["shell", "local[1-2]"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"echo $PPID\n\necho $PPID\nexit 3\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the last line's status: {}", stderr(&out));
+    let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in stdout(&out).lines() {
+        let (host, pid) = line.split_once(": ").unwrap();
+        by_host.entry(host.to_owned()).or_default().push(pid.to_owned());
+    }
+    assert_eq!(by_host.len(), 2, "{by_host:?}");
+    for (host, pids) in &by_host {
+        assert_eq!(pids.len(), 2, "{host}: {pids:?}");
+        assert_eq!(pids[0], pids[1], "{host}: one agent for both lines");
+    }
+    assert_eq!(stderr(&out), "hypha: failed: local[1-2]: exited with code 3\n");
+}
+
+#[test]
+fn outdir_writes_a_file_per_host_and_follows_no_link() {
+    let scratch = Scratch::new("cli-outdir");
+    let (outdir, errdir) = (scratch.path("out"), scratch.path("err"));
+    std::fs::create_dir_all(&outdir).unwrap();
+    // A link planted where a host's file goes is refused, and what it points to is left alone.
+    let victim = scratch.path("victim");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&victim, outdir.join("local2")).unwrap();
+    let args = ["exec", "-o", outdir.to_str().unwrap(), "-e", errdir.to_str().unwrap(), "local[1-2]"];
+    let out = hypha(&[&args[..], &["--shell", "echo out; echo err >&2"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(outdir.join("local1")).unwrap(), "out\n");
+    assert_eq!(std::fs::read_to_string(errdir.join("local1")).unwrap(), "err\n");
+    assert_eq!(std::fs::read_to_string(errdir.join("local2")).unwrap(), "err\n");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("hypha: failed: local2: writing {}", outdir.join("local2").display())), "{err}");
+    // Lines still print as they come, prefixed.
+    assert_eq!(sorted_lines(&out), ["local1: out", "local2: out"]);
+}
+
+#[tokio::test]
+async fn persist_keeps_the_contexts_for_the_next_run() {
+    let scratch = Scratch::new("cli-persist");
+    let dir = scratch.path("sockets");
+    let env = [("HYPHA_PERSIST_DIR", dir.as_path())];
+    let pids = |out: &Output| {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+        sorted_lines(out)
+    };
+    let first = pids(&hypha_env(&["exec", "--persist", "60s", "local[1-2]", "--shell", "echo $PPID"], &env));
+    assert_eq!(first.len(), 2);
+    // The same hosts, the same options: the same agents answer.
+    let again = pids(&hypha_env(&["exec", "--persist", "60s", "local[1-2]", "--shell", "echo $PPID"], &env));
+    assert_eq!(again, first);
+    // Other options of reach: other contexts.
+    let other =
+        pids(&hypha_env(&["exec", "--persist", "60s", "-t", "25", "local[1-2]", "--shell", "echo $PPID"], &env));
+    assert_eq!(other.len(), 2);
+    assert!(other.iter().all(|o| !first.contains(o)), "{other:?} {first:?}");
+    let agent: u32 = first[0].split_once(": ").unwrap().1.parse().unwrap();
+    let server = ppid(agent);
+    assert_ne!(server, std::process::id(), "the agents are the background process's children");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+    // A peer that sends a frame past the limit is dropped; the process serves on.
+    let socket = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .unwrap();
+    let mut hostile = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut hostile, &u32::MAX.to_be_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut hostile, &mut rest));
+    assert_eq!(read.await.expect("the process hangs up").unwrap(), 0);
+    // `--persist 0`: this run is the last; the process and its agents end after it.
+    let last = pids(&hypha_env(&["exec", "--persist", "0", "local[1-2]", "--shell", "echo $PPID"], &env));
+    assert_eq!(last, first);
+    assert!(gone_within(server, Duration::from_secs(20)).await, "the process ended");
+    assert!(gone_within(agent, Duration::from_secs(5)).await, "its agents too");
+    assert!(!socket.exists());
+}
+
+#[test]
+fn persist_refuses_a_directory_others_may_enter() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("cli-persist-open");
+    let dir = scratch.path("sockets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = hypha_env(&["exec", "--persist", "10s", "local", "--", "true"], &[("HYPHA_PERSIST_DIR", &dir)]);
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lets others in"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing made there");
+}
+
+#[test]
+fn a_terminal_gets_a_progress_line_and_a_pipe_does_not() {
+    // `script` runs hypha on a pseudo-terminal of its own; its output is what the terminal shows.
+    let bin = env!("CARGO_BIN_EXE_hypha");
+    let out = Command::new("script")
+        .args(["-qec", &format!("{bin} exec 'local[1-2]' -- true"), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains("answered: "), "{shown:?}");
+    assert!(shown.ends_with("\r\x1b[K"), "cleared at the end: {shown:?}");
+    // Piped: nothing but the answers (the other tests check stderr is empty).
+    let out = hypha(&["exec", "local[1-2]", "--", "true"]);
+    assert_eq!((stdout(&out), stderr(&out)), (String::new(), String::new()));
+}
+
+#[test]
+fn via_starts_the_hosts_from_a_gateway_on_the_lab() {
+    let Some(lab) = lab() else { return };
+    let (key, known_hosts) = (lab.key(), lab.known_hosts());
+    let reach = ["-l", &lab.user, "-i", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()];
+    // hop2 is reachable from hop1 alone.
+    let targets = format!("{},{}", lab.host("hop2"), lab.host("plain"));
+    let args = [&reach[..], &["--via", lab.host("hop1"), &targets, "--", "hostname"]].concat();
+    let out = hypha(&[&["exec"][..], &args].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut want = vec![format!("{}: lab-hop2", lab.host("hop2")), format!("{}: lab-plain", lab.host("plain"))];
+    want.sort();
+    assert_eq!(sorted_lines(&out), want);
+
+    // A gateway that cannot be reached fails its hosts, naming it.
+    let args = [&reach[..], &["-t", "10", "--via", "127.0.0.1:1", lab.host("hop2"), "--", "true"]].concat();
+    let out = hypha(&[&["exec"][..], &args].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("hypha: unreachable: {}: gateway 127.0.0.1:1: ", lab.host("hop2"))), "{err}");
+}
+
+#[test]
+fn an_agent_build_that_is_not_there_is_a_usage_error() {
+    let out = hypha(&["exec", "--agent", "aarch64=/no/such/hypha", "local", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--agent aarch64=/no/such/hypha"), "{}", stderr(&out));
 }

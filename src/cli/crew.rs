@@ -239,7 +239,7 @@ impl Crew {
                 continue;
             }
             let Some(plan) = self.gateway_plans.iter().find(|p| p.name == *name) else { continue };
-            let start = self.rt.start(plan.way.clone().boxed()).name(format!("gateway {name}"));
+            let start = self.rt.start(plan.way.clone().boxed()).name(name.clone());
             let start = start.timeout(self.connect_timeout);
             let name = name.clone();
             starting.spawn(async move { (name, start.await) });

@@ -220,8 +220,11 @@ pub(crate) async fn serve(socket: &Path) -> anyhow::Result<u8> {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let state = Arc::new(Server::default());
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Duration>();
-    let mut keep = Duration::ZERO;
+    // Each connection's end, and the `keep` its round asked for (none: it asked for no round, as
+    // a probe or a hostile peer, and changes nothing).
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Option<Duration>>();
+    // Until its first round, time for the run that started it to ask for one.
+    let mut keep = READY_WITHIN;
     let mut active = 0usize;
     loop {
         let idle = async {
@@ -242,12 +245,12 @@ pub(crate) async fn serve(socket: &Path) -> anyhow::Result<u8> {
                 let (state, done) = (state.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     let keep = state.connection(stream).await;
-                    let _ = done.send(keep.unwrap_or(Duration::ZERO));
+                    let _ = done.send(keep);
                 });
             }
             Some(k) = done_rx.recv() => {
                 active -= 1;
-                keep = k;
+                keep = k.unwrap_or(keep);
             }
             _ = idle => break,
         }
