@@ -136,47 +136,30 @@ impl Crew {
                 through.entry(plan.via.clone()).or_default().push(plan.clone());
             }
         }
+        let planned: HashMap<&str, &Plan> = plans.iter().map(|p| (p.name.as_str(), p)).collect();
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let mut starts = JoinSet::new();
-        let mut planned: HashMap<String, Plan> = HashMap::new();
         if !direct.is_empty() {
             let answers = self.fleet.start(direct.iter().map(|p| (p.name.clone(), p.way.clone().boxed())));
             starts.spawn(forward(answers, started_tx.clone()));
-            planned.extend(direct.into_iter().map(|p| (p.name.clone(), p)));
         }
-        for (via, hosts) in through {
-            let gateways = self.gateways(&via, retry).await;
-            if gateways.is_empty() {
-                let why = {
-                    let down = lock(&self.gateways_down);
-                    let why: Vec<String> = via
-                        .iter()
-                        .map(|g| format!("gateway {g}: {}", down.get(g).map_or("not started", String::as_str)))
-                        .collect();
-                    why.join("; ")
-                };
-                for plan in hosts {
-                    unreachable(events, &plan.name, why.clone()).await;
-                }
-                continue;
+        // The gateways start while the direct hosts do, and then their hosts.
+        let through = async move {
+            let mut starts = JoinSet::new();
+            for (via, hosts) in through {
+                self.start_through(&via, hosts, retry, events, &started_tx, &mut starts).await;
             }
-            // Each gateway gets its share of the hosts, and runs its starts under the fleet's one
-            // fan-out.
-            let mut shares: Vec<Vec<Plan>> = vec![Vec::new(); gateways.len()];
-            for (i, plan) in hosts.into_iter().enumerate() {
-                shares[i % gateways.len()].push(plan);
-            }
-            for (gateway, share) in gateways.iter().zip(shares) {
-                self.start_via(gateway, &share, &started_tx, &mut starts);
-                planned.extend(share.into_iter().map(|p| (p.name.clone(), p)));
-            }
-        }
-        drop(started_tx);
+            drop(started_tx);
+            while starts.join_next().await.is_some() {}
+        };
+        tokio::pin!(through);
+        let mut routing = true;
         loop {
             tokio::select! {
+                () = &mut through, if routing => routing = false,
                 started = started.recv() => {
                     let Some((host, outcome)) = started else { break };
-                    let Some(plan) = planned.get(&host) else { continue };
+                    let Some(plan) = planned.get(host.as_str()) else { continue };
                     match (outcome, self.fleet.get(&host)) {
                         (Outcome::Done(()), Some(ctx)) => {
                             lock(&self.down).remove(&host);
@@ -194,6 +177,44 @@ impl Crew {
             }
         }
         while jobs.join_next().await.is_some() {}
+    }
+
+    /// Start `hosts` through the gateways of `via` (started first if they are not up), dealt
+    /// between those that came up; their answers go to `tx`. With none up, every host answers as
+    /// unreachable, naming the gateways and why.
+    async fn start_through(
+        &self,
+        via: &[String],
+        hosts: Vec<Plan>,
+        retry: bool,
+        events: &mpsc::Sender<Event>,
+        tx: &mpsc::UnboundedSender<(String, Outcome<()>)>,
+        starts: &mut JoinSet<()>,
+    ) {
+        let gateways = self.gateways(via, retry).await;
+        if gateways.is_empty() {
+            let why = {
+                let down = lock(&self.gateways_down);
+                let why: Vec<String> = via
+                    .iter()
+                    .map(|g| format!("gateway {g}: {}", down.get(g).map_or("not started", String::as_str)))
+                    .collect();
+                why.join("; ")
+            };
+            for plan in hosts {
+                unreachable(events, &plan.name, why.clone()).await;
+            }
+            return;
+        }
+        // Each gateway gets its share of the hosts, and runs its starts under the fleet's one
+        // fan-out.
+        let mut shares: Vec<Vec<Plan>> = vec![Vec::new(); gateways.len()];
+        for (i, plan) in hosts.into_iter().enumerate() {
+            shares[i % gateways.len()].push(plan);
+        }
+        for (gateway, share) in gateways.iter().zip(shares) {
+            self.start_via(gateway, &share, tx, starts);
+        }
     }
 
     /// Start `share` through `gateway`, each method type apart (a start through a gateway
