@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hypha::files::{Keep, Transfer};
+use hypha::files::{FileError, Keep, Transfer};
 use hypha::fleet::{Answers, Fleet, Outcome};
 use hypha::process::{Command, Exit, Line};
 use hypha::runtime::proto::Hello;
-use hypha::{Context, Ping, Runtime, Sudo};
+use hypha::{CallError, Context, Ping, Runtime, Sudo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -341,28 +341,52 @@ async fn all_down(contexts: Vec<Context>) {
     while waits.join_next().await.is_some() {}
 }
 
+/// Why a call failed, as the summary says it after the host's name: a handler's own error and
+/// its causes, without the path of contexts and the agent's pid (the host is named already, and
+/// hosts that failed alike then fold into one line); anything else in full.
+fn why(e: &CallError) -> String {
+    match e {
+        CallError::Remote(r) => {
+            let mut text = r.message.clone();
+            for cause in &r.causes {
+                text.push_str(": ");
+                text.push_str(cause);
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+fn why_file(e: &FileError) -> String {
+    match e {
+        FileError::Call(e) => why(e),
+        other => other.to_string(),
+    }
+}
+
 /// Run `job` in `ctx`, sending a command's lines as they come.
 async fn run(host: &str, ctx: &Context, job: &Job, events: &mpsc::Sender<Event>) -> Result<Done, String> {
     match job {
         Job::Exec(cmd) => {
-            let mut lines = ctx.lines(cmd.clone()).await.map_err(|e| e.to_string())?;
+            let mut lines = ctx.lines(cmd.clone()).await.map_err(|e| why(&e))?;
             while let Some(line) = lines.next().await {
                 if events.send(Event::Line { host: host.to_owned(), line }).await.is_err() {
                     // Nobody listens: the command is dropped, and killed.
                     return Err("stopped".into());
                 }
             }
-            Ok(Done::Exit(lines.exit().await.map_err(|e| e.to_string())?))
+            Ok(Done::Exit(lines.exit().await.map_err(|e| why(&e))?))
         }
         Job::Ping => {
             let t = Instant::now();
-            ctx.call(Ping).await.map_err(|e| e.to_string())?;
+            ctx.call(Ping).await.map_err(|e| why(&e))?;
             Ok(Done::Pong(Pong { latency: t.elapsed(), hello: ctx.hello(), uploaded: ctx.uploaded() }))
         }
         Job::Push { sources, dest, keep } => {
             let mut total = Transfer::default();
             for src in sources {
-                let moved = ctx.push(src, dest.clone(), *keep).await.map_err(|e| e.to_string())?;
+                let moved = ctx.push(src, dest.clone(), *keep).await.map_err(|e| why_file(&e))?;
                 total = add(total, moved);
             }
             Ok(Done::Moved(total))
@@ -370,7 +394,7 @@ async fn run(host: &str, ctx: &Context, job: &Job, events: &mpsc::Sender<Event>)
         Job::Pull { source, destdir, keep } => {
             let dir = destdir.join(file_name(host)?);
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let moved = ctx.pull(source.clone(), &dir, *keep).await.map_err(|e| e.to_string())?;
+            let moved = ctx.pull(source.clone(), &dir, *keep).await.map_err(|e| why_file(&e))?;
             Ok(Done::Moved(moved))
         }
     }
