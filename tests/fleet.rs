@@ -175,3 +175,167 @@ async fn dropping_a_rounds_answers_kills_the_commands_still_running() {
     fleet.shutdown().await;
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_member_whose_agent_dies_is_down_at_once_without_a_call() {
+    let rt = runtime();
+    let fleet = Fleet::new(&rt);
+    let hosts = ["a", "b"].map(|h| (h, Box::new(Local::default()) as Box<dyn Method>));
+    assert!(Summary::new(&fleet.start(hosts).collect().await, |()| Ok(())).all_ok());
+    kill9(fleet.get("a").unwrap().hello().pid);
+    // No call is made: the fleet's own watch on the context says so.
+    let down = fleet.wait_until(Duration::from_secs(10), |f| f.get("a").is_none()).await;
+    assert!(down, "a is still shown up: {:?}", fleet.summary());
+    let up: Vec<String> = fleet.up().into_iter().map(|(h, _)| h).collect();
+    assert_eq!(up, ["b"]);
+    assert_eq!(fleet.names(), ["a", "b"]);
+    let seen = fleet.summary();
+    assert_eq!(seen.ok, ["b"], "{seen:?}");
+    assert_eq!(seen.unreachable.len(), 1, "{seen:?}");
+    assert_eq!(seen.unreachable[0].0, "a");
+    assert!(seen.unreachable[0].1.starts_with("lost: "), "{seen:?}");
+    // The next round answers for it from what the fleet knows, the same reason.
+    let round = Summary::new(&fleet.call(&Echo("hi".into())).collect().await, |_| Ok(()));
+    assert_eq!(round, seen);
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}
+
+/// A lab test's gateways (`hop1` and `plain`, both on the lab's bridge) and four hosts dealt over
+/// them by one assignment: `a` is noisy, `b` plain, `c` hop1's host itself, `d` plain again (a
+/// host may be started more than once, under other names). All are reachable from both gateways.
+async fn two_gateways_four_hosts(lab: &Lab, fleet: &Fleet, rt: &hypha::Runtime) -> (hypha::Context, hypha::Context) {
+    let hop1 = rt.start(lab.ssh("hop1")).name("hop1").await.unwrap();
+    let plain = rt.start(lab.ssh("plain")).name("plain").await.unwrap();
+    let hosts = [("a", "noisy"), ("b", "plain"), ("c", "hop1"), ("d", "plain")].map(|(h, at)| (h, lab.ssh(at)));
+    let started =
+        Summary::new(&fleet.start_through(&[hop1.clone(), plain.clone()], hosts).collect().await, |()| Ok(()));
+    assert!(started.all_ok(), "{started:?}");
+    // Split, not all through one: every other host through each gateway, and really so (the
+    // path of contexts each call takes).
+    for (host, gateway) in [("a", "hop1"), ("b", "plain"), ("c", "hop1"), ("d", "plain")] {
+        assert_eq!(fleet.via(host).as_deref(), Some(gateway), "{host}");
+        let path = fleet.get(host).unwrap().path();
+        assert!(path.starts_with(&format!("controller → {gateway} → {host} ")), "{host}: {path}");
+    }
+    assert_eq!(hostnames(fleet).await, ["a lab-noisy", "b lab-plain", "c lab-hop1", "d lab-plain"]);
+    (hop1, plain)
+}
+
+/// Each host with the host name its command printed; panics on any other answer.
+async fn hostnames(fleet: &Fleet) -> Vec<String> {
+    let answers = tokio::time::timeout(Duration::from_secs(60), fleet.check(Command::new(["hostname"])).collect());
+    let mut seen: Vec<String> = answers
+        .await
+        .expect("every host answers within 60 s")
+        .iter()
+        .map(|a| match &a.outcome {
+            Outcome::Done(out) => format!("{} {}", a.host, out.stdout.join("")),
+            other => panic!("{}: {other:?}", a.host),
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn fleet_gateways_split_an_assignment_and_a_dead_one_fails_only_its_hosts() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let fleet = Fleet::new(&rt).with_fanout(8);
+    let (hop1, plain) = two_gateways_four_hosts(&lab, &fleet, &rt).await;
+
+    // hop1's agent dies: its hosts are shown down, naming it, before anything calls them.
+    lab.root_sh("hop1", &format!("kill -9 {}", hop1.hello().pid));
+    let down = fleet.wait_until(Duration::from_secs(60), |f| f.get("a").is_none() && f.get("c").is_none()).await;
+    assert!(down, "{:?}", fleet.summary());
+    let seen = fleet.summary();
+    assert_eq!(seen.ok, ["b", "d"], "{seen:?}");
+    let unreachable: Vec<&str> = seen.unreachable.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(unreachable, ["a", "c"], "{seen:?}");
+    for (host, why) in &seen.unreachable {
+        assert!(why.contains("gateway hop1"), "{host}: {why}");
+    }
+    // Without re-routing they stay so, and the others answer.
+    let round = Summary::of_checks(&fleet.check(Command::new(["hostname"])).collect().await);
+    assert_eq!(round, seen);
+    assert!(fleet.via("a").is_none() && fleet.via("b").as_deref() == Some("plain"));
+    fleet.shutdown().await;
+    plain.shutdown().await;
+    rt.shutdown().await;
+}
+
+/// Run `command` as the lab user on lab host `host`, in a blocking task, within 60 s.
+async fn lab_sh(lab: &Lab, host: &'static str, command: String) -> String {
+    let lab = lab.clone();
+    let run = tokio::task::spawn_blocking(move || lab.sh_as(host, &lab.user, &command));
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("within 60 s").unwrap()
+}
+
+#[tokio::test]
+async fn fleet_gateways_reroute_the_hosts_of_a_dead_one_and_calls_in_flight_fail_naming_it() {
+    let Some(lab) = lab() else { return };
+    let rt = runtime();
+    let fleet = Fleet::new(&rt).with_fanout(8).with_reroute(true);
+    let (hop1, plain) = two_gateways_four_hosts(&lab, &fleet, &rt).await;
+    let before: Vec<u32> = ["a", "c"].iter().map(|h| fleet.get(h).unwrap().hello().pid).collect();
+
+    // A command runs on a and c (through hop1) when hop1 dies: it says so through a fifo on
+    // their hosts, then waits. b and d (through plain) have no fifo, and print their host name.
+    let fifo = "/tmp/hypha-fleet-in-flight";
+    for host in ["noisy", "hop1"] {
+        lab_sh(&lab, host, format!("rm -f {fifo} && mkfifo {fifo}")).await;
+    }
+    lab_sh(&lab, "plain", format!("rm -f {fifo}")).await;
+    let script = format!("if [ -p {fifo} ]; then echo started > {fifo}; exec sleep 300; fi; hostname");
+    let round = fleet.check(Command::shell(script));
+    for host in ["noisy", "hop1"] {
+        assert_eq!(lab_sh(&lab, host, format!("cat {fifo} && rm {fifo}")).await, "started\n", "{host}");
+    }
+    lab.root_sh("hop1", &format!("kill -9 {}", hop1.hello().pid));
+
+    // The calls in flight through hop1 fail, naming it, and are not made again (the command
+    // might have run): the others answer.
+    let answers = tokio::time::timeout(Duration::from_secs(60), round.collect()).await.expect("the round ends");
+    let mut ends: Vec<String> = answers
+        .iter()
+        .map(|a| match &a.outcome {
+            Outcome::Done(out) => format!("{} {}", a.host, out.stdout.join("")),
+            Outcome::Unreachable(why) => {
+                assert!(why.contains("gateway hop1"), "{}: {why}", a.host);
+                format!("{} lost", a.host)
+            }
+            other => panic!("{}: {other:?}", a.host),
+        })
+        .collect();
+    ends.sort();
+    assert_eq!(ends, ["a lost", "b lab-plain", "c lost", "d lab-plain"]);
+
+    // Re-routed: a and c come back through plain, new contexts, and answer.
+    let back = fleet
+        .wait_until(Duration::from_secs(90), |f| {
+            ["a", "b", "c", "d"].iter().all(|h| f.via(h).as_deref() == Some("plain"))
+        })
+        .await;
+    assert!(back, "{:?}", fleet.summary());
+    for host in ["a", "c"] {
+        let path = fleet.get(host).unwrap().path();
+        assert!(path.starts_with(&format!("controller → plain → {host} ")), "{host}: {path}");
+    }
+    let after: Vec<u32> = ["a", "c"].iter().map(|h| fleet.get(h).unwrap().hello().pid).collect();
+    assert!(before.iter().zip(&after).all(|(b, a)| b != a), "{before:?} {after:?}");
+    assert_eq!(hostnames(&fleet).await, ["a lab-noisy", "b lab-plain", "c lab-hop1", "d lab-plain"]);
+
+    // With plain gone too, no gateway of the assignment is left: down, naming it.
+    lab.root_sh("plain", &format!("kill -9 {}", plain.hello().pid));
+    let last = |why: &str| why.contains("gateway plain") && why.contains("no other gateway of its assignment is up");
+    let down = fleet
+        .wait_until(Duration::from_secs(60), |f| {
+            let seen = f.summary();
+            seen.ok.is_empty() && seen.unreachable.len() == 4 && seen.unreachable.iter().all(|(_, why)| last(why))
+        })
+        .await;
+    assert!(down, "{:?}", fleet.summary());
+    fleet.shutdown().await;
+    rt.shutdown().await;
+}
