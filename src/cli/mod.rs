@@ -10,6 +10,8 @@
 //! killed with its process group on its host) and shuts the contexts down: exit status 130.
 
 pub(crate) mod args;
+#[allow(dead_code)] // wired in by the CLI
+mod config;
 mod crew;
 mod output;
 mod persist;
