@@ -457,3 +457,124 @@ fn an_agent_build_that_is_not_there_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("--agent aarch64=/no/such/hypha"), "{}", stderr(&out));
 }
+
+/// A groups file in `scratch`, mode 0600.
+fn groups_file(scratch: &Scratch, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = scratch.path("hypha.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn groups_from_a_file_name_hosts_and_give_them_parameters() {
+    let scratch = Scratch::new("cli-groups");
+    let file = groups_file(
+        &scratch,
+        r#"
+[groups.pair]
+hosts = "local[1-2]"
+
+[groups.all]
+groups = ["pair"]
+hosts = "local3"
+format = "%d=%o"
+"#,
+    );
+    let file = file.to_str().unwrap();
+    // Nested groups, set operations on them, and the group's format (the innermost group that sets
+    // one; `pair` sets none, so `all`'s).
+    let out = hypha(&["-c", file, "exec", "@all!local1", "--", "echo", "hi"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sorted_lines(&out), ["local2=hi", "local3=hi"]);
+    // The command line's format beats the group's; -c comes after the subcommand too.
+    let out = hypha(&["exec", "-c", file, "--format", "%d:%s", "@pair", "--", "true"]);
+    assert_eq!(sorted_lines(&out), ["local1:0", "local2:0"]);
+    // The default file: $XDG_CONFIG_HOME/hypha/hypha.toml.
+    std::fs::create_dir_all(scratch.path("xdg/hypha")).unwrap();
+    std::fs::copy(file, scratch.path("xdg/hypha/hypha.toml")).unwrap();
+    let out = hypha_env(&["exec", "-b", "@pair", "--", "echo", "hi"], &[("XDG_CONFIG_HOME", &scratch.path("xdg"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("local[1-2]"), "-b beats the group's format: {}", stdout(&out));
+}
+
+#[test]
+fn a_group_sudo_applies_to_its_hosts_alone() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/sudo").exists() {
+        eprintln!("skipped: needs root and sudo");
+        return;
+    }
+    let scratch = Scratch::new("cli-groups-sudo");
+    let file = groups_file(&scratch, "[groups.low]\nhosts = \"local1\"\nsudo = \"nobody\"\n");
+    let out = hypha(&["-c", file.to_str().unwrap(), "exec", "local[1-2]", "--", "id", "-un"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sorted_lines(&out), ["local1: nobody", "local2: root"]);
+}
+
+#[test]
+fn a_groups_file_that_is_wrong_or_others_may_write_is_a_usage_error() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("cli-groups-bad");
+    let file = groups_file(&scratch, "[groups.a]\nhosts = \"local1\"\n");
+    let path = file.to_str().unwrap();
+    // A group nobody defined.
+    let out = hypha(&["-c", path, "exec", "@b", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("@b: no such group"), "{}", stderr(&out));
+    // Writable by others: refused, whatever it says.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = hypha(&["-c", path, "exec", "@a", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("{path}: writable by others")), "{}", stderr(&out));
+    // A cycle, named with its place in the file.
+    let file = groups_file(&scratch, "[groups.a]\nhosts = \"@b\"\n[groups.b]\nhosts = \"@a\"\n");
+    let out = hypha(&["-c", file.to_str().unwrap(), "exec", "local", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("groups contain themselves: @a -> @b -> @a"), "{}", stderr(&out));
+    // A file that is not there, named with -c.
+    let out = hypha(&["-c", &scratch.path("none.toml").to_string_lossy(), "exec", "local", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
+
+#[test]
+fn groups_on_the_lab_give_user_key_and_gateway_per_host() {
+    let Some(lab) = lab() else { return };
+    let scratch = Scratch::new("cli-groups-lab");
+    let key = lab.key();
+    // hop2 is reachable from hop1 alone: its group says to start it from there.
+    let file = groups_file(
+        &scratch,
+        &format!(
+            r#"
+[defaults]
+user = "{user}"
+identity = "{key}"
+
+[groups.far]
+hosts = "{hop2}"
+via = "{hop1}"
+
+[groups.lab]
+groups = ["far"]
+hosts = "{plain}"
+"#,
+            user = lab.user,
+            key = key.display(),
+            hop1 = lab.host("hop1"),
+            hop2 = lab.host("hop2"),
+            plain = lab.host("plain"),
+        ),
+    );
+    let known_hosts = lab.known_hosts();
+    let args = ["-c", file.to_str().unwrap(), "exec", "--known-hosts", known_hosts.to_str().unwrap()];
+    let out = hypha(&[&args[..], &["@lab", "--", "hostname"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut want = vec![format!("{}: lab-hop2", lab.host("hop2")), format!("{}: lab-plain", lab.host("plain"))];
+    want.sort();
+    assert_eq!(sorted_lines(&out), want);
+    // The command line beats the file: no such user, so neither host lets it in.
+    let out = hypha(&[&args[..], &["-l", "hypha-nobody", "-t", "20", "@lab", "--", "true"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

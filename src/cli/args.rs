@@ -146,7 +146,7 @@ pub(crate) struct PersistServe {
 /// How to reach the targets: shared by every subcommand.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct Reach {
-    /// Start at most N hosts at once [default: 64, or the groups' `fanout`].
+    /// Start at most N hosts at once [default: the groups' `fanout`, else 64].
     #[arg(short = 'f', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) fanout: Option<u32>,
     /// Log in as USER where the target names no user.
@@ -182,6 +182,10 @@ pub(crate) struct Reach {
     /// comma-separated targets).
     #[arg(long, value_name = "GATEWAY", value_delimiter = ',')]
     pub(crate) via: Vec<String>,
+    /// When a gateway is lost, start its hosts again through the gateways left (without: they
+    /// fail, naming it).
+    #[arg(long)]
+    pub(crate) reroute: bool,
     /// On each host, become USER with sudo (root without `=USER`).
     #[arg(long, value_name = "USER", num_args = 0..=1, require_equals = true, default_missing_value = "root")]
     pub(crate) sudo: Option<String>,

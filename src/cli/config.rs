@@ -117,6 +117,8 @@ pub(crate) struct Config {
     holding: HashMap<String, Vec<(usize, Target)>>,
     /// For each group, a bit per group it includes, directly or through others.
     includes: Vec<Vec<u64>>,
+    /// A hash of the file's text: runs that share `--persist` contexts read the same file.
+    fingerprint: u64,
 }
 
 #[derive(Debug)]
@@ -202,7 +204,13 @@ impl Config {
                 section.params()
             }
         };
-        let mut config = Config { origin: Some(origin.to_owned()), defaults, ..Config::default() };
+        let fingerprint = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut hasher);
+            hasher.finish()
+        };
+        let mut config = Config { origin: Some(origin.to_owned()), defaults, fingerprint, ..Config::default() };
         for (g, (name, _)) in file.groups.0.iter().enumerate() {
             if let Some(bad) = name.bytes().find(|&c| !is_name_char(c)) {
                 let problem =
@@ -252,9 +260,9 @@ impl Config {
         Ok(config)
     }
 
-    /// The file this config was read from (`None`: no file, no groups).
-    pub(crate) fn origin(&self) -> Option<&Path> {
-        self.origin.as_deref()
+    /// The file and a hash of its text: equal for runs that read the same groups.
+    pub(crate) fn fingerprint(&self) -> (Option<&Path>, u64) {
+        (self.origin.as_deref(), self.fingerprint)
     }
 
     /// The parameters the config gives `host`, merged in the order [`Params`] describes. A host
@@ -307,9 +315,7 @@ impl Config {
             user: self
                 .pick(holders, |h| h.entry.and_then(|t| t.user.clone()).or_else(|| group(h).user.clone()))
                 .or_else(|| self.defaults.user.clone()),
-            port: self
-                .pick(holders, |h| h.entry.and_then(|t| t.port).or(group(h).port))
-                .or(self.defaults.port),
+            port: self.pick(holders, |h| h.entry.and_then(|t| t.port).or(group(h).port)).or(self.defaults.port),
             method: field!(method),
             identity: field!(identity),
             via: field!(via),
@@ -324,7 +330,8 @@ impl Config {
     /// that does.
     fn pick<T>(&self, holders: &[Holder<'_>], value: impl Fn(&Holder<'_>) -> Option<T>) -> Option<T> {
         let mut setters: Vec<(usize, T)> = holders.iter().filter_map(|h| value(h).map(|v| (h.group, v))).collect();
-        let innermost = setters.iter().position(|(g, _)| !setters.iter().any(|(o, _)| o != g && self.includes(*g, *o)))?;
+        let innermost =
+            setters.iter().position(|(g, _)| !setters.iter().any(|(o, _)| o != g && self.includes(*g, *o)))?;
         Some(setters.swap_remove(innermost).1)
     }
 
@@ -731,7 +738,8 @@ struct Names(Vec<String>);
 impl<'de> Deserialize<'de> for Names {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let names = comma_separated(deserializer, "a group name")?;
-        let names: Vec<String> = names.into_iter().map(|name| name.strip_prefix('@').unwrap_or(&name).to_owned()).collect();
+        let names: Vec<String> =
+            names.into_iter().map(|name| name.strip_prefix('@').unwrap_or(&name).to_owned()).collect();
         if let Some(bad) = names.iter().find(|name| name.is_empty() || !name.bytes().all(is_name_char)) {
             return Err(de::Error::custom(format_args!("{:?} is not a group name", bad)));
         }
@@ -827,7 +835,7 @@ via = "gw1"
         // In no group: the defaults.
         let other = config.params(&target("elsewhere"));
         assert_eq!(other, Params { user: Some("ops".into()), fanout: Some(32), ..Params::default() });
-        assert_eq!(config.origin(), Some(Path::new("test.toml")));
+        assert_eq!(config.fingerprint().0, Some(Path::new("test.toml")));
     }
 
     #[test]
@@ -889,7 +897,8 @@ hosts = ["@rack1!n2", "spare"]
 
     #[test]
     fn unknown_group() {
-        let error = parse("[groups.all]\nhosts = \"a\"\ngroups = [\"web\", \"nope\"]\n[groups.web]\nhosts = \"w\"\n").unwrap_err();
+        let error = parse("[groups.all]\nhosts = \"a\"\ngroups = [\"web\", \"nope\"]\n[groups.web]\nhosts = \"w\"\n")
+            .unwrap_err();
         assert_eq!(error, "test.toml:3:10: group all: groups: no group named nope");
         let error = parse("[groups.all]\nhosts = \"a,@nope\"\n").unwrap_err();
         assert_eq!(error, "test.toml:2:9: group all: hosts: @nope: no such group at column 3");
@@ -913,7 +922,8 @@ hosts = ["@rack1!n2", "spare"]
         assert!(error.starts_with("test.toml:2:9: group web: hosts: web[1-: "), "{error}");
         let error = parse("[groups.web]\nport = 0\n").unwrap_err();
         assert!(error.starts_with("test.toml:2:8: "), "{error}");
-        for bad in ["user = \"-oProxyCommand=x\"", "jump = \"-oProxyCommand=x\"", "via = \"gw[1-2]\"", "sudo = \"a b\""] {
+        for bad in ["user = \"-oProxyCommand=x\"", "jump = \"-oProxyCommand=x\"", "via = \"gw[1-2]\"", "sudo = \"a b\""]
+        {
             let error = parse(&format!("[groups.web]\n{bad}\n")).unwrap_err();
             assert!(error.starts_with("test.toml:2:"), "{bad}: {error}");
         }
@@ -1041,8 +1051,11 @@ via = []
     impl TempFile {
         fn new(name: &str, text: &str, mode: u32) -> TempFile {
             use std::os::unix::fs::PermissionsExt as _;
-            let path =
-                std::env::temp_dir().join(format!("hypha-config-{name}-{}-{:?}", std::process::id(), std::thread::current().id()));
+            let path = std::env::temp_dir().join(format!(
+                "hypha-config-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
             std::fs::write(&path, text).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             TempFile(path)
@@ -1065,7 +1078,7 @@ via = []
         let file = TempFile::new("ok", EXAMPLE, 0o644);
         let config = Config::load(Some(&file.0)).unwrap();
         assert_eq!(hosts(&config, "@db"), "db[1-2]");
-        assert_eq!(config.origin(), Some(file.0.as_path()));
+        assert_eq!(config.fingerprint().0, Some(file.0.as_path()));
         // SAFETY: getuid cannot fail.
         if unsafe { libc::getuid() } == 0 {
             // As root, a file of another user's.

@@ -95,10 +95,17 @@ pub(crate) struct Crew {
 
 impl Crew {
     /// A crew whose contexts `rt` starts, at most `fanout` at once; `gateways` says how to reach
-    /// the gateways plans name.
-    pub(crate) fn new(rt: Runtime, fanout: usize, connect_timeout: Option<Duration>, gateways: Vec<Plan>) -> Crew {
+    /// the gateways plans name; with `reroute`, the hosts of a gateway that is lost start again
+    /// through the others.
+    pub(crate) fn new(
+        rt: Runtime,
+        fanout: usize,
+        connect_timeout: Option<Duration>,
+        reroute: bool,
+        gateways: Vec<Plan>,
+    ) -> Crew {
         let connect_timeout = connect_timeout.unwrap_or(hypha::fleet::DEFAULT_CONNECT_TIMEOUT);
-        let fleet = Fleet::new(&rt).with_fanout(fanout).with_connect_timeout(connect_timeout);
+        let fleet = Fleet::new(&rt).with_fanout(fanout).with_connect_timeout(connect_timeout).with_reroute(reroute);
         Crew {
             rt,
             fleet,
@@ -206,42 +213,24 @@ impl Crew {
             }
             return;
         }
-        // Each gateway gets its share of the hosts, and runs its starts under the fleet's one
-        // fan-out.
-        let mut shares: Vec<Vec<Plan>> = vec![Vec::new(); gateways.len()];
-        for (i, plan) in hosts.into_iter().enumerate() {
-            shares[i % gateways.len()].push(plan);
-        }
-        for (gateway, share) in gateways.iter().zip(shares) {
-            self.start_via(gateway, &share, tx, starts);
-        }
-    }
-
-    /// Start `share` through `gateway`, each method type apart (a start through a gateway
-    /// carries its method's type).
-    fn start_via(
-        &self,
-        gateway: &Context,
-        share: &[Plan],
-        tx: &mpsc::UnboundedSender<(String, Outcome<()>)>,
-        starts: &mut JoinSet<()>,
-    ) {
+        // Each gateway gets its share of the hosts (each method type apart: a start through a
+        // gateway carries its method's type), and all run under the fleet's one fan-out.
         let (mut local, mut ssh, mut openssh) = (Vec::new(), Vec::new(), Vec::new());
-        for plan in share {
-            match plan.way.clone() {
-                Way::Local(m) => local.push((plan.name.clone(), m)),
-                Way::Ssh(m) => ssh.push((plan.name.clone(), m)),
-                Way::OpenSsh(m) => openssh.push((plan.name.clone(), m)),
+        for plan in hosts {
+            match plan.way {
+                Way::Local(m) => local.push((plan.name, m)),
+                Way::Ssh(m) => ssh.push((plan.name, m)),
+                Way::OpenSsh(m) => openssh.push((plan.name, m)),
             }
         }
         if !local.is_empty() {
-            starts.spawn(forward(self.fleet.start_via(gateway, local), tx.clone()));
+            starts.spawn(forward(self.fleet.start_through(&gateways, local), tx.clone()));
         }
         if !ssh.is_empty() {
-            starts.spawn(forward(self.fleet.start_via(gateway, ssh), tx.clone()));
+            starts.spawn(forward(self.fleet.start_through(&gateways, ssh), tx.clone()));
         }
         if !openssh.is_empty() {
-            starts.spawn(forward(self.fleet.start_via(gateway, openssh), tx.clone()));
+            starts.spawn(forward(self.fleet.start_through(&gateways, openssh), tx.clone()));
         }
     }
 

@@ -10,7 +10,6 @@
 //! killed with its process group on its host) and shuts the contexts down: exit status 130.
 
 pub(crate) mod args;
-#[allow(dead_code)] // wired in by the CLI
 mod config;
 mod crew;
 mod output;
@@ -23,13 +22,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hypha::files::Keep;
-use hypha::nodeset::{fold, NoGroups};
+use hypha::nodeset::fold;
 use hypha::process::{Command, Exit};
 use hypha::{Handlers, Options, Runtime};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 
 use args::{Cli, Cmd, Print, Reach};
+use config::Config;
 use crew::{Crew, Done, Event, Job, Pong, Trouble};
 use output::{status, Out, Printer, Style};
 use targets::Plan;
@@ -53,18 +53,22 @@ const INTERRUPTED_GRACE: Duration = Duration::from_secs(10);
 
 /// Run the command line; the exit status.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Cmd::Persist(args) = &cli.command {
+        return persist::serve(&args.socket).await;
+    }
+    let config = &Config::load(cli.config.as_deref())?;
     match cli.command {
         Cmd::Exec(args) => {
             let mut cmd = if args.shell { Command::shell(args.command.join(" ")) } else { Command::new(args.command) };
             if let Some(t) = args.reach.command_timeout {
                 cmd = cmd.with_timeout(t);
             }
-            let mut report = Report::exec(&args.print)?;
-            once(&args.reach, &args.targets, Job::Exec(cmd), &mut report).await
+            let mut report = Report::exec(&args.print, config.run_params(&args.targets).format)?;
+            once(&args.reach, config, &args.targets, Job::Exec(cmd), &mut report).await
         }
         Cmd::Ping(args) => {
             let mut report = Report::new(Shown::Ping { json: args.json });
-            once(&args.reach, &args.targets, Job::Ping, &mut report).await
+            once(&args.reach, config, &args.targets, Job::Ping, &mut report).await
         }
         Cmd::Copy(args) => {
             let mut paths = args.paths;
@@ -73,17 +77,17 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             let sources = paths.into_iter().map(|p| here.join(p)).collect();
             let job = Job::Push { sources, dest, keep: keep(args.preserve) };
             let mut report = Report::new(Shown::Moved { json: args.json });
-            once(&args.reach, &args.targets, job, &mut report).await
+            once(&args.reach, config, &args.targets, job, &mut report).await
         }
         Cmd::Fetch(args) => {
             let here = std::env::current_dir().context("the working directory")?;
             let job =
                 Job::Pull { source: args.source.into(), destdir: here.join(args.destdir), keep: keep(args.preserve) };
             let mut report = Report::new(Shown::Moved { json: args.json });
-            once(&args.reach, &args.targets, job, &mut report).await
+            once(&args.reach, config, &args.targets, job, &mut report).await
         }
-        Cmd::Shell(args) => shell(args).await,
-        Cmd::Persist(args) => persist::serve(&args.socket).await,
+        Cmd::Shell(args) => shell(args, config).await,
+        Cmd::Persist(_) => unreachable!("served above"),
     }
 }
 
@@ -102,13 +106,21 @@ struct Setup {
     gateways: Vec<Plan>,
     fanout: usize,
     connect_timeout: Option<Duration>,
+    reroute: bool,
     agents: Vec<(String, PathBuf)>,
 }
 
 impl Setup {
-    fn new(reach: &Reach, targets: &str) -> anyhow::Result<Setup> {
-        let plans = targets::plans(targets, reach, &NoGroups)?;
-        let gateways = reach.via.iter().map(|g| targets::gateway(g, reach)).collect::<Result<_, _>>()?;
+    fn new(reach: &Reach, config: &Config, targets: &str) -> anyhow::Result<Setup> {
+        let plans = targets::plans(targets, reach, config)?;
+        // Every gateway a host names, from `--via` or its groups, once.
+        let mut named: Vec<&str> = Vec::new();
+        for gateway in plans.iter().flat_map(|p| &p.via) {
+            if !named.contains(&gateway.as_str()) {
+                named.push(gateway);
+            }
+        }
+        let gateways = named.into_iter().map(|g| targets::gateway(g, reach, config)).collect::<Result<_, _>>()?;
         // An agent build must be readable now, not when a host of its kind turns up.
         let agents = reach
             .agent
@@ -119,8 +131,10 @@ impl Setup {
                 Ok((arch.clone(), path))
             })
             .collect::<Result<_, Usage>>()?;
-        let fanout = reach.fanout.unwrap_or(hypha::fleet::DEFAULT_FANOUT as u32) as usize;
-        Ok(Setup { plans, gateways, fanout, connect_timeout: reach.connect_timeout, agents })
+        let fanout = reach.fanout.or(config.run_params(targets).fanout);
+        let fanout = fanout.unwrap_or(hypha::fleet::DEFAULT_FANOUT as u32) as usize;
+        let (connect_timeout, reroute) = (reach.connect_timeout, reach.reroute);
+        Ok(Setup { plans, gateways, fanout, connect_timeout, reroute, agents })
     }
 
     /// A crew of this process for these plans.
@@ -130,7 +144,7 @@ impl Setup {
             options = options.agent_for(arch, path);
         }
         let rt = Runtime::with_options(Handlers::new(), options).context("starting the runtime")?;
-        Ok(Crew::new(rt, self.fanout, self.connect_timeout, self.gateways.clone()))
+        Ok(Crew::new(rt, self.fanout, self.connect_timeout, self.reroute, self.gateways.clone()))
     }
 }
 
@@ -151,13 +165,14 @@ enum Session {
 }
 
 impl Session {
-    async fn open(setup: &Setup, reach: &Reach) -> anyhow::Result<Session> {
+    async fn open(setup: &Setup, reach: &Reach, config: &Config) -> anyhow::Result<Session> {
         match reach.persist {
             None => Ok(Session::Here(setup.crew()?)),
             Some(keep) => {
-                // Runs that reach hosts alike share contexts; how long they stay, and each
-                // command's timeout, are not how a host is reached.
-                let key = format!("{:?}", Reach { persist: None, command_timeout: None, ..reach.clone() });
+                // Runs that reach hosts alike (same options, same groups file) share contexts;
+                // how long they stay, and each command's timeout, are not how a host is reached.
+                let reach = Reach { persist: None, command_timeout: None, ..reach.clone() };
+                let key = format!("{reach:?} {:?}", config.fingerprint());
                 Ok(Session::Persist(persist::Client::open(setup.clone(), key, keep).await?))
             }
         }
@@ -213,9 +228,9 @@ impl Session {
 }
 
 /// One round of `job` on `targets`, then the summary; the exit status.
-async fn once(reach: &Reach, targets: &str, job: Job, report: &mut Report) -> anyhow::Result<u8> {
-    let setup = Setup::new(reach, targets)?;
-    let mut session = Session::open(&setup, reach).await?;
+async fn once(reach: &Reach, config: &Config, targets: &str, job: Job, report: &mut Report) -> anyhow::Result<u8> {
+    let setup = Setup::new(reach, config, targets)?;
+    let mut session = Session::open(&setup, reach, config).await?;
     let ended = session.round(&setup.plans, &job, true, report).await?;
     if ended == Ended::Interrupted {
         Out::default().err("hypha: interrupted");
@@ -231,9 +246,10 @@ async fn once(reach: &Reach, targets: &str, job: Job, report: &mut Report) -> an
 }
 
 /// `hypha shell`: each line read runs on every target, on the same contexts.
-async fn shell(args: args::Shell) -> anyhow::Result<u8> {
-    let setup = Setup::new(&args.reach, &args.targets)?;
-    let mut session = Session::open(&setup, &args.reach).await?;
+async fn shell(args: args::Shell, config: &Config) -> anyhow::Result<u8> {
+    let setup = Setup::new(&args.reach, config, &args.targets)?;
+    let mut session = Session::open(&setup, &args.reach, config).await?;
+    let format = config.run_params(&args.targets).format;
     let prompt = std::io::stdin().is_terminal();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut code = OK;
@@ -258,7 +274,7 @@ async fn shell(args: args::Shell) -> anyhow::Result<u8> {
         if let Some(t) = args.reach.command_timeout {
             cmd = cmd.with_timeout(t);
         }
-        let mut report = Report::exec(&args.print)?;
+        let mut report = Report::exec(&args.print, format.clone())?;
         // A host that could not be started is not tried again on every line.
         let ended = session.round(&setup.plans, &Job::Exec(cmd), false, &mut report).await?;
         code = report.tally.summary();
@@ -292,10 +308,13 @@ impl Report {
         Report { shown, printer: Printer::new(Style::Lines, None, None), tally: Tally::default() }
     }
 
-    fn exec(print: &Print) -> anyhow::Result<Report> {
+    /// For `exec` and `shell`: as `print` says, else in the groups' `format` if they set one.
+    fn exec(print: &Print, format: Option<String>) -> anyhow::Result<Report> {
         let style = if print.json {
             Style::Json
-        } else if let Some(format) = &print.format {
+        } else if let Some(format) =
+            print.format.as_ref().or(format.as_ref()).filter(|_| !print.gather && !print.gather_all)
+        {
             Style::format(format)?
         } else if print.gather || print.gather_all {
             Style::Gather { stderr: print.gather_all }
@@ -462,5 +481,72 @@ impl Tally {
             (true, false) => UNREACHABLE,
             (false, false) => FAILED_AND_UNREACHABLE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn setup(config: &str, line: &[&str]) -> Setup {
+        let config = Config::parse(config, std::path::Path::new("test.toml")).unwrap();
+        let cli = Cli::parse_from([&["hypha", "exec"][..], line, &["--", "true"]].concat());
+        let Cmd::Exec(args) = cli.command else { unreachable!() };
+        Setup::new(&args.reach, &config, &args.targets).unwrap()
+    }
+
+    fn destination(plan: &Plan) -> String {
+        match &plan.way {
+            targets::Way::Ssh(m) => format!("{}@{}:{}", m.user, m.host, m.port),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn groups_give_each_host_its_parameters_under_the_command_line() {
+        let config = r#"
+[defaults]
+user = "ops"
+[groups.web]
+hosts = "web[1-2],admin@web3:2222"
+port = 2200
+via = "gw1"
+sudo = "root"
+fanout = 8
+[groups.db]
+hosts = "db1"
+via = ["gw2", "gw3"]
+fanout = 4
+"#;
+        let s = setup(config, &["@web,@db,other"]);
+        let by_name: HashMap<&str, &Plan> = s.plans.iter().map(|p| (p.name.as_str(), p)).collect();
+        assert_eq!(destination(by_name["web1"]), "ops@web1:2200");
+        assert_eq!(destination(by_name["admin@web3:2222"]), "admin@web3:2222");
+        assert_eq!(destination(by_name["other"]), "ops@other:22");
+        assert_eq!(
+            (by_name["web1"].via.clone(), by_name["web1"].sudo.clone()),
+            (vec!["gw1".into()], Some("root".into()))
+        );
+        assert_eq!(by_name["db1"].via, ["gw2", "gw3"]);
+        assert!(by_name["other"].via.is_empty() && by_name["other"].sudo.is_none());
+        // Each gateway once, reached as a host (the defaults' user), with no gateway of its own.
+        let gateways: Vec<String> = s.gateways.iter().map(destination).collect();
+        assert_eq!(gateways, ["ops@gw2:22", "ops@gw3:22", "ops@gw1:22"], "in the order of the hosts");
+        assert!(s.gateways.iter().all(|g| g.via.is_empty() && g.sudo.is_none()));
+        // The smallest fan-out of the groups named.
+        assert_eq!(s.fanout, 4);
+
+        // The command line beats them all, but not a target's own user and port.
+        let s = setup(config, &["-l", "me", "-f", "16", "--via", "gw9", "@web"]);
+        let by_name: HashMap<&str, &Plan> = s.plans.iter().map(|p| (p.name.as_str(), p)).collect();
+        assert_eq!(destination(by_name["web1"]), "me@web1:2200");
+        assert_eq!(destination(by_name["admin@web3:2222"]), "admin@web3:2222");
+        assert_eq!(by_name["web1"].via, ["gw9"]);
+        assert_eq!(s.fanout, 16);
+        assert_eq!(s.gateways.iter().map(destination).collect::<Vec<_>>(), ["me@gw9:22"]);
     }
 }

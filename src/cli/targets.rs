@@ -4,10 +4,11 @@
 //! children of this process, unless they name a user or a port (`alice@localhost` goes through
 //! sshd). Every other target goes over SSH, with the method `--method` names.
 
-use hypha::nodeset::{Groups, NoGroups, NodeSet, Target};
+use hypha::nodeset::{NodeSet, Target};
 use hypha::{HostKeyPolicy, Local, Method, OpenSsh, Ssh};
 
 use super::args::{MethodKind, Reach};
+use super::config::{Config, Params};
 
 /// What is wrong with the command line, beyond what clap sees: exit status 64.
 #[derive(Debug)]
@@ -51,15 +52,26 @@ impl Way {
     }
 }
 
-/// Each target of `text`, with how to reach it.
-pub(crate) fn plans(text: &str, reach: &Reach, groups: &dyn Groups) -> Result<Vec<Plan>, Usage> {
-    let set = NodeSet::parse(text, groups).map_err(|e| Usage(format!("targets: {e}")))?;
+/// Each target of `text` (its `@group`s those of `config`), with how to reach it: what the
+/// command line says, else what `config` says of the host.
+pub(crate) fn plans(text: &str, reach: &Reach, config: &Config) -> Result<Vec<Plan>, Usage> {
+    plan_all(text, reach, config, false)
+}
+
+/// How to reach one gateway of `--via` (or of a group's `via`): as a host, without gateways or
+/// sudo of its own.
+pub(crate) fn gateway(text: &str, reach: &Reach, config: &Config) -> Result<Plan, Usage> {
+    let mut plans = plan_all(text, reach, config, true).map_err(|e| Usage(format!("via {text}: {e}")))?;
+    match (plans.pop(), plans.is_empty()) {
+        (Some(plan), true) => Ok(plan),
+        _ => Err(Usage(format!("via {text}: a gateway is one host"))),
+    }
+}
+
+fn plan_all(text: &str, reach: &Reach, config: &Config, gateway: bool) -> Result<Vec<Plan>, Usage> {
+    let set = NodeSet::parse(text, config).map_err(|e| Usage(format!("targets: {e}")))?;
     if set.is_empty() {
         return Err(Usage("no targets".into()));
-    }
-    let method = reach.method.unwrap_or(MethodKind::Ssh);
-    if method == MethodKind::Openssh && reach.password_env.is_some() {
-        return Err(Usage("--password-env needs --method ssh: the openssh method runs ssh in BatchMode".into()));
     }
     let password = match &reach.password_env {
         Some(var) => Some(std::env::var(var).map_err(|_| Usage(format!("--password-env: ${var} is not set")))?),
@@ -68,30 +80,52 @@ pub(crate) fn plans(text: &str, reach: &Reach, groups: &dyn Groups) -> Result<Ve
     let mut plans = Vec::with_capacity(set.len());
     for target in set.iter() {
         let name = target.to_string();
-        let way = way(target, method, reach, password.as_deref());
-        plans.push(Plan { name, way, via: reach.via.clone(), sudo: reach.sudo.clone() });
+        let params = config.params(target);
+        let mut reach = under(reach, &params);
+        if gateway {
+            (reach.via, reach.sudo) = (Vec::new(), None);
+        }
+        let method = reach.method.unwrap_or(MethodKind::Ssh);
+        if method == MethodKind::Openssh && password.is_some() {
+            return Err(Usage(format!(
+                "{name}: --password-env needs the ssh method: the openssh method runs ssh in BatchMode"
+            )));
+        }
+        let way = way(target, params.port, method, &reach, password.as_deref());
+        plans.push(Plan { name, way, via: reach.via, sudo: reach.sudo });
     }
     Ok(plans)
 }
 
-/// How to reach one gateway of `--via`: as a host, without gateways or sudo of its own.
-pub(crate) fn gateway(text: &str, reach: &Reach) -> Result<Plan, Usage> {
-    let mut plans = plans(text, &Reach { via: Vec::new(), sudo: None, ..reach.clone() }, &NoGroups)
-        .map_err(|e| Usage(format!("--via {text}: {e}")))?;
-    match (plans.pop(), plans.is_empty()) {
-        (Some(plan), true) => Ok(plan),
-        _ => Err(Usage(format!("--via {text}: a gateway is one host"))),
+/// `reach`, with what `params` (the config's, for one host) says where the command line is
+/// silent.
+fn under(reach: &Reach, params: &Params) -> Reach {
+    let mut reach = reach.clone();
+    reach.user = reach.user.or_else(|| params.user.clone());
+    reach.identity = reach.identity.or_else(|| params.identity.clone());
+    reach.method = reach.method.or(params.method);
+    reach.sudo = reach.sudo.or_else(|| params.sudo.clone());
+    if let (true, Some(via)) = (reach.via.is_empty(), &params.via) {
+        reach.via = via.clone();
     }
+    if let (true, Some(jump)) = (reach.jump.is_empty(), &params.jump) {
+        reach.jump = jump.clone();
+    }
+    reach
 }
 
-fn way(target: &Target, method: MethodKind, reach: &Reach, password: Option<&str>) -> Way {
+/// How to reach `target`: its own user and port, else `-l` (or the config's user) and `port`.
+fn way(target: &Target, port: Option<u16>, method: MethodKind, reach: &Reach, password: Option<&str>) -> Way {
     if method == MethodKind::Local || is_local(target) {
         return Way::Local(Local::default());
     }
-    let target = match (&target.user, &reach.user) {
-        (None, Some(user)) => target.clone().with_user(user),
-        _ => target.clone(),
-    };
+    let mut target = target.clone();
+    if let (None, Some(user)) = (&target.user, &reach.user) {
+        target = target.with_user(user);
+    }
+    if let (None, Some(port)) = (target.port, port) {
+        target = target.with_port(port);
+    }
     let destination = target.to_string();
     match method {
         MethodKind::Openssh => Way::OpenSsh(openssh(&destination, reach)),
