@@ -578,3 +578,38 @@ hosts = "{plain}"
     let out = hypha(&[&args[..], &["-l", "hypha-nobody", "-t", "20", "@lab", "--", "true"]].concat());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn ctrl_c_kills_the_commands_on_ssh_hosts_and_behind_a_gateway() {
+    use tokio::io::AsyncBufReadExt as _;
+    let Some(lab) = lab() else { return };
+    let (key, known_hosts) = (lab.key(), lab.known_hosts());
+    let targets = format!("{},{}", lab.host("plain"), lab.host("hop2"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hypha"))
+        .args(["exec", "-l", &lab.user, "-i", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()])
+        .args(["--via", lab.host("hop1"), &targets, "--shell", "echo $$; exec sleep 300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Each host prints its shell's pid, which becomes the sleep (the lab's hosts share this
+    // machine's pids: only their network and mounts are their own).
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut sleeps = Vec::new();
+    while sleeps.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("a pid").unwrap();
+        let line = line.expect("hypha printed both pids");
+        let pid: u32 = line.rsplit(": ").next().unwrap().parse().unwrap();
+        assert!(alive(pid), "{line}");
+        sleeps.push(pid);
+    }
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("hypha exits").unwrap();
+    assert_eq!(status.code(), Some(130));
+    for pid in sleeps {
+        assert!(gone_within(pid, Duration::from_secs(10)).await, "the sleep {pid} was killed on its host");
+    }
+}
