@@ -151,12 +151,13 @@ fn ping_prints_each_agent_and_its_latency() {
     assert_eq!(lines.len(), 2);
     for (line, host) in lines.iter().zip(["local1", "local2"]) {
         assert!(line.starts_with(&format!("{host}: pid ")), "{line}");
-        assert!(line.contains(", ping "), "{line}");
+        assert!(line.contains(", started in ") && line.contains(", ping "), "{line}");
     }
     let out = hypha(&["ping", "--json", "local"]);
     let pong: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert!(pong["pid"].as_u64().unwrap() > 0);
     assert!(pong["seconds"].as_f64().unwrap() > 0.0);
+    assert!(pong["start_seconds"].as_f64().unwrap() > 0.0, "{pong}");
 }
 
 #[test]

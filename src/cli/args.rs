@@ -85,7 +85,8 @@ pub(crate) struct Exec {
 pub(crate) struct Ping {
     #[command(flatten)]
     pub(crate) reach: Reach,
-    /// One JSON object per host and line: host, pid, user, protocol, agent, uploaded, seconds, error.
+    /// One JSON object per host and line: host, pid, user, arch, protocol, agent, uploaded,
+    /// start_seconds (null when it was up already), seconds (the call), error.
     #[arg(long)]
     pub(crate) json: bool,
     /// The targets, in nodeset syntax.

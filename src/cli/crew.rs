@@ -59,6 +59,9 @@ pub(crate) enum Done {
 pub(crate) struct Pong {
     pub(crate) hello: Hello,
     pub(crate) uploaded: Option<u64>,
+    /// How long its start took in this round, from the round's beginning (the fan-out's queue
+    /// included); `None` when it was up already.
+    pub(crate) start: Option<Duration>,
     pub(crate) latency: Duration,
 }
 
@@ -122,12 +125,13 @@ impl Crew {
     /// could not be started before); each line and answer goes to `events`. Ends once every host
     /// has answered.
     pub(crate) async fn round(&self, plans: &[Plan], job: &Job, events: &mpsc::Sender<Event>, retry: bool) {
+        let began = Instant::now();
         let mut jobs = JoinSet::new();
         let mut direct = Vec::new();
         let mut through: HashMap<Vec<String>, Vec<Plan>> = HashMap::new();
         for plan in plans {
             if let Some(ctx) = self.fleet.get(&plan.name).filter(|c| !c.state().is_terminal()) {
-                jobs.spawn(self.job(plan, ctx, job, events));
+                jobs.spawn(self.job(plan, ctx, None, job, events));
                 continue;
             }
             if !retry {
@@ -170,7 +174,7 @@ impl Crew {
                     match (outcome, self.fleet.get(&host)) {
                         (Outcome::Done(()), Some(ctx)) => {
                             lock(&self.down).remove(&host);
-                            jobs.spawn(self.job(plan, ctx, job, events));
+                            jobs.spawn(self.job(plan, ctx, Some(began.elapsed()), job, events));
                         }
                         (Outcome::Done(()), None) => unreachable(events, &host, "lost after it started".into()).await,
                         (Outcome::Unreachable(why) | Outcome::Failed(why), _) => {
@@ -276,6 +280,7 @@ impl Crew {
         &self,
         plan: &Plan,
         ctx: Context,
+        start: Option<Duration>,
         job: &Job,
         events: &mpsc::Sender<Event>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -302,7 +307,7 @@ impl Crew {
                     }
                 }
             };
-            let result = run(&host, &ctx, &job, &events).await;
+            let result = run(&host, &ctx, start, &job, &events).await;
             let result = result.map_err(|why| match ctx.state().is_terminal() {
                 true => Trouble::Unreachable(why),
                 false => Trouble::Failed(why),
@@ -355,7 +360,13 @@ fn why_file(e: &FileError) -> String {
 }
 
 /// Run `job` in `ctx`, sending a command's lines as they come.
-async fn run(host: &str, ctx: &Context, job: &Job, events: &mpsc::Sender<Event>) -> Result<Done, String> {
+async fn run(
+    host: &str,
+    ctx: &Context,
+    start: Option<Duration>,
+    job: &Job,
+    events: &mpsc::Sender<Event>,
+) -> Result<Done, String> {
     match job {
         Job::Exec(cmd) => {
             let mut lines = ctx.lines(cmd.clone()).await.map_err(|e| why(&e))?;
@@ -370,7 +381,7 @@ async fn run(host: &str, ctx: &Context, job: &Job, events: &mpsc::Sender<Event>)
         Job::Ping => {
             let t = Instant::now();
             ctx.call(Ping).await.map_err(|e| why(&e))?;
-            Ok(Done::Pong(Pong { latency: t.elapsed(), hello: ctx.hello(), uploaded: ctx.uploaded() }))
+            Ok(Done::Pong(Pong { latency: t.elapsed(), start, hello: ctx.hello(), uploaded: ctx.uploaded() }))
         }
         Job::Push { sources, dest, keep } => {
             let mut total = Transfer::default();

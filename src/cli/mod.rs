@@ -383,6 +383,7 @@ impl Report {
                 "protocol": p.hello.protocol,
                 "agent": p.hello.binary_hash,
                 "uploaded": p.uploaded,
+                "start_seconds": p.start.map(|d| d.as_secs_f64()),
                 "seconds": p.latency.as_secs_f64(),
                 "error": null,
             })
@@ -422,7 +423,7 @@ impl Report {
 
 fn pong_line(host: &str, p: &Pong) -> String {
     format!(
-        "{host}: pid {} user {} on {} ({}), protocol {}, agent {} {}, ping {:.2?}",
+        "{host}: pid {} user {} on {} ({}), protocol {}, agent {} {}, {}, ping {:.2?}",
         p.hello.pid,
         p.hello.user,
         p.hello.host,
@@ -430,6 +431,7 @@ fn pong_line(host: &str, p: &Pong) -> String {
         p.hello.protocol,
         p.hello.binary_hash.get(..12).unwrap_or(&p.hello.binary_hash),
         p.uploaded.map_or("cached".to_owned(), |n| format!("uploaded ({n} bytes)")),
+        p.start.map_or("up already".to_owned(), |d| format!("started in {d:.2?}")),
         p.latency,
     )
 }
