@@ -198,3 +198,41 @@ async fn a_remote_error_names_the_path_of_contexts_it_came_through() {
     assert!(text.ends_with("no such file"), "{text}");
     rt.shutdown().await;
 }
+
+/// The soft and hard open-files limits of process `pid`, from `/proc/PID/limits`.
+fn open_files(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut words = line.split_whitespace().skip(3);
+    (words.next().unwrap().to_owned(), words.next().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_raises_its_open_files_limit_and_its_commands_get_the_one_it_had() {
+    // A low soft limit here, which the first context inherits (each test is a process of its own
+    // under nextest; under `cargo test` the rest of this binary gets it too, which it can bear).
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the one struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_max <= 512 {
+            eprintln!("skipped: the hard limit ({}) leaves nothing to raise", lim.rlim_max);
+            return;
+        }
+        let low = libc::rlimit { rlim_cur: 512, rlim_max: lim.rlim_max };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let rt = runtime();
+    let gateway = rt.local().await.unwrap();
+    let pid = gateway.hello().pid;
+    assert_eq!(open_files(pid).0, "512");
+    // Serving a start raises it: a gateway may serve hundreds of hosts.
+    let child = rt.start(Local::default()).via(&gateway).await.unwrap();
+    let (soft, hard) = open_files(pid);
+    assert_eq!(soft, hard, "raised to the hard limit");
+    // The programs it runs get the limit it had (some still use select(2)).
+    let out = gateway.check(hypha::process::Command::shell("ulimit -Sn")).await.unwrap();
+    assert_eq!(out.stdout, ["512"]);
+    child.shutdown().await;
+    rt.shutdown().await;
+}

@@ -256,7 +256,7 @@ impl Fleet {
         I: IntoIterator<Item = (N, Box<dyn Method>)>,
     {
         let hosts: Vec<(String, Box<dyn Method>)> = hosts.into_iter().map(|(n, m)| (n.into(), m)).collect();
-        let limit = raise_open_files();
+        let limit = hypha_bootstrap::raise_open_files();
         let wanted = (self.up().len() + hosts.len()) as u64 * FDS_PER_CONTEXT;
         if limit < wanted + 64 {
             tracing::warn!(limit, hosts = hosts.len(), "the open-files limit is too low for a fleet this large");
@@ -967,26 +967,4 @@ impl Handler<Clear> for Keeper {
         self.view.send_replace(BTreeMap::new());
         MessageResult(up)
     }
-}
-
-/// Raise this process's open-files limit to its hard limit, once; the soft limit it has now.
-fn raise_open_files() -> u64 {
-    static RAISED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *RAISED.get_or_init(|| {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit and setrlimit read and write the one struct given.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return 1024;
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    tracing::debug!(from = lim.rlim_cur, to = lim.rlim_max, "raised the open-files limit");
-                    lim.rlim_cur = lim.rlim_max;
-                }
-            }
-        }
-        lim.rlim_cur
-    })
 }

@@ -179,6 +179,16 @@ pub(crate) async fn serve(Run(cmd): Run, _: Cx, input: ByteReceiver, tx: ByteSen
         child.current_dir(dir);
     }
     child.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    if let Some(limit) = crate::limits::for_programs() {
+        // SAFETY: between fork and exec the closure makes one system call, which is
+        // async-signal-safe, and touches no memory but its own copy of `limit`.
+        unsafe {
+            child.pre_exec(move || {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    }
     let mut child = child.spawn().map_err(|e| {
         let what = match e.kind() {
             std::io::ErrorKind::NotFound => "no such program".to_owned(),

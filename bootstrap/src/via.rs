@@ -178,6 +178,8 @@ async fn spawn<M: Portable>(req: Spawn<M>, cx: Cx) -> Result<Spawned, KindedErro
     let target = method.target();
     let fail = |e: BootError| KindedError::new(e.kind(), e);
     let io = |source| fail(BootError::Io { target: target.clone(), source });
+    // A gateway may serve hundreds of hosts, each a link of its own.
+    crate::raise_open_files();
     learn_builds(&req.builds, cx.caller(), &router).map_err(io)?;
     // Agents lent by an ancestor are reached through relays that last as long as the start.
     let relays = relay_agents(&mut method, &router).map_err(io)?;
