@@ -331,6 +331,30 @@ fn shell_runs_each_line_on_the_same_contexts() {
 }
 
 #[test]
+fn shell_starts_a_host_again_on_the_next_line_after_its_agent_died() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hypha"))
+        .args(["shell", "local1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The second line's command kills its own agent.
+    std::io::Write::write_all(&mut stdin, b"echo $PPID\nkill -9 $PPID\necho $PPID\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the last line's status: {}", stderr(&out));
+    let text = stdout(&out);
+    let pids: Vec<&str> = text.lines().map(|l| l.strip_prefix("local1: ").unwrap()).collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert_ne!(pids[0], pids[1], "a new agent for the third line");
+    let err = stderr(&out);
+    assert!(err.starts_with("hypha: unreachable: local1: "), "the lost agent counts as unreachable: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
 fn outdir_writes_a_file_per_host_and_follows_no_link() {
     let scratch = Scratch::new("cli-outdir");
     let (outdir, errdir) = (scratch.path("out"), scratch.path("err"));

@@ -480,11 +480,12 @@ impl Fleet {
         tasks
     }
 
-    /// The context of `host`, if it is up.
+    /// The context of `host`, if it is up (a context whose link just ended is not, even before
+    /// the fleet's actor has marked it down).
     pub fn get(&self, host: &str) -> Option<Context> {
         match self.view.borrow().get(host)? {
-            Member::Up(ctx, _) => Some(ctx.clone()),
-            Member::Down(_) => None,
+            Member::Up(ctx, _) if !ctx.state().is_terminal() => Some(ctx.clone()),
+            _ => None,
         }
     }
 
@@ -506,8 +507,8 @@ impl Fleet {
         let view = self.view.borrow();
         view.iter()
             .filter_map(|(n, m)| match m {
-                Member::Up(ctx, _) => Some((n.clone(), ctx.clone())),
-                Member::Down(_) => None,
+                Member::Up(ctx, _) if !ctx.state().is_terminal() => Some((n.clone(), ctx.clone())),
+                _ => None,
             })
             .collect()
     }

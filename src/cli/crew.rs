@@ -308,9 +308,10 @@ impl Crew {
                 }
             };
             let result = run(&host, &ctx, start, &job, &events).await;
-            let result = result.map_err(|why| match ctx.state().is_terminal() {
-                true => Trouble::Unreachable(why),
-                false => Trouble::Failed(why),
+            let result = result.map_err(|trouble| match trouble {
+                // The link may end a moment after the call failed for it.
+                Trouble::Failed(why) if ctx.state().is_terminal() => Trouble::Unreachable(why),
+                trouble => trouble,
             });
             let _ = events.send(Event::Answer { host, result, took: t.elapsed() }).await;
         }
@@ -352,10 +353,18 @@ fn why(e: &CallError) -> String {
     }
 }
 
-fn why_file(e: &FileError) -> String {
+/// A failed call as the summary counts it: a host whose link went is unreachable.
+fn trouble(e: &CallError) -> Trouble {
     match e {
-        FileError::Call(e) => why(e),
-        other => other.to_string(),
+        CallError::Disconnected { .. } | CallError::NoRoute(_) => Trouble::Unreachable(why(e)),
+        _ => Trouble::Failed(why(e)),
+    }
+}
+
+fn file_trouble(e: &FileError) -> Trouble {
+    match e {
+        FileError::Call(e) => trouble(e),
+        other => Trouble::Failed(other.to_string()),
     }
 }
 
@@ -366,35 +375,35 @@ async fn run(
     start: Option<Duration>,
     job: &Job,
     events: &mpsc::Sender<Event>,
-) -> Result<Done, String> {
+) -> Result<Done, Trouble> {
     match job {
         Job::Exec(cmd) => {
-            let mut lines = ctx.lines(cmd.clone()).await.map_err(|e| why(&e))?;
+            let mut lines = ctx.lines(cmd.clone()).await.map_err(|e| trouble(&e))?;
             while let Some(line) = lines.next().await {
                 if events.send(Event::Line { host: host.to_owned(), line }).await.is_err() {
                     // Nobody listens: the command is dropped, and killed.
-                    return Err("stopped".into());
+                    return Err(Trouble::Failed("stopped".into()));
                 }
             }
-            Ok(Done::Exit(lines.exit().await.map_err(|e| why(&e))?))
+            Ok(Done::Exit(lines.exit().await.map_err(|e| trouble(&e))?))
         }
         Job::Ping => {
             let t = Instant::now();
-            ctx.call(Ping).await.map_err(|e| why(&e))?;
+            ctx.call(Ping).await.map_err(|e| trouble(&e))?;
             Ok(Done::Pong(Pong { latency: t.elapsed(), start, hello: ctx.hello(), uploaded: ctx.uploaded() }))
         }
         Job::Push { sources, dest, keep } => {
             let mut total = Transfer::default();
             for src in sources {
-                let moved = ctx.push(src, dest.clone(), *keep).await.map_err(|e| why_file(&e))?;
+                let moved = ctx.push(src, dest.clone(), *keep).await.map_err(|e| file_trouble(&e))?;
                 total = add(total, moved);
             }
             Ok(Done::Moved(total))
         }
         Job::Pull { source, destdir, keep } => {
-            let dir = destdir.join(file_name(host)?);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let moved = ctx.pull(source.clone(), &dir, *keep).await.map_err(|e| why_file(&e))?;
+            let dir = destdir.join(file_name(host).map_err(Trouble::Failed)?);
+            std::fs::create_dir_all(&dir).map_err(|e| Trouble::Failed(format!("{}: {e}", dir.display())))?;
+            let moved = ctx.pull(source.clone(), &dir, *keep).await.map_err(|e| file_trouble(&e))?;
             Ok(Done::Moved(moved))
         }
     }
