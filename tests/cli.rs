@@ -303,19 +303,25 @@ fn a_copy_that_fails_names_the_host_and_the_path() {
     assert!(stderr(&out).contains("nothing-here"), "{}", stderr(&out));
 }
 
-#[test]
-fn shell_runs_each_line_on_the_same_contexts() {
+/// `hypha shell ARGS...` with `input` on its stdin, run to its end.
+fn shell(args: &[&str], input: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hypha"))
-        .args(["shell", "local[1-2]"])
+        .arg("shell")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, b"echo $PPID\n\necho $PPID\nexit 3\n").unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn shell_runs_each_line_on_the_same_contexts() {
+    let out = shell(&["local[1-2]"], "echo $PPID\n\necho $PPID\nexit 3\n");
     assert_eq!(out.status.code(), Some(1), "the last line's status: {}", stderr(&out));
     let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for line in stdout(&out).lines() {
@@ -332,18 +338,8 @@ fn shell_runs_each_line_on_the_same_contexts() {
 
 #[test]
 fn shell_starts_a_host_again_on_the_next_line_after_its_agent_died() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hypha"))
-        .args(["shell", "local1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
     // The second line's command kills its own agent.
-    std::io::Write::write_all(&mut stdin, b"echo $PPID\nkill -9 $PPID\necho $PPID\n").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let out = shell(&["local1"], "echo $PPID\nkill -9 $PPID\necho $PPID\n");
     assert_eq!(out.status.code(), Some(0), "the last line's status: {}", stderr(&out));
     let text = stdout(&out);
     let pids: Vec<&str> = text.lines().map(|l| l.strip_prefix("local1: ").unwrap()).collect();
