@@ -74,6 +74,9 @@ pub(crate) enum Event {
     Answer { host: String, result: Result<Done, Trouble>, took: Duration },
 }
 
+/// How long a host whose call found its link gone gets to be marked down before it answers.
+const LOST_NOTICE: Duration = Duration::from_secs(5);
+
 /// Events waiting for the printer, at most: a slow reader holds the commands back (through each
 /// stream's credit) rather than filling memory.
 pub(crate) const EVENTS: usize = 4096;
@@ -313,6 +316,11 @@ impl Crew {
                 Trouble::Failed(why) if ctx.state().is_terminal() => Trouble::Unreachable(why),
                 trouble => trouble,
             });
+            if let Err(Trouble::Unreachable(_)) = &result {
+                // The call saw the link go before the context did: once it has (bounded), the
+                // next round starts the host again rather than calling it.
+                let _ = tokio::time::timeout(LOST_NOTICE, ctx.closed()).await;
+            }
             let _ = events.send(Event::Answer { host, result, took: t.elapsed() }).await;
         }
     }
