@@ -531,3 +531,77 @@ async fn the_ssh_method_reads_an_ssh_config_file_and_its_proxy_jump_hosts() {
     assert_eq!(far.call(hypha::Whoami).await.unwrap().host, "lab-hop2");
     rt.shutdown().await;
 }
+
+/// A front for lab host `name` on 127.0.0.1: it closes the first `drop` connections at once (as
+/// sshd does past its MaxStartups) and relays the others to the host's sshd. Its port, and the
+/// number of connections it has taken.
+async fn dropping_front(lab: &Lab, name: &str, drop: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(AtomicUsize::new(0));
+    let (count, host) = (taken.clone(), lab.host(name).to_owned());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            if count.fetch_add(1, Ordering::SeqCst) < drop {
+                continue; // dropped: closed before a byte
+            }
+            let host = host.clone();
+            tokio::spawn(async move {
+                let mut sshd = tokio::net::TcpStream::connect((host.as_str(), 22)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut sshd).await;
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// The lab's known_hosts, with `name`'s key also under `[127.0.0.1]:port`.
+fn known_at(lab: &Lab, scratch: &Scratch, name: &str, port: u16) -> std::path::PathBuf {
+    let known = std::fs::read_to_string(lab.known_hosts()).unwrap();
+    let line = known.lines().find(|l| l.starts_with(&format!("{} ", lab.host(name)))).unwrap();
+    let path = scratch.path("known_hosts");
+    std::fs::write(&path, format!("{known}[127.0.0.1]:{port} {}\n", line.split_once(' ').unwrap().1)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_drops_before_its_banner_is_tried_again() {
+    use std::sync::atomic::Ordering;
+    let Some(lab) = lab() else { return };
+    let scratch = Scratch::new("ssh-dropped");
+    let rt = runtime();
+    // Two drops, then through: the third attempt starts the context.
+    let (port, taken) = dropping_front(&lab, "plain", 2).await;
+    let ssh = Ssh::new(format!("{}@127.0.0.1:{port}", lab.user))
+        .with_key(lab.key())
+        .with_known_hosts(known_at(&lab, &scratch, "plain", port));
+    let ctx = rt.start(ssh).await.unwrap();
+    assert_eq!(ctx.hello().host, "lab-plain");
+    assert_eq!(taken.load(Ordering::SeqCst), 3);
+    ctx.shutdown().await;
+
+    // Dropped every time: a clear error once the attempts are spent, well within the deadline.
+    let (port, taken) = dropping_front(&lab, "plain", usize::MAX).await;
+    let ssh = Ssh::new(format!("{}@127.0.0.1:{port}", lab.user))
+        .with_key(lab.key())
+        .with_known_hosts(known_at(&lab, &scratch, "plain", port))
+        .with_connect_timeout(Duration::from_secs(30));
+    let err = rt.start(ssh).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("5 attempts: the server closed each connection before its banner"), "{err}");
+    assert_eq!(taken.load(Ordering::SeqCst), 5);
+    // A refused connection is not a dropped one: not tried again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let t = Instant::now();
+    let err = rt.start(Ssh::new(format!("{}@127.0.0.1:{port}", lab.user))).await.unwrap_err().to_string();
+    assert!(!err.contains("attempts"), "{err}");
+    assert!(t.elapsed() < DROPPED_TOTAL_PAUSES, "{:?}", t.elapsed());
+    rt.shutdown().await;
+}
+
+/// What the pauses between five attempts add up to at least (250 ms doubling).
+const DROPPED_TOTAL_PAUSES: Duration = Duration::from_millis(250 + 500 + 1000 + 2000);

@@ -318,7 +318,52 @@ impl Ssh {
 
     /// A session after its handshake, its libssh2 session as the stream saw it, and what
     /// known_hosts says of the host.
+    ///
+    /// A server that closes a new connection before its banner is most often sshd shedding
+    /// handshakes past its `MaxStartups` (a fan-out's burst): over TCP, that is tried again, up
+    /// to [`DROPPED_ATTEMPTS`] times in all, after pauses that double from
+    /// [`DROPPED_PAUSE`] (with jitter, so a burst does not come back at once), within the
+    /// connect timeout. Nothing has been sent to the host then, so trying again is safe.
     async fn connect(
+        &self,
+        tunnel: Option<UnixStream>,
+    ) -> Result<(AsyncSession<SshStream>, RawSession, Known), BootError> {
+        if tunnel.is_some() {
+            return self.connect_once(tunnel).await;
+        }
+        let began = std::time::Instant::now();
+        let mut pause = DROPPED_PAUSE;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.connect_once(None).await {
+                Err(e) if dropped(&e) => {
+                    // Up to as much again, from the clock's low bits: no two hosts alike.
+                    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+                    let wait = pause + pause.mul_f64(f64::from(nanos % 1000) / 1000.0);
+                    if attempt >= DROPPED_ATTEMPTS || began.elapsed() + wait >= self.connect_timeout {
+                        return Err(match e {
+                            BootError::Unreachable { target, reason, source } => BootError::Unreachable {
+                                target,
+                                reason: format!(
+                                    "{reason} ({attempt} attempts: the server closed each connection before its \
+                                     banner, as sshd does past its MaxStartups)"
+                                ),
+                                source,
+                            },
+                            e => e,
+                        });
+                    }
+                    debug!(attempt, error = %e, ?wait, "the server closed the connection before its banner: trying again");
+                    tokio::time::sleep(wait).await;
+                    pause *= 2;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn connect_once(
         &self,
         tunnel: Option<UnixStream>,
     ) -> Result<(AsyncSession<SshStream>, RawSession, Known), BootError> {
@@ -431,6 +476,20 @@ fn current_user() -> String {
 }
 
 /// async-ssh2-lite's errors print as `Debug`; say just the message.
+/// How many times a connection the server closes before its banner is tried, in all.
+pub(crate) const DROPPED_ATTEMPTS: u32 = 5;
+/// The first pause before trying such a connection again; each next one is twice as long.
+pub(crate) const DROPPED_PAUSE: Duration = Duration::from_millis(250);
+
+/// Whether a handshake failed because the server closed the connection before (or while) sending
+/// its banner: libssh2's "failed getting banner", or the socket closed or reset under it.
+fn dropped(e: &BootError) -> bool {
+    let BootError::Unreachable { source: Some(source), .. } = e else { return false };
+    let Some(e) = source.downcast_ref::<async_ssh2_lite::ssh2::Error>() else { return false };
+    // LIBSSH2_ERROR_BANNER_RECV, _SOCKET_DISCONNECT, _SOCKET_RECV.
+    matches!(e.code(), async_ssh2_lite::ssh2::ErrorCode::Session(-2 | -13 | -43))
+}
+
 fn describe(e: &async_ssh2_lite::Error) -> String {
     match e {
         async_ssh2_lite::Error::Ssh2(e) => e.message().to_owned(),
