@@ -14,8 +14,8 @@
 //! ```
 //!
 //! By hand, with the bench sshd up (`benches/fanout.sh up`, which writes the values to use in
-//! its state directory's `env`): `ip netns exec hypha-fan env FANOUT_USER=… FANOUT_KEY=…
-//! FANOUT_KNOWN_HOSTS=… target/…/fanout-…`. Without FANOUT_USER the bench says so and exits.
+//! its state directory's `env`): `nsenter --net=/run/netns/hypha-fan env FANOUT_USER=…
+//! FANOUT_KEY=… FANOUT_KNOWN_HOSTS=… target/…/fanout-…`. Without FANOUT_USER the bench says so and exits.
 //!
 //! Figures (one object, `"tool": "hypha-fleet"`, the fields of benches/peers/fanout_common.py):
 //! `cold_s` (from `Fleet::start` until every host has answered its first `check`), `start_s`

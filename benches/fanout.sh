@@ -14,8 +14,9 @@
 # Needs root. The hosts: one sshd listening on 0.0.0.0:22 in a network namespace of its own
 # (hypha-fan, loopback only), so 127.0.0.1 .. 127.0.0.N inside it are N destinations; every tool
 # runs inside that namespace. The sshd has MaxStartups 1000:30:2000, MaxSessions 1000 and an
-# open-files limit of $NOFILE; it runs in a mount namespace of its own (tmpfs /home and /tmp: the
-# agent cache of the "hosts" is there, shared by all of them) and in a cgroup v2 of its own
+# open-files limit of $NOFILE (or the hard limit, where it may not be raised); it runs in a mount
+# namespace of its own (tmpfs /home and /tmp: the agent cache of the "hosts" is there, shared by
+# all of them) and in a cgroup v2 of its own
 # (hypha-fan-sshd), whose cpu.stat gives the remote side's CPU: sshd, its sessions and what they
 # run. Each tool runs in a second cgroup (hypha-fan-ctl), a check on the controller CPU the
 # drivers report (getrusage).
@@ -33,6 +34,8 @@ repo="$(cd "$here/.." && pwd)"
 STATE="${HYPHA_FAN_DIR:-/run/hypha-fan}"
 LAB="${HYPHA_LAB_DIR:-/run/hypha-lab}"
 NS=hypha-fan
+# Everything enters the namespace with nsenter, not `ip netns exec`, which mounts a /sys of its own
+# and so hides the cgroup files that the tools read.
 NOFILE=65536
 MAX_HOSTS=254
 ALL_TOOLS="hypha-fleet hypha-cli hypha-persist parallel-ssh pssh mitogen ssh-true"
@@ -136,7 +139,7 @@ setup_script() {
     cat <<EOF
 set -e
 echo \$\$ > $cg/cgroup.procs
-ulimit -n $NOFILE
+ulimit -n $NOFILE 2>/dev/null || ulimit -n "\$(ulimit -Hn)"
 hostname fan-host
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /home
@@ -197,11 +200,11 @@ up() {
         ip -n "$NS" link set lo up
         mkdir -p "$cg" "$cgroot/hypha-fan-ctl"
         : > "$STATE/sshd.log"
-        ip netns exec "$NS" unshare --mount --uts --propagation private bash "$STATE/setup.sh"
+        nsenter --net="/run/netns/$NS" unshare --mount --uts --propagation private bash "$STATE/setup.sh"
         wait_until 10 "sshd to write its pid file" test -s "$STATE/sshd.pid" ||
             die "sshd did not start: $(tail -5 "$STATE/sshd.log")"
     fi
-    timeout 20 ip netns exec "$NS" ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
+    timeout 20 nsenter --net="/run/netns/$NS" ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
         -i "$STATE/keys/id_ed25519" -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$STATE/known_hosts" \
         -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=10 -n -l "$user" "127.0.0.$MAX_HOSTS" true ||
         die "ssh to the bench sshd fails: $(tail -5 "$STATE/sshd.log")"
@@ -290,7 +293,7 @@ run_tool() {
     code=0
     # The tool joins the controllers' cgroup, then becomes the tool (its command line is words).
     # shellcheck disable=SC2046,SC2016
-    timeout "$limit" ip netns exec "$NS" env \
+    timeout "$limit" nsenter --net="/run/netns/$NS" env \
         FANOUT_HOSTS="$n" FANOUT_USER="$FAN_USER" FANOUT_KEY="$FAN_KEY" \
         FANOUT_KNOWN_HOSTS="$FAN_KNOWN_HOSTS" FANOUT_FANOUT="$FAN_FANOUT" \
         FANOUT_TIMEOUT="$FAN_TIMEOUT" FANOUT_WARM_ROUNDS="$FAN_WARM_ROUNDS" \
@@ -383,7 +386,9 @@ run() {
     chmod 700 "$STATE/xdg"
     RESULTS="$STATE/results/$(date +%Y%m%d-%H%M%S).jsonl"
     : > "$RESULTS"
-    ulimit -n "$NOFILE"
+    # As high as may be: $NOFILE, or the hard limit where this process may not raise it.
+    ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    log "open files: $(ulimit -n)"
     local -a list
     read -r -a list <<< "$tools"
     local k=${#list[@]} r i tool

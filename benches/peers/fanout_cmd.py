@@ -65,7 +65,7 @@ def pssh(cfg):
 
 def hypha_argv(cfg, *extra):
     return [require('FANOUT_HYPHA'), 'exec', '--json', '-f', str(cfg.fanout), '-l', cfg.user,
-            '-i', cfg.key, '--known-hosts', cfg.known_hosts, '-t', '%ds' % cfg.timeout,
+            '-i', cfg.key, '--known-hosts', cfg.known_hosts, '-t', str(cfg.timeout),
             *extra, '127.0.0.[1-%d]' % cfg.n, '--', 'hostname']
 
 
@@ -77,7 +77,7 @@ def hypha_count(code, out, err):
             row = json.loads(line)
         except ValueError:
             continue
-        if row.get('exit') == 0 and len(row.get('stdout', '').splitlines()) == 1:
+        if row.get('exit') == 0 and len(row.get('stdout') or []) == 1:
             ok += 1
         else:
             errors.append(str(row.get('error') or 'exit %s' % row.get('exit')))

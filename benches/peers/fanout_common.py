@@ -148,6 +148,6 @@ def emit(tool, cfg, cold, ok, failed, errors=(), warm_ms=None, warm_laps=None, *
     if warm_laps:
         row['ctl_cpu_ms_per_host_warm_round'] = per_host(
             sum(lap[1] for lap in warm_laps) / len(warm_laps), cfg.n)
-    row['errors'] = sorted(set(errors))[:5]
+    row['errors'] = sorted({' '.join(str(e).split()) for e in errors})[:5]
     row.update(extra)
     print(json.dumps(row), flush=True)
