@@ -21,7 +21,8 @@
 //! `cold_s` (from `Fleet::start` until every host has answered its first `check`), `start_s`
 //! (the starts alone), `ok` and `failed` (hosts whose first `hostname` did or did not print one
 //! line and exit 0), `warm_ms` (each warm round: a `check` of `hostname` on every context, all at
-//! once), `warm_median_ms` and `warm_failed`; the controller's own CPU (`getrusage` of this
+//! once), `warm_median_ms` and `warm_failed`; `warm_call_ms` and `warm_call_median_ms` (the same
+//! rounds as one typed call per host, `Whoami`, answered by the agent without spawning anything); the controller's own CPU (`getrusage` of this
 //! process: the SSH client is in-process) and the sshd's (its cgroup), cold and per warm round, in
 //! ms per host; `errors`, the first few distinct reasons.
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use hypha::fleet::{Fleet, Summary};
 use hypha::process::Command;
-use hypha::{Handlers, Method, Runtime, Ssh};
+use hypha::{Handlers, Method, Runtime, Ssh, Whoami};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -154,6 +155,22 @@ fn main() {
             errors.extend(why.into_iter().map(|e| format!("warm: {e}")));
         }
         let (cpu2, sshd2) = (self_cpu_ms(), cgroup_cpu_ms(sshd.as_ref()));
+        // The same rounds as one typed call per host, answered in the agent: no process spawned.
+        let mut warm_call = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let answers = fleet.call(&Whoami).collect().await;
+            warm_call.push(t.elapsed().as_secs_f64() * 1e3);
+            for a in answers {
+                match a.outcome {
+                    hypha::fleet::Outcome::Done(id) if !id.host.is_empty() => {}
+                    _ => {
+                        warm_failed += 1;
+                        errors.push(format!("warm call {}: no answer", a.host));
+                    }
+                }
+            }
+        }
         errors.sort();
         errors.dedup();
         errors.truncate(5);
@@ -164,6 +181,7 @@ fn main() {
                 r#"{{"tool": "hypha-fleet", "n": {n}, "fanout": {fanout}, "cold_s": {cold}, "start_s": {start}, "#,
                 r#""ok": {ok}, "failed": {failed}, "warm_failed": {warm_failed}, "#,
                 r#""warm_ms": [{warm}], "warm_median_ms": {warm_median}, "#,
+                r#""warm_call_ms": [{warm_call}], "warm_call_median_ms": {warm_call_median}, "#,
                 r#""ctl_cpu_ms_per_host_cold": {ctl_cold}, "ctl_cpu_ms_per_host_warm_round": {ctl_warm}, "#,
                 r#""sshd_cpu_ms_per_host_cold": {sshd_cold}, "sshd_cpu_ms_per_host_warm_round": {sshd_warm}, "#,
                 r#""errors": [{errors}]}}"#
@@ -177,6 +195,8 @@ fn main() {
             warm_failed = warm_failed,
             warm = list(&warm),
             warm_median = num(median(&warm)),
+            warm_call = list(&warm_call),
+            warm_call_median = num(median(&warm_call)),
             ctl_cold = per_host(cpu1 - cpu0),
             ctl_warm = per_host((cpu2 - cpu1) / rounds as f64),
             sshd_cold = per_host(sshd1 - sshd0),

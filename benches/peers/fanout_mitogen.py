@@ -5,10 +5,12 @@ Cold: FANOUT_FANOUT threads (Mitogen's router.ssh() blocks until its context is 
 one host's context (the system ssh client, host keys enforced against FANOUT_KNOWN_HOSTS, the
 remote /usr/bin/python3) and call subprocess.check_output(['hostname']) there. Warm: the same
 call again on every context at once (call_async, then every answer), FANOUT_WARM_ROUNDS times
-(default 5). Configuration and output: benches/peers/fanout_common.py. Run through
+(default 5); then as many rounds of socket.gethostname() (warm_call_ms: a call answered in the
+context, no process spawned). Configuration and output: benches/peers/fanout_common.py. Run through
 benches/fanout.sh.
 """
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 
-from fanout_common import Config, Meter, emit, env, now  # noqa: E402
+from fanout_common import Config, Meter, emit, env, median, now  # noqa: E402
 import mitogen  # noqa: E402
 import mitogen.master  # noqa: E402
 
@@ -59,10 +61,24 @@ def main():
                 errors.append('warm: %s: %s' % (type(e).__name__, e))
         warm_ms.append((now() - t) * 1e3)
         laps.append(meter.lap())
+    # The same rounds as one call per host answered in the context: no process spawned.
+    warm_call_ms = []
+    for _ in range(rounds):
+        t = now()
+        calls = [ctx.call_async(socket.gethostname) for ctx in contexts]
+        for call in calls:
+            try:
+                call.get().unpickle()
+            except Exception as e:
+                warm_failed += 1
+                errors.append('warm call: %s: %s' % (type(e).__name__, e))
+        warm_call_ms.append((now() - t) * 1e3)
     broker.shutdown()
     broker.join()
     emit('mitogen', cfg, cold, len(contexts), cfg.n - len(contexts), errors, warm_ms=warm_ms,
          warm_laps=laps, warm_failed=warm_failed,
+         warm_call_ms=[round(v, 3) for v in warm_call_ms],
+         warm_call_median_ms=round(median(warm_call_ms), 3),
          version='.'.join(map(str, mitogen.__version__)))
 
 

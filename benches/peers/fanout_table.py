@@ -52,6 +52,7 @@ def main():
                 'failed': sum(r.get('failed') or 0 for r in rs),
                 'warm_failed': sum(r.get('warm_failed') or 0 for r in rs),
                 'warm': med([r.get('warm_median_ms') for r in rs]),
+                'warm_call': med([r.get('warm_call_median_ms') for r in rs]),
                 'ctl': med([r.get('ctl_cpu_ms_per_host_cold') for r in rs]),
                 'ctl_cg': med([r['ctl_cgroup_cpu_ms'] / n for r in rs if 'ctl_cgroup_cpu_ms' in r]),
                 'sshd': med([r.get('sshd_cpu_ms_per_host_cold') for r in rs]),
@@ -60,7 +61,7 @@ def main():
     print('Fan-out: `hostname` on N hosts of one loopback sshd (`%s`); medians over the counted '
           'rounds.' % args.command)
     print()
-    print('| N | tool | runs | cold s (min–max) | ok / failed (warm failed) | warm ms | '
+    print('| N | tool | runs | cold s (min–max) | ok / failed (warm failed) | warm ms (call ms) | '
           'controller CPU ms/host cold (cgroup, whole run) | remote CPU ms/host cold | '
           'hypha-fleet ÷ tool | hypha-cli ÷ tool |')
     print('|---|---|---|---|---|---|---|---|---|---|')
@@ -74,9 +75,10 @@ def main():
                 hs = stats.get((n, h))
                 ratios.append(fmt(hs['cold'] / s['cold'], 2)
                               if hs and s['cold'] and hs['cold'] is not None else '–')
+            warm = fmt(s['warm']) + ('' if s['warm_call'] is None else ' (%s)' % fmt(s['warm_call']))
             print('| %d | %s | %d | %s (%s–%s) | %d / %d (%d) | %s | %s (%s) | %s | %s | %s |' % (
                 n, tool, s['runs'], fmt(s['cold']), fmt(s['cold_min']), fmt(s['cold_max']),
-                s['ok'], s['failed'], s['warm_failed'], fmt(s['warm']), fmt(s['ctl']),
+                s['ok'], s['failed'], s['warm_failed'], warm, fmt(s['ctl']),
                 fmt(s['ctl_cg']), fmt(s['sshd']), ratios[0], ratios[1]))
     first = [r for r in runs if r.get('round') == 0 and r['tool'] in HYPHA + ('hypha-persist',)]
     if first:
@@ -124,7 +126,9 @@ def main():
             target('cold 200, %s ÷ parallel-ssh' % h, ratio(200, h, 'parallel-ssh'), 0.3)
     for n in ns:
         for h in ('hypha-fleet', 'hypha-persist'):
-            target('warm %d, %s ÷ mitogen warm' % (n, h), ratio(n, h, 'mitogen', 'warm'), 0.1)
+            target('warm %d (hostname spawned), %s ÷ mitogen' % (n, h), ratio(n, h, 'mitogen', 'warm'), 0.1)
+        target('warm %d (a call, nothing spawned), hypha-fleet ÷ mitogen' % n,
+               ratio(n, 'hypha-fleet', 'mitogen', 'warm_call'), 0.1)
         print('- controller CPU per cold host, n=%d (ms): %s' % (n, ', '.join(
             '%s %s' % (tool, fmt(stats[n, tool]['ctl'])) for tool in order
             if (n, tool) in stats and tool != 'ssh-true')))
