@@ -13,13 +13,12 @@
 #
 # Needs root. The hosts: one sshd listening on 0.0.0.0:22 in a network namespace of its own
 # (hypha-fan, loopback only), so 127.0.0.1 .. 127.0.0.N inside it are N destinations; every tool
-# runs inside that namespace. The sshd has MaxStartups 1000:30:2000, MaxSessions 1000 and an
-# open-files limit of $NOFILE (or the hard limit, where it may not be raised); it runs in a mount
-# namespace of its own (tmpfs /home and /tmp: the agent cache of the "hosts" is there, shared by
-# all of them) and in a cgroup v2 of its own
-# (hypha-fan-sshd), whose cpu.stat gives the remote side's CPU: sshd, its sessions and what they
-# run. Each tool runs in a second cgroup (hypha-fan-ctl), a check on the controller CPU the
-# drivers report (getrusage).
+# runs inside that namespace. The sshd has MaxStartups 1000:30:2000 (FANOUT_MAXSTARTUPS),
+# MaxSessions 1000 and an open-files limit of $NOFILE (or the hard limit, where it may not be
+# raised); it runs in a mount namespace of its own (tmpfs /home and /tmp: the agent cache of the
+# "hosts" is there, shared by all of them) and in a cgroup v2 of its own (hypha-fan-sshd), whose
+# cpu.stat gives the remote side's CPU: sshd, its sessions and what they run. Each tool runs in a
+# second cgroup (hypha-fan-ctl), a check on the controller CPU the drivers report (getrusage).
 #
 # The login user is the lab's (tests/lab/lab.sh creates it; its env names it) and the client key
 # the lab's id_ed25519 (copied once), or a key of this script's own when the lab is not up.
@@ -37,6 +36,9 @@ NS=hypha-fan
 # Everything enters the namespace with nsenter, not `ip netns exec`, which mounts a /sys of its own
 # and so hides the cgroup files that the tools read.
 NOFILE=65536
+# sshd's MaxStartups: raised so that no start is dropped; FANOUT_MAXSTARTUPS=10:30:100 (sshd's
+# default) shows what a stock sshd does to each tool (up restarts the sshd when it changes).
+MAX_STARTUPS="${FANOUT_MAXSTARTUPS:-1000:30:2000}"
 MAX_HOSTS=254
 ALL_TOOLS="hypha-fleet hypha-cli hypha-persist parallel-ssh pssh mitogen ssh-true"
 
@@ -126,7 +128,7 @@ PrintLastLog no
 UseDNS no
 PermitRootLogin no
 AllowUsers $1
-MaxStartups 1000:30:2000
+MaxStartups $MAX_STARTUPS
 MaxSessions 1000
 LogLevel INFO
 Subsystem sftp internal-sftp
@@ -417,7 +419,8 @@ for line in sys.stdin:
     row["tool"] = "hypha-local"
     print(json.dumps(row))' >> "$RESULTS" || log "the fleet bench failed"
     fi
-    local cmd="benches/fanout.sh run --rounds $rounds --hosts \"$hosts\" --fanout $FAN_FANOUT"
+    local cmd="${FANOUT_MAXSTARTUPS:+FANOUT_MAXSTARTUPS=$FANOUT_MAXSTARTUPS }benches/fanout.sh run"
+    cmd+=" --rounds $rounds --hosts \"$hosts\" --tools \"$tools\" --fanout $FAN_FANOUT"
     python3 "$here/peers/fanout_table.py" --command "$cmd" "$RESULTS" | tee "${RESULTS%.jsonl}.md"
     log "results: $RESULTS"
 }
