@@ -21,7 +21,7 @@
 //! `cold_s` (from `Fleet::start` until every host has answered its first `check`), `start_s`
 //! (the starts alone), `ok` and `failed` (hosts whose first `hostname` did or did not print one
 //! line and exit 0), `warm_ms` (each warm round: a `check` of `hostname` on every context, all at
-//! once), `warm_median_ms` and `warm_failed`; `warm_call_ms` and `warm_call_median_ms` (the same
+//! once), `warm_median_ms` and `warm_failed` (answers of the started hosts that failed, summed); `warm_call_ms` and `warm_call_median_ms` (the same
 //! rounds as one typed call per host, `Whoami`, answered by the agent without spawning anything); the controller's own CPU (`getrusage` of this
 //! process: the SSH client is in-process) and the sshd's (its cgroup), cold and per warm round, in
 //! ms per host; `errors`, the first few distinct reasons.
@@ -151,7 +151,7 @@ fn main() {
             let answers = fleet.check(hostname()).collect().await;
             warm.push(t.elapsed().as_secs_f64() * 1e3);
             let mut why = Vec::new();
-            warm_failed += n - count(&answers, &mut why);
+            warm_failed += answers.len() - count(&answers, &mut why);
             errors.extend(why.into_iter().map(|e| format!("warm: {e}")));
         }
         let (cpu2, sshd2) = (self_cpu_ms(), cgroup_cpu_ms(sshd.as_ref()));
