@@ -21,10 +21,11 @@
 //! `cold_s` (from `Fleet::start` until every host has answered its first `check`), `start_s`
 //! (the starts alone), `ok` and `failed` (hosts whose first `hostname` did or did not print one
 //! line and exit 0), `warm_ms` (each warm round: a `check` of `hostname` on every context, all at
-//! once), `warm_median_ms` and `warm_failed` (answers of the started hosts that failed, summed); `warm_call_ms` and `warm_call_median_ms` (the same
-//! rounds as one typed call per host, `Whoami`, answered by the agent without spawning anything); the controller's own CPU (`getrusage` of this
-//! process: the SSH client is in-process) and the sshd's (its cgroup), cold and per warm round, in
-//! ms per host; `errors`, the first few distinct reasons.
+//! once), `warm_median_ms` and `warm_failed` (answers of the started hosts that failed, summed);
+//! `warm_call_ms` and `warm_call_median_ms` (the same rounds as one typed call per host,
+//! `Whoami`, answered by the agent without spawning anything); the controller's own CPU
+//! (`getrusage` of this process: the SSH client is in-process) and the sshd's (its cgroup), cold
+//! and per warm round, in ms per host; `errors`, the first few distinct reasons.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
