@@ -482,12 +482,33 @@ pub(crate) const DROPPED_ATTEMPTS: u32 = 5;
 pub(crate) const DROPPED_PAUSE: Duration = Duration::from_millis(250);
 
 /// Whether a handshake failed because the server closed the connection before (or while) sending
-/// its banner: libssh2's "failed getting banner", or the socket closed or reset under it.
+/// its banner: libssh2's "failed getting banner", or the socket closed or reset under it, however
+/// the error is wrapped (async-ssh2-lite passes some of libssh2's errors on inside I/O errors).
 fn dropped(e: &BootError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let BootError::Unreachable { source: Some(source), .. } = e else { return false };
-    let Some(e) = source.downcast_ref::<async_ssh2_lite::ssh2::Error>() else { return false };
-    // LIBSSH2_ERROR_BANNER_RECV, _SOCKET_DISCONNECT, _SOCKET_RECV.
-    matches!(e.code(), async_ssh2_lite::ssh2::ErrorCode::Session(-2 | -13 | -43))
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = next {
+        if let Some(e) = e.downcast_ref::<async_ssh2_lite::ssh2::Error>() {
+            // LIBSSH2_ERROR_BANNER_RECV, _SOCKET_DISCONNECT, _SOCKET_RECV.
+            return matches!(e.code(), async_ssh2_lite::ssh2::ErrorCode::Session(-2 | -13 | -43));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        if e.source().is_none() {
+            // async-ssh2-lite keeps only the message of some: libssh2's own words, then.
+            return e.to_string() == "Failed getting banner";
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn describe(e: &async_ssh2_lite::Error) -> String {
