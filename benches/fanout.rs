@@ -5,7 +5,7 @@
 //! inside its network namespace and sets:
 //!
 //! ```text
-//! FANOUT_HOSTS=50            hosts 127.0.0.1 .. 127.0.0.N
+//! FANOUT_HOSTS=50            N hosts: 127.0.0.1 .. 127.0.0.254, then 127.0.1.1 .. (up to 508)
 //! FANOUT_USER, FANOUT_KEY, FANOUT_KNOWN_HOSTS
 //! FANOUT_FANOUT=64           starts at once (the fleet's default)
 //! FANOUT_TIMEOUT=60          connect timeout per host, seconds
@@ -33,6 +33,14 @@ use std::time::{Duration, Instant};
 use hypha::fleet::{Fleet, Summary};
 use hypha::process::Command;
 use hypha::{Handlers, Method, Runtime, Ssh, Whoami};
+
+/// As many hosts as benches/fanout.sh's sshd has addresses for.
+const MAX_HOSTS: usize = 508;
+
+/// Host `i` (1-based): 127.0.0.i up to 254, then 127.0.1.(i - 254), as benches/fanout.sh.
+fn host_addr(i: usize) -> String {
+    format!("127.0.{}.{}", (i - 1) / 254, (i - 1) % 254 + 1)
+}
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -121,7 +129,7 @@ fn main() {
     let key = PathBuf::from(env("FANOUT_KEY").expect("FANOUT_KEY"));
     let known_hosts = PathBuf::from(env("FANOUT_KNOWN_HOSTS").expect("FANOUT_KNOWN_HOSTS"));
     let n = env_num("FANOUT_HOSTS", 50);
-    assert!((1..=254).contains(&n), "FANOUT_HOSTS is 1..254");
+    assert!((1..=MAX_HOSTS).contains(&n), "FANOUT_HOSTS is 1..{MAX_HOSTS}");
     let fanout = env_num("FANOUT_FANOUT", hypha::fleet::DEFAULT_FANOUT);
     let timeout = Duration::from_secs(env_num("FANOUT_TIMEOUT", 60) as u64);
     let rounds = env_num("FANOUT_WARM_ROUNDS", 5).max(1);
@@ -131,8 +139,8 @@ fn main() {
         let hypha = Runtime::new(Handlers::new()).expect("runtime");
         let fleet = Fleet::new(&hypha).with_fanout(fanout).with_connect_timeout(timeout);
         let hosts = (1..=n).map(|i| {
-            let m = Ssh::new(format!("{user}@127.0.0.{i}")).with_key(&key).with_known_hosts(&known_hosts);
-            (format!("127.0.0.{i}"), Box::new(m) as Box<dyn Method>)
+            let m = Ssh::new(format!("{user}@{}", host_addr(i))).with_key(&key).with_known_hosts(&known_hosts);
+            (host_addr(i), Box::new(m) as Box<dyn Method>)
         });
         let hostname = || Command::new(["hostname"]);
         let mut errors = Vec::new();

@@ -12,13 +12,17 @@
 #                                        print a markdown table of medians (--quick: 3 rounds, 50)
 #
 # Needs root. The hosts: one sshd listening on 0.0.0.0:22 in a network namespace of its own
-# (hypha-fan, loopback only), so 127.0.0.1 .. 127.0.0.N inside it are N destinations; every tool
-# runs inside that namespace. The sshd has MaxStartups 1000:30:2000 (FANOUT_MAXSTARTUPS),
+# (hypha-fan, loopback only), so 127.0.0.1 .. 127.0.0.254, then 127.0.1.1 .. 127.0.1.254 (host_addr)
+# inside it are up to 508 destinations; every tool runs inside that namespace. The sshd has MaxStartups 1000:30:2000 (FANOUT_MAXSTARTUPS),
 # MaxSessions 1000 and an open-files limit of $NOFILE (or the hard limit, where it may not be
 # raised); it runs in a mount namespace of its own (tmpfs /home and /tmp: the agent cache of the
 # "hosts" is there, shared by all of them) and in a cgroup v2 of its own (hypha-fan-sshd), whose
 # cpu.stat gives the remote side's CPU: sshd, its sessions and what they run. Each tool runs in a
-# second cgroup (hypha-fan-ctl), a check on the controller CPU the drivers report (getrusage).
+# second cgroup (hypha-fan-ctl), a check on the controller CPU the drivers report (getrusage), and,
+# where the v1 memory controller is mounted, in a memory cgroup of the same name, whose
+# max_usage_in_bytes (reset before each run) less its usage before it is the controller's peak
+# memory: every process of the tool together, what they allocated and the file pages they brought
+# in (ctl_mem_peak_kb; on a v2-only host, memory.peak of a cgroup of its own is not read yet).
 #
 # The login user is the lab's (tests/lab/lab.sh creates it; its env names it) and the client key
 # the lab's id_ed25519 (copied once), or a key of this script's own when the lab is not up.
@@ -39,8 +43,16 @@ NOFILE=65536
 # sshd's MaxStartups: raised so that no start is dropped; FANOUT_MAXSTARTUPS=10:30:100 (sshd's
 # default) shows what a stock sshd does to each tool (up restarts the sshd when it changes).
 MAX_STARTUPS="${FANOUT_MAXSTARTUPS:-1000:30:2000}"
-MAX_HOSTS=254
+MAX_HOSTS=508
 ALL_TOOLS="hypha-fleet hypha-cli hypha-persist parallel-ssh pssh mitogen ssh-true"
+# Also known to run_tool: clush (ClusterShell, Debian) and bssh (FANOUT_BSSH, a binary of
+# `cargo install bssh`); benches/compare/run.sh installs both.
+KNOWN_TOOLS="$ALL_TOOLS clush bssh"
+
+# host_addr I: the address of host I (1-based): 127.0.0.I up to 254, then 127.0.1.(I-254).
+host_addr() {
+    echo "127.0.$((($1 - 1) / 254)).$((($1 - 1) % 254 + 1))"
+}
 
 log() { echo "[fanout] $*" >&2; }
 die() {
@@ -57,6 +69,11 @@ cgroup_root() {
     root=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
     [ -n "$root" ] || die "no cgroup v2 mounted"
     echo "$root"
+}
+
+# The v1 memory controller's mount point, or nothing.
+memory_root() {
+    awk '$3 == "cgroup" && $4 ~ /(^|,)memory(,|$)/ { print $2; exit }' /proc/mounts
 }
 
 # wait_until SECONDS WHAT COMMAND...: poll COMMAND until it succeeds; fail after SECONDS.
@@ -107,7 +124,7 @@ make_keys() {
     [ -f "$STATE/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -C hypha-fan-host -f "$STATE/ssh_host_ed25519_key"
     local key i
     key=$(cut -d' ' -f1,2 "$STATE/ssh_host_ed25519_key.pub")
-    for ((i = 1; i <= MAX_HOSTS; i++)); do echo "127.0.0.$i $key"; done > "$STATE/known_hosts.new"
+    for ((i = 1; i <= MAX_HOSTS; i++)); do echo "$(host_addr "$i") $key"; done > "$STATE/known_hosts.new"
     mv -f "$STATE/known_hosts.new" "$STATE/known_hosts"
 }
 
@@ -182,11 +199,16 @@ up() {
     chmod 755 "$STATE"
     exec 9>"$STATE.lock"
     flock -w 60 9 || die "another fanout.sh holds $STATE.lock"
-    local user cg cgroot
+    local user cg cgroot memroot memcg=""
     user=$(lab_user)
     id "$user" >/dev/null 2>&1 || die "no user $user: run tests/lab/lab.sh up once (it creates the lab users)"
     cgroot=$(cgroup_root)
     cg="$cgroot/hypha-fan-sshd"
+    memroot=$(memory_root)
+    if [ -n "$memroot" ]; then
+        memcg="$memroot/hypha-fan-ctl"
+        mkdir -p "$memcg"
+    fi
     install_packages
     make_keys
     sshd_config "$user" > "$STATE/sshd_config.new"
@@ -208,7 +230,7 @@ up() {
     fi
     timeout 20 nsenter --net="/run/netns/$NS" ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
         -i "$STATE/keys/id_ed25519" -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$STATE/known_hosts" \
-        -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=10 -n -l "$user" "127.0.0.$MAX_HOSTS" true ||
+        -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=10 -n -l "$user" "$(host_addr "$MAX_HOSTS")" true ||
         die "ssh to the bench sshd fails: $(tail -5 "$STATE/sshd.log")"
     {
         echo "NS=$NS"
@@ -217,6 +239,7 @@ up() {
         echo "KNOWN_HOSTS=$STATE/known_hosts"
         echo "SSHD_CGROUP=$cg"
         echo "CTL_CGROUP=$cgroot/hypha-fan-ctl"
+        echo "MEM_CGROUP=$memcg"
     } > "$STATE/env.new"
     mv -f "$STATE/env.new" "$STATE/env"
     log "up: sshd $(cat "$STATE/sshd.pid") in netns $NS, cgroup $cg, user $user"
@@ -229,6 +252,7 @@ down() {
     ip netns del "$NS" 2>/dev/null || true
     cgroot=$(cgroup_root)
     rmdir "$cgroot/hypha-fan-sshd" "$cgroot/hypha-fan-ctl" 2>/dev/null || true
+    [ -z "$(memory_root)" ] || rmdir "$(memory_root)/hypha-fan-ctl" 2>/dev/null || true
     rm -rf "$STATE" "$STATE.lock"
     log "down"
 }
@@ -277,38 +301,53 @@ tool_cmd() {
     case "$1" in
         hypha-fleet) echo "$FANOUT_EXE" ;;
         hypha-cli | hypha-persist | pssh | ssh-true) echo "$PY $here/peers/fanout_cmd.py $1" ;;
+        clush | bssh) echo "$PY $here/peers/fanout_cmd.py $1" ;;
         parallel-ssh) echo "$PY $here/peers/fanout_parallel_ssh.py" ;;
         mitogen) echo "$PY $here/peers/fanout_mitogen.py" ;;
-        *) die "unknown tool $1 (tools: $ALL_TOOLS)" ;;
+        *) die "unknown tool $1 (tools: $KNOWN_TOOLS)" ;;
     esac
 }
 
-# run_tool TOOL N ROUND: one run, its JSON object (with round, exit status and the two cgroups'
-# CPU over the whole run) appended to $RESULTS.
+# The memory cgroup's usage now, in bytes, after restarting its peak from here (0 without one).
+mem_reset() {
+    [ -n "$MEM_CG" ] || { echo 0 && return; }
+    echo 0 > "$MEM_CG/memory.max_usage_in_bytes"
+    cat "$MEM_CG/memory.usage_in_bytes"
+}
+
+mem_peak() {
+    if [ -n "$MEM_CG" ]; then cat "$MEM_CG/memory.max_usage_in_bytes"; else echo 0; fi
+}
+
+# run_tool TOOL N ROUND: one run, its JSON object (with round, exit status, the two cgroups'
+# CPU over the whole run and the controller's peak memory) appended to $RESULTS.
 run_tool() {
-    local tool=$1 n=$2 round=$3 out err code ctl0 ctl1 sshd0 sshd1 t0 t1 limit
+    local tool=$1 n=$2 round=$3 out err code ctl0 ctl1 sshd0 sshd1 t0 t1 limit mem0 mem1
     settle
     limit=$((FAN_TIMEOUT * (n / FAN_FANOUT + 2) * 3 + 120))
     out=$(mktemp)
     err=$(mktemp)
+    mem0=$(mem_reset)
     ctl0=$(usage_ms "$CTL_CG") sshd0=$(usage_ms "$SSHD_CG") t0=$(date +%s%N)
     code=0
-    # The tool joins the controllers' cgroup, then becomes the tool (its command line is words).
+    # The tool joins the controllers' cgroups, then becomes the tool (its command line is words).
     # shellcheck disable=SC2046,SC2016
     timeout "$limit" nsenter --net="/run/netns/$NS" env \
         FANOUT_HOSTS="$n" FANOUT_USER="$FAN_USER" FANOUT_KEY="$FAN_KEY" \
         FANOUT_KNOWN_HOSTS="$FAN_KNOWN_HOSTS" FANOUT_FANOUT="$FAN_FANOUT" \
         FANOUT_TIMEOUT="$FAN_TIMEOUT" FANOUT_WARM_ROUNDS="$FAN_WARM_ROUNDS" \
         FANOUT_SSHD_CPU="$SSHD_CG/cpu.stat" FANOUT_HYPHA="$HYPHA_EXE" \
-        XDG_RUNTIME_DIR="$STATE/xdg" \
-        bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CTL_CG" $(tool_cmd "$tool") \
+        FANOUT_BSSH="${BSSH_EXE:-}" XDG_RUNTIME_DIR="$STATE/xdg" \
+        bash -c 'echo $$ > "$0/cgroup.procs" && { [ -z "$1" ] || echo $$ > "$1/cgroup.procs"; } && shift && exec "$@"' \
+        "$CTL_CG" "$MEM_CG" $(tool_cmd "$tool") \
         > "$out" 2> "$err" || code=$?
     t1=$(date +%s%N)
     ctl1=$(usage_ms "$CTL_CG") sshd1=$(usage_ms "$SSHD_CG")
+    mem1=$(mem_peak)
     python3 - "$tool" "$n" "$round" "$code" "$out" "$err" "$ctl0" "$ctl1" "$sshd0" "$sshd1" \
-        "$(((t1 - t0) / 1000000))" >> "$RESULTS" <<'EOF'
+        "$(((t1 - t0) / 1000000))" "$mem0" "$mem1" >> "$RESULTS" <<'EOF'
 import json, sys
-tool, n, rnd, code, out, err, ctl0, ctl1, sshd0, sshd1, wall_ms = sys.argv[1:]
+tool, n, rnd, code, out, err, ctl0, ctl1, sshd0, sshd1, wall_ms, mem0, mem1 = sys.argv[1:]
 row = None
 for line in open(out):
     try:
@@ -322,6 +361,9 @@ if not isinstance(row, dict):
 row.update(round=int(rnd), exit=int(code), run_wall_ms=int(wall_ms),
            ctl_cgroup_cpu_ms=round(float(ctl1) - float(ctl0), 1),
            sshd_cgroup_cpu_ms=round(float(sshd1) - float(sshd0), 1))
+if int(mem1) > 0:
+    peak_kb = max(0, int(mem1) - int(mem0)) // 1024
+    row.update(ctl_mem_peak_kb=peak_kb, ctl_mem_peak_kb_per_host=round(peak_kb / int(n), 1))
 print(json.dumps(row))
 EOF
     tail -n 1 "$RESULTS" | python3 -c '
@@ -382,7 +424,7 @@ run() {
     bash "$here/peers/setup.sh" >&2
     PY="$repo/target/peers-venv/bin/python"
     FAN_USER=$(env_get USER) FAN_KEY=$(env_get KEY) FAN_KNOWN_HOSTS=$(env_get KNOWN_HOSTS)
-    SSHD_CG=$(env_get SSHD_CGROUP) CTL_CG=$(env_get CTL_CGROUP)
+    SSHD_CG=$(env_get SSHD_CGROUP) CTL_CG=$(env_get CTL_CGROUP) MEM_CG=$(env_get MEM_CGROUP)
     FAN_TIMEOUT=60 FAN_WARM_ROUNDS=5
     mkdir -p "$STATE/results" "$STATE/xdg"
     chmod 700 "$STATE/xdg"

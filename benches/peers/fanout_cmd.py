@@ -2,14 +2,17 @@
 """Fan-out drivers for tools that are commands: `hostname` (or `true`) on N hosts, timed.
 
     fanout_cmd.py pssh            Debian's pssh: parallel-ssh -p FANOUT -h HOSTS ... hostname
-    fanout_cmd.py hypha-cli       hypha exec --json -f FANOUT 127.0.0.[1-N] -- hostname
+    fanout_cmd.py clush           ClusterShell (Debian): clush -S -f FANOUT -w NODESET hostname
+    fanout_cmd.py bssh            bssh (crates.io, the binary FANOUT_BSSH): bssh -H HOSTS
+                                  --parallel FANOUT hostname; its own SSH client (russh)
+    fanout_cmd.py hypha-cli       hypha exec --json -f FANOUT NODESET -- hostname
     fanout_cmd.py hypha-persist   the same with --persist 60s (cold: starts the background
                                   process), then again with --persist 0 (warm: its contexts,
                                   which it then shuts down)
     fanout_cmd.py ssh-true        the floor: one `ssh HOST true` per host, FANOUT_TRUE_PAR
                                   (default 8) at a time; cold_s is the whole batch
 
-hypha-cli and hypha-persist run the binary FANOUT_HYPHA. Each ssh (pssh's and ssh-true's) runs
+hypha-cli and hypha-persist run the binary FANOUT_HYPHA. Each ssh (pssh's, clush's and ssh-true's) runs
 as `ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i KEY -o StrictHostKeyChecking=yes
 -o UserKnownHostsFile=FILE -o GlobalKnownHostsFile=/dev/null`. The controller's CPU is the
 command's (getrusage of the children, and their children). Configuration and output:
@@ -17,6 +20,7 @@ benches/peers/fanout_common.py. Run through benches/fanout.sh.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,10 +67,89 @@ def pssh(cfg):
     emit('pssh', cfg, cold, ok, cfg.n - ok, errors, version=version)
 
 
+def clush(cfg):
+    # The ssh options as one string: clush splits it (shlex) and puts it before its own.
+    argv = ['clush', '-S', '-f', str(cfg.fanout), '-l', cfg.user, '-t', str(cfg.timeout),
+            '-o', ' '.join(ssh_options(cfg)), '-w', cfg.nodeset(), 'hostname']
+    meter = Meter(cfg)
+    code, out, err = run(argv, cfg.timeout * (cfg.n // cfg.fanout + 2))
+    cold = meter.lap()
+    lines = {}
+    for line in out.splitlines():
+        host, sep, _ = line.partition(': ')
+        if sep:
+            lines[host] = lines.get(host, 0) + 1
+    failed_hosts = set()
+    errors = []
+    for line in err.splitlines():
+        # "clush: 127.0.0.5: exited with exit code 255", and ssh's own lines as "HOST: ..."
+        if line.startswith('clush: ') and 'exit' in line:
+            host = line[len('clush: '):].split(':', 1)[0]
+            failed_hosts.add(host)
+            errors.append(line)
+        elif line.startswith('clush: '):
+            errors.append(line)
+    ok = sum(1 for h in cfg.hosts if lines.get(h) == 1 and h not in failed_hosts)
+    if code not in (0, 255) and not errors:
+        errors.append('exit %d: %s' % (code, err.strip()[-200:]))
+    version = subprocess.run(['clush', '--version'], capture_output=True, text=True).stdout.strip()
+    emit('clush', cfg, cold, ok, cfg.n - ok, errors, version=version)
+
+
+def bssh(cfg):
+    # bssh reads host keys from ~/.ssh/known_hosts only: a home of its own holds the bench's.
+    # Its --stream mode counts every host failed (2.2.3), so the output goes to files, and the
+    # summary it writes there says each host's exit.
+    exe = require('FANOUT_BSSH')
+    with tempfile.TemporaryDirectory(prefix='fanout-bssh-') as home:
+        os.makedirs(os.path.join(home, '.ssh'), mode=0o700)
+        shutil.copy(cfg.known_hosts, os.path.join(home, '.ssh', 'known_hosts'))
+        outdir = os.path.join(home, 'out')
+        argv = [exe, '-H', cfg.nodeset(), '-l', cfg.user, '-i', cfg.key,
+                '--strict-host-key-checking', 'yes', '--connect-timeout', str(cfg.timeout),
+                '--parallel', str(cfg.fanout), '-b', '-q', '--output-dir', outdir, 'hostname']
+        env = dict(os.environ, HOME=home, NO_COLOR='1')
+        env.pop('SSH_AUTH_SOCK', None)
+        meter = Meter(cfg)
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               env=env, timeout=cfg.timeout * (cfg.n // cfg.fanout + 2))
+            code, err = p.returncode, p.stderr
+        except subprocess.TimeoutExpired:
+            code, err = -1, 'timed out'
+        cold = meter.lap()
+        status = {}
+        for name in os.listdir(outdir) if os.path.isdir(outdir) else []:
+            if name.startswith('summary_'):
+                with open(os.path.join(outdir, name), errors='replace') as f:
+                    for line in f:
+                        # "  hypha@127.0.0.1:22 - Exit Status: 0 ✓", or an error after the " - "
+                        head, sep, what = line.strip().partition(' - ')
+                        if sep and '@' in head:
+                            status[head.split('@', 1)[1].rsplit(':', 1)[0]] = what
+        lines = {}
+        for name in os.listdir(outdir) if os.path.isdir(outdir) else []:
+            if name.endswith('.stdout'):
+                with open(os.path.join(outdir, name), errors='replace') as f:
+                    lines[name.rsplit('_', 2)[0]] = sum(
+                        1 for line in f if line.strip() and not line.startswith('# '))
+    ok, errors = 0, []
+    for host in cfg.hosts:
+        what = status.get(host)
+        if what is not None and what.startswith('Exit Status: 0') and lines.get(host) == 1:
+            ok += 1
+        else:
+            errors.append('%s: %s' % (host, what or 'no result'))
+    if not status:
+        errors.append('exit %d: %s' % (code, err.strip()[-200:]))
+    version = subprocess.run([exe, '--version'], capture_output=True, text=True).stdout.strip()
+    emit('bssh', cfg, cold, ok, cfg.n - ok, [e.split(': ', 1)[1] for e in errors], version=version)
+
+
 def hypha_argv(cfg, *extra):
     return [require('FANOUT_HYPHA'), 'exec', '--json', '-f', str(cfg.fanout), '-l', cfg.user,
             '-i', cfg.key, '--known-hosts', cfg.known_hosts, '-t', str(cfg.timeout),
-            *extra, '127.0.0.[1-%d]' % cfg.n, '--', 'hostname']
+            *extra, cfg.nodeset(), '--', 'hostname']
 
 
 def hypha_count(code, out, err):
@@ -122,7 +205,7 @@ def ssh_true(cfg):
     emit('ssh-true', cfg, cold, cfg.n - len(errors), len(errors), errors, parallel=par)
 
 
-TOOLS = {'pssh': pssh, 'hypha-cli': hypha_cli, 'hypha-persist': hypha_persist,
+TOOLS = {'pssh': pssh, 'clush': clush, 'bssh': bssh, 'hypha-cli': hypha_cli, 'hypha-persist': hypha_persist,
          'ssh-true': ssh_true}
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 
 They are configured as benches/fanout.rs is, by environment variables:
 
-    FANOUT_HOSTS=50          hosts 127.0.0.1 .. 127.0.0.N (inside the bench's network namespace)
+    FANOUT_HOSTS=50          N hosts (inside the bench's network namespace): 127.0.0.1 .. 127.0.0.254,
+                             then 127.0.1.1 .. 127.0.1.254 (host_addr, up to 508)
     FANOUT_USER, FANOUT_KEY, FANOUT_KNOWN_HOSTS
     FANOUT_FANOUT=64         connections at once, where the tool has such a bound
     FANOUT_TIMEOUT=60        per-host connect timeout, seconds
@@ -31,18 +32,39 @@ def require(name):
     return value
 
 
+MAX_HOSTS = 508
+
+
+def host_addr(i):
+    """Host i (1-based): 127.0.0.i up to 254, then 127.0.1.(i - 254), as benches/fanout.sh."""
+    return '127.0.%d.%d' % ((i - 1) // 254, (i - 1) % 254 + 1)
+
+
+def nodeset(n):
+    """Hosts 1..n as a nodeset: `127.0.0.[1-254],127.0.1.[1-M]`."""
+    parts = []
+    for block in range((n - 1) // 254 + 1):
+        last = min(254, n - block * 254)
+        parts.append('127.0.%d.[1-%d]' % (block, last) if last > 1 else '127.0.%d.1' % block)
+    return ','.join(parts)
+
+
 class Config(object):
     def __init__(self):
         self.n = int(env('FANOUT_HOSTS', '50'))
-        if not 1 <= self.n <= 254:
-            sys.exit('FANOUT_HOSTS is 1..254')
+        if not 1 <= self.n <= MAX_HOSTS:
+            sys.exit('FANOUT_HOSTS is 1..%d' % MAX_HOSTS)
         self.user = require('FANOUT_USER')
         self.key = require('FANOUT_KEY')
         self.known_hosts = require('FANOUT_KNOWN_HOSTS')
         self.fanout = int(env('FANOUT_FANOUT', '64'))
         self.timeout = int(env('FANOUT_TIMEOUT', '60'))
         self.sshd_stat = env('FANOUT_SSHD_CPU')
-        self.hosts = ['127.0.0.%d' % i for i in range(1, self.n + 1)]
+        self.hosts = [host_addr(i) for i in range(1, self.n + 1)]
+
+    def nodeset(self):
+        """The hosts in ClusterShell's nodeset syntax (hypha's and clush's target lists)."""
+        return nodeset(self.n)
 
 
 def now():
