@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A TCP relay that delays each direction, for start times over a slow link (the kernel's netem is
-not available everywhere): `relay.py LISTEN_PORT TARGET_HOST:PORT RTT_MS`.
+not available everywhere): `relay.py LISTEN_PORT TARGET_HOST:PORT RTT_MS` (port 0: a free one,
+named in the first line it prints, `{"listening": PORT, ...}`).
 
 Every chunk read from one side is written to the other RTT/2 after it arrived, in order, so a
 round trip through the relay costs RTT more than without it. Listens on 127.0.0.1 only. When a
@@ -73,6 +74,7 @@ async def main():
         print(json.dumps(state), flush=True)
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
+    port = server.sockets[0].getsockname()[1]  # the one given, or the one taken for port 0
     print(json.dumps({"listening": port, "target": target, "rtt_ms": rtt_ms}), flush=True)
     async with server:
         await server.serve_forever()
