@@ -467,6 +467,9 @@ for line in sys.stdin:
     log "results: $RESULTS"
 }
 
+# Sourced (benches/compare/run.sh does, for up, build and run_tool), it only defines.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
 case "${1:-run}" in
     up) up ;;
     down) down ;;
