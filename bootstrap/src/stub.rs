@@ -15,9 +15,9 @@
 //! HYPHA-STUB <nonce> <arch> <user> CACHED|NEED|NODIR|NOBUILD gzip|raw <found> <dir, or the dirs tried>
 //! ```
 //! `<found>` is `-`, or what was wrong with a cached agent that NEED will replace (`size=N`,
-//! `cksum=N`, `uid=N`, `mode=M`, ...); NOBUILD says no build was offered for `<arch>`. The parent
-//! answers `RUN` (cached) or `SEND <len>` followed
-//! by `len` bytes (gzip when the host has it); the stub writes them under a temporary name, checks
+//! `cksum=N`, `uid=N`, `mode=M`, ...); NOBUILD says no build was offered for `<arch>`. A cached
+//! agent the stub `exec`s at once, with no word from the parent (that would cost a round trip);
+//! for NEED the parent answers `SEND <len>` followed by `len` bytes (gzip when the host has it); the stub writes them under a temporary name, checks
 //! size and `cksum`, makes the file executable, renames it into place, says
 //! `HYPHA-STUB-INSTALLED <nonce>` (or `HYPHA-STUB-FAILED <nonce> <why>`) and `exec`s it as the
 //! agent (`hypha-HASH --hypha-agent NONCE`). Starts that find no agent wait (bounded) for the
@@ -434,9 +434,8 @@ where
         let agent = build.fingerprint();
         let io = |source| BootError::Io { target: target.into(), source };
         let outcome = match report.cache {
+            // The stub has already started it: the agent's Hello is next.
             Cache::Cached { dir } => {
-                writer.write_all(b"RUN\n").await.map_err(io)?;
-                writer.flush().await.map_err(io)?;
                 Outcome { uploaded: None, dir, user: report.user, replaced: None, hash: agent.hash.clone() }
             }
             Cache::Need { dir, found } => {

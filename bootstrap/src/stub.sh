@@ -160,6 +160,9 @@ fi
 [ "$st" = NODIR ] && d=${tried#,}
 printf "\nHYPHA-STUB %s %s %s %s %s %s %s\n" "$n" "$arch" "$user" "$st" "$z" "$found" "$d"
 [ "$st" = NODIR ] && exit 3
+# A cached agent runs at once: the parent has nothing to say to a start that fits (and waiting
+# for it to say so would cost a round trip).
+[ "$st" = CACHED ] && exec "$f" --hypha-agent "$n"
 read -r cmd len || exit 4
 if [ "$cmd" = SEND ]; then
     t="$d/.hypha-$h.$$"
@@ -193,7 +196,7 @@ if [ "$cmd" = SEND ]; then
     mv -f "$t" "$f" || failed "cannot rename it into place"
     [ -n "$lk" ] && rm -rf "$lk"
     printf "\nHYPHA-STUB-INSTALLED %s\n" "$n"
-elif [ "$cmd" != RUN ] || [ "$st" != CACHED ]; then
+else
     exit 7
 fi
 exec "$f" --hypha-agent "$n"
