@@ -96,9 +96,11 @@ lab_user() {
     echo "${user:-hypha}"
 }
 
+# install_packages [PKG...]: Debian's packages, those missing (by default what the hosts need).
 install_packages() {
-    local missing=() pkg
-    for pkg in openssh-server openssh-client iproute2 util-linux pssh; do
+    local missing=() pkg pkgs=("$@")
+    [ $# -gt 0 ] || pkgs=(openssh-server openssh-client iproute2 util-linux pssh)
+    for pkg in "${pkgs[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -399,6 +401,33 @@ for line in sys.stdin:
     fi
 }
 
+# meta COMMAND PLAN TOOLS: the run's first row (the machine, the versions, the command).
+meta() {
+    python3 - "$1" "$2" "$3" "$repo" <<'EOF' >> "$RESULTS"
+import json, os, platform, subprocess, sys, time
+cmd, plan, tools, repo = sys.argv[1:]
+def out(argv):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout or p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return None
+cpu = None
+for line in open('/proc/cpuinfo'):
+    if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+mem_kb = int(next(l for l in open('/proc/meminfo') if l.startswith('MemTotal')).split()[1])
+print(json.dumps({
+    'tool': 'meta', 'date': time.strftime('%Y-%m-%d %H:%M %Z'), 'command': cmd, 'plan': plan,
+    'tools': tools.split(), 'cpus': os.cpu_count(), 'cpu': cpu, 'mem_gib': round(mem_kb / 2**20, 1),
+    'kernel': platform.release(), 'os': out(['sh', '-c', '. /etc/os-release && echo "$PRETTY_NAME"']),
+    'hypha': out(['git', '-C', repo, 'describe', '--always', '--dirty']),
+    'openssh': out(['ssh', '-V']), 'python': platform.python_version(),
+    'started': time.time()}))
+EOF
+}
+
 run() {
     local rounds=5 hosts="50 200" tools=$ALL_TOOLS local_bench=1
     FAN_FANOUT=64
@@ -429,7 +458,10 @@ run() {
     mkdir -p "$STATE/results" "$STATE/xdg"
     chmod 700 "$STATE/xdg"
     RESULTS="$STATE/results/$(date +%Y%m%d-%H%M%S).jsonl"
+    local cmd="${FANOUT_MAXSTARTUPS:+FANOUT_MAXSTARTUPS=$FANOUT_MAXSTARTUPS }benches/fanout.sh run"
+    cmd+=" --rounds $rounds --hosts \"$hosts\" --tools \"$tools\" --fanout $FAN_FANOUT"
     : > "$RESULTS"
+    meta "$cmd" "$hosts" "$tools"
     # As high as may be: $NOFILE, or the hard limit where this process may not raise it.
     ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     log "open files: $(ulimit -n)"
@@ -461,9 +493,7 @@ for line in sys.stdin:
     row["tool"] = "hypha-local"
     print(json.dumps(row))' >> "$RESULTS" || log "the fleet bench failed"
     fi
-    local cmd="${FANOUT_MAXSTARTUPS:+FANOUT_MAXSTARTUPS=$FANOUT_MAXSTARTUPS }benches/fanout.sh run"
-    cmd+=" --rounds $rounds --hosts \"$hosts\" --tools \"$tools\" --fanout $FAN_FANOUT"
-    python3 "$here/peers/fanout_table.py" --command "$cmd" "$RESULTS" | tee "${RESULTS%.jsonl}.md"
+    python3 "$here/compare/table.py" "$RESULTS" | tee "${RESULTS%.jsonl}.md"
     log "results: $RESULTS"
 }
 

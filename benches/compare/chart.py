@@ -8,23 +8,21 @@ writes PREFIXcold.svg (cold start and `hostname`, seconds), PREFIXwarm.svg (a wa
 and PREFIXcpu.svg (controller CPU per host, cold, ms).
 """
 import argparse
-import json
 import math
 import statistics
+import sys
 from xml.sax.saxutils import escape
+
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
+from table import COLD, WARM, load  # noqa: E402 (the labels of the tables)
 
 COLORS = ['#1b9e77', '#d95f02', '#7570b3', '#e7298a', '#66a61e', '#e6ab02', '#a6761d',
           '#666666', '#1f78b4', '#b2182b']
-COLD = [('hypha-cli', 'hypha exec'), ('hypha-fleet', 'hypha Fleet'),
-        ('hypha-persist', 'hypha exec --persist'), ('mitogen', 'Mitogen'),
-        ('parallel-ssh', 'parallel-ssh'), ('pssh', 'pssh'), ('clush', 'clush'), ('bssh', 'bssh'),
-        ('ssh-true', 'ssh host true ×N')]
-WARM = [(('hypha-fleet', 'warm_median_ms'), 'hypha Fleet, hostname'),
-        (('hypha-fleet', 'warm_call_median_ms'), 'hypha Fleet, typed call'),
-        (('hypha-persist', 'warm_median_ms'), 'hypha exec --persist, 2nd run'),
-        (('mitogen', 'warm_median_ms'), 'Mitogen, hostname'),
-        (('mitogen', 'warm_call_median_ms'), 'Mitogen, call'),
-        (('parallel-ssh', 'warm_median_ms'), 'parallel-ssh, hostname')]
+
+
+def plain(label):
+    """A table's label as chart text (no markdown)."""
+    return label.replace('`', '')
 
 
 def nice_ticks(lo, hi):
@@ -113,14 +111,13 @@ def main():
     ap.add_argument('--prefix', default='')
     ap.add_argument('results')
     args = ap.parse_args()
-    rows = [json.loads(line) for line in open(args.results) if line.strip()]
-    rows = [r for r in rows if 'n' in r and 'cold_s' in r]
+    rows = [r for r in load(args.results) if 'n' in r and 'cold_s' in r]
     svg_chart('Cold: start, then hostname, on N hosts', 'seconds',
-              [(name, medians(rows, t, 'cold_s')) for t, name in COLD], args.prefix + 'cold.svg')
+              [(plain(name), medians(rows, t, 'cold_s')) for t, name in COLD], args.prefix + 'cold.svg')
     svg_chart('Warm: a round on N hosts already up', 'milliseconds',
-              [(name, medians(rows, t, key)) for (t, key), name in WARM], args.prefix + 'warm.svg')
+              [(plain(name), medians(rows, t, field)) for t, _, field, name in WARM], args.prefix + 'warm.svg')
     svg_chart('Controller CPU per host, cold', 'ms per host',
-              [(name, medians(rows, t, 'ctl_cpu_ms_per_host_cold')) for t, name in COLD
+              [(plain(name), medians(rows, t, 'ctl_cpu_ms_per_host_cold')) for t, name in COLD
                if t != 'ssh-true'], args.prefix + 'cpu.svg')
 
 

@@ -31,9 +31,13 @@
 # 4. The slow link (with the lab up): benches/compare/slow.py, relay.py at 0, 25 and 100 ms round
 #    trip in front of the lab's `plain`: hypha's cached start by both methods, Mitogen's start and
 #    `ssh host true`, each with the turns the relay counted.
-# 5. The floor: OpenSSH's bytes/s through one connection with the cipher hypha's ssh method
-#    prefers (aes128-ctr), scp and `hypha copy` of the same file beside it; the bare 64-byte pipe
-#    round trip of benches/local.rs (criterion, briefly).
+# 5. One context: a call's round trip, `check(["true"])`'s and an upload's bytes/s, hypha (benches/one.rs) and Mitogen
+#    (benches/peers/mitogen_ssh.py, FileService) in turn, aes128-ctr for both.
+# 6. The file push and the floor: OpenSSH's bytes/s through one connection with the cipher
+#    hypha's ssh method prefers (aes128-ctr); beside it the push of the same file, connection
+#    included, by `hypha copy`, scp, Mitogen (FileService) and parallel-ssh (copy_file, SFTP)
+#    (benches/peers/push.py); the bare 64-byte pipe round trip of benches/local.rs (criterion,
+#    briefly).
 # Results: one JSON object a line in $STATE/compare/TIME.jsonl; the report (TIME.md) and the
 # charts (TIME-*.svg) beside it, drawn by table.py and chart.py (standard library only).
 set -euo pipefail
@@ -59,19 +63,6 @@ note_skipped() {
     clog "$1 skipped: $2"
 }
 
-install_debian_peers() {
-    local missing=() pkg
-    for pkg in pssh clustershell; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        clog "installing ${missing[*]} (Debian)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-    fi
-}
-
 # BSSH_EXE when bssh $BSSH_VERSION is (or could be) installed; else a skipped row saying why.
 install_bssh() {
     local root="$repo/target/peers" log
@@ -90,43 +81,20 @@ install_bssh() {
     fi
 }
 
-# Builds, beside fanout.sh's: the criterion bench of benches/local.rs (its pipe floor).
-build_local_bench() {
+# Builds, beside fanout.sh's: benches/one.rs and the criterion bench of benches/local.rs (its
+# pipe floor).
+build_more() {
     local json
-    json=$(cd "$repo" && cargo bench --locked --bench local --no-run --message-format=json-render-diagnostics)
-    LOCAL_EXE=$(python3 -c '
+    json=$(cd "$repo" && cargo bench --locked --bench local --bench one --no-run --message-format=json-render-diagnostics)
+    eval "$(python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "local" and m.get("executable"):
-        print(m["executable"])' <<< "$json")
-}
-
-meta() {
-    local cmd=$1
-    python3 - "$cmd" "$plan" "$tools" <<'EOF' >> "$RESULTS"
-import json, os, platform, subprocess, sys, time
-cmd, plan, tools = sys.argv[1:]
-def out(argv):
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (p.stdout or p.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return None
-cpu = None
-for line in open('/proc/cpuinfo'):
-    if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-mem_kb = int(next(l for l in open('/proc/meminfo') if l.startswith('MemTotal')).split()[1])
-print(json.dumps({
-    'tool': 'meta', 'date': time.strftime('%Y-%m-%d %H:%M %Z'), 'command': cmd, 'plan': plan,
-    'tools': tools.split(), 'cpus': os.cpu_count(), 'cpu': cpu, 'mem_gib': round(mem_kb / 2**20, 1),
-    'kernel': platform.release(), 'os': out(['sh', '-c', '. /etc/os-release && echo "$PRETTY_NAME"']),
-    'hypha': out(['git', '-C', os.environ['COMPARE_REPO'], 'describe', '--always', '--dirty']),
-    'openssh': out(['ssh', '-V']), 'python': platform.python_version(),
-    'started': time.time()}))
-EOF
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        var = {"local": "LOCAL_EXE", "one": "ONE_EXE"}.get(m["target"]["name"])
+        if var:
+            print("%s=%s" % (var, m["executable"]))' <<< "$json")"
+    [ -n "${LOCAL_EXE:-}" ] && [ -n "${ONE_EXE:-}" ] || die "build: the local and one benches not found"
 }
 
 # The floor: bytes/s through one connection to the bench sshd (aes128-ctr, hypha's ssh method's
@@ -135,29 +103,36 @@ floor() {
     local mib=$1 runs=$2 file sshopts r t0 t1 code
     sshopts=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i "$FAN_KEY"
         -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$FAN_KNOWN_HOSTS"
-        -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=30 -c aes128-ctr -l "$FAN_USER")
+        -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=30 -c aes128-ctr)
     file="/dev/shm/hypha-compare-$$.bin"
     head -c "${mib}M" /dev/urandom > "$file"
     for ((r = 1; r <= runs; r++)); do
         local tool
-        for tool in ssh-pipe scp hypha-copy; do
+        for tool in ssh-pipe scp hypha-copy mitogen-push parallel-ssh-push; do
             settle
             t0=$(date +%s%N)
             code=0
             case $tool in
                 ssh-pipe)
-                    timeout 300 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" 127.0.0.1 'cat > /dev/null' < "$file" || code=$?
+                    timeout 300 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" "$FAN_USER@127.0.0.1" 'cat > /dev/null' < "$file" || code=$?
                     ;;
                 scp)
-                    timeout 300 nsenter --net="/run/netns/$NS" scp -q "${sshopts[@]}" "$file" 127.0.0.1:/tmp/floor.bin < /dev/null || code=$?
+                    timeout 300 nsenter --net="/run/netns/$NS" scp -q "${sshopts[@]}" "$file" "$FAN_USER@127.0.0.1:/tmp/floor.bin" < /dev/null || code=$?
                     ;;
                 hypha-copy)
                     timeout 300 nsenter --net="/run/netns/$NS" "$HYPHA_EXE" copy -l "$FAN_USER" -i "$FAN_KEY" \
                         --known-hosts "$FAN_KNOWN_HOSTS" 127.0.0.1 "$file" /tmp/floor.bin < /dev/null > /dev/null || code=$?
                     ;;
+                *-push)
+                    # The script's own timing would leave out its interpreter's start; the row's
+                    # seconds are the whole command, as for the others.
+                    timeout 300 nsenter --net="/run/netns/$NS" "$PY" "$here/peers/push.py" "${tool%-push}" \
+                        "$file" 127.0.0.1 /tmp/floor.bin --user "$FAN_USER" --key "$FAN_KEY" \
+                        --known-hosts "$FAN_KNOWN_HOSTS" --cipher aes128-ctr < /dev/null >&2 || code=$?
+                    ;;
             esac
             t1=$(date +%s%N)
-            timeout 30 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" -n 127.0.0.1 'rm -f /tmp/floor.bin' || true
+            timeout 30 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" -n "$FAN_USER@127.0.0.1" 'rm -f /tmp/floor.bin' || true
             python3 -c 'import json, sys
 tool, mib, rnd, ns, code = sys.argv[1:]
 print(json.dumps({"tool": "floor-" + tool, "round": int(rnd), "mib": int(mib), "cipher": "aes128-ctr",
@@ -186,6 +161,41 @@ else:
     fi
 }
 
+# One context, ROUNDS times, hypha (benches/one.rs) and Mitogen (benches/peers/mitogen_ssh.py)
+# in turn: a call's round trip, check(true)'s and an upload's bytes/s, with aes128-ctr on both.
+one() {
+    local rounds=$1 mib=$2 r tool
+    for ((r = 1; r <= rounds; r++)); do
+        for tool in hypha mitogen; do
+            [ $((r % 2)) = 0 ] && tool=$([ "$tool" = hypha ] && echo mitogen || echo hypha)
+            settle
+            clog "one context, round $r: $tool"
+            case $tool in
+                hypha)
+                    timeout 600 nsenter --net="/run/netns/$NS" env FANOUT_USER="$FAN_USER" \
+                        FANOUT_KEY="$FAN_KEY" FANOUT_KNOWN_HOSTS="$FAN_KNOWN_HOSTS" ONE_MIB="$mib" \
+                        "$ONE_EXE" < /dev/null
+                    ;;
+                mitogen)
+                    timeout 600 nsenter --net="/run/netns/$NS" "$PY" "$here/peers/mitogen_ssh.py" \
+                        --only ssh_call_rtt_us --only ssh_check_true_us --only ssh_bytes_mib_s --bytes-mib "$mib" --host 127.0.0.1 \
+                        --user "$FAN_USER" --key "$FAN_KEY" --known-hosts "$FAN_KNOWN_HOSTS" \
+                        --cipher aes128-ctr < /dev/null 2>/dev/null
+                    ;;
+            esac | python3 -c '
+import json, sys
+tool, rnd = sys.argv[1:]
+for line in sys.stdin:
+    row = json.loads(line)
+    row.update(tool="one-" + tool, round=int(rnd), figure=row["figure"].replace("ssh_", "", 1))
+    print(json.dumps(row))' "$tool" "$r" >> "$RESULTS" || {
+                clog "one context: $tool failed in round $r"
+                echo "{\"tool\": \"one-$tool\", \"round\": $r, \"figure\": \"failed\"}" >> "$RESULTS"
+            }
+        done
+    done
+}
+
 main() {
     local plan=$FULL_PLAN tools=$COMPARE_TOOLS slow=1 floor_rows=1 publish=0 quick=0
     local orig_args="$*"
@@ -211,10 +221,10 @@ main() {
     done
     up
     build
-    [ "$floor_rows" = 0 ] || build_local_bench
+    build_more
     clog "peers: the venv (benches/peers/setup.sh), Debian's pssh and clustershell, bssh"
     bash "$here/peers/setup.sh" >&2
-    install_debian_peers
+    install_packages pssh clustershell
     BSSH_SKIPPED=""
     case " $tools " in *" bssh "*) install_bssh ;; esac
     PY="$repo/target/peers-venv/bin/python"
@@ -229,7 +239,7 @@ main() {
     : > "$RESULTS"
     ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     clog "open files: $(ulimit -n); results: $RESULTS"
-    COMPARE_REPO="$repo" meta "benches/compare/run.sh${orig_args:+ $orig_args}"
+    meta "benches/compare/run.sh${orig_args:+ $orig_args}" "$plan" "$tools"
     local -a list=()
     local tool
     for tool in $tools; do
@@ -242,9 +252,10 @@ main() {
     done
     local k=${#list[@]} r i offset=0 first
     first=${plan%%:*}
-    clog "round 0: the hosts' agent cache emptied, one hypha exec on $first hosts (uncounted: it uploads the agent)"
+    clog "round 0: the hosts' agent cache emptied, hypha exec and the Fleet bench on $first hosts (uncounted: each uploads its agent)"
     clear_agent_cache
     run_tool hypha-cli "$first" 0
+    case " ${list[*]} " in *" hypha-fleet "*) run_tool hypha-fleet "$first" 0 ;; esac
     for pair in $plan; do
         n=${pair%%:*} rounds=${pair#*:}
         for ((r = 1; r <= rounds; r++)); do
@@ -264,6 +275,7 @@ main() {
             note_skipped slow-link "the lab is not up (tests/lab/lab.sh up)"
         fi
     fi
+    if [ "$quick" = 1 ]; then one 1 128; else one 3 256; fi
     if [ "$floor_rows" = 1 ]; then
         if [ "$quick" = 1 ]; then floor 256 1; else floor 512 2; fi
     fi

@@ -11,15 +11,28 @@ import argparse
 import json
 import statistics
 
-# Display names and the order of rows.
+# Display names and the order of rows (chart.py draws the same).
 COLD = [('hypha-cli', 'hypha exec'), ('hypha-fleet', 'hypha Fleet (API)'),
         ('hypha-persist', 'hypha exec --persist (first run)'), ('mitogen', 'Mitogen'),
         ('parallel-ssh', 'parallel-ssh'), ('pssh', 'pssh'), ('clush', 'clush'),
         ('bssh', 'bssh'), ('ssh-true', '`ssh host true` ×N, 8 at a time')]
 NAMES = dict(COLD)
+# (tool, Stats attribute, the row's JSON field, label)
+WARM = [('hypha-fleet', 'warm', 'warm_median_ms', 'hypha Fleet: `hostname` on its contexts'),
+        ('hypha-fleet', 'warm_call', 'warm_call_median_ms', 'hypha Fleet: a typed call (nothing spawned)'),
+        ('hypha-persist', 'warm', 'warm_median_ms', 'hypha exec --persist: a second run'),
+        ('mitogen', 'warm', 'warm_median_ms', 'Mitogen: `hostname` (subprocess) on its contexts'),
+        ('mitogen', 'warm_call', 'warm_call_median_ms', 'Mitogen: a call (socket.gethostname)'),
+        ('parallel-ssh', 'warm', 'warm_median_ms', 'parallel-ssh: `hostname` on its open sessions')]
 SLOW = [('hypha-ssh', 'hypha, ssh method (cached agent)'),
         ('hypha-openssh', 'hypha, openssh method (cached agent)'),
         ('mitogen', 'Mitogen'), ('ssh-true', '`ssh host true`')]
+
+
+def load(path):
+    """The rows of a results file, one JSON object a line."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def med(values):
@@ -37,6 +50,16 @@ def fmt(v, digits=3):
 
 def ratio(a, b):
     return None if a is None or not b else a / b
+
+
+def cell(v, base, failed=0, is_base=False):
+    """A table cell: the median, in brackets its ratio to the base's (unless it is the base), and
+    `!N` when N answers failed."""
+    if v is None:
+        return '–'
+    rat = ratio(v, base)
+    out = fmt(v) + ('' if rat is None or is_base else ' (%s)' % fmt(rat, 2))
+    return out + (' !%d' % failed if failed else '')
 
 
 class Stats(object):
@@ -62,13 +85,74 @@ class Stats(object):
         self.errors = sorted({e for r in rows for e in r.get('errors') or []})[:3]
 
 
+def targets(stats, ns, slow, floor):
+    """The figures issues 11, 12 and 13 named, each against its limit."""
+    lines = []
+
+    def add(what, value, limit, at_most=True):
+        if value is None:
+            return
+        ok = value <= limit if at_most else value >= limit
+        lines.append('| %s | %s× | %s %s× | %s |' % (what, fmt(value, 2), '≤' if at_most else '≥',
+                                                     limit, 'met' if ok else '**missed**'))
+
+    def r(n, a, b, key='cold'):
+        sa, sb = stats.get((n, a)), stats.get((n, b))
+        return ratio(getattr(sa, key), getattr(sb, key)) if sa and sb else None
+
+    for h in ('hypha-cli', 'hypha-fleet'):
+        for peer, limit in (('parallel-ssh', 0.8), ('pssh', 0.6), ('mitogen', 0.4)):
+            add('cold, N=50: %s ÷ %s' % (NAMES[h], NAMES[peer]), r(50, h, peer), limit)
+        add('cold, N=200: %s ÷ parallel-ssh' % NAMES[h], r(200, h, 'parallel-ssh'), 0.3)
+        for n in ns:
+            add('remote CPU per host, N=%d: %s ÷ `ssh host true`' % (n, NAMES[h]),
+                r(n, h, 'ssh-true', 'sshd'), 1.15)
+    for n in ns:
+        add('warm, N=%d: Fleet `hostname` ÷ Mitogen `hostname`' % n, r(n, 'hypha-fleet', 'mitogen', 'warm'), 0.1)
+        add('warm, N=%d: Fleet typed call ÷ Mitogen call' % n,
+            r(n, 'hypha-fleet', 'mitogen', 'warm_call'), 0.1)
+    rate = {t: med([x['mib_s'] for x in floor if x['tool'] == t and x['ok']])
+            for t in ('floor-hypha-copy', 'floor-scp')}
+    add('file push: `hypha copy` MiB/s ÷ `scp` MiB/s', ratio(rate['floor-hypha-copy'], rate['floor-scp']),
+        0.9, at_most=False)
+    if slow:
+        top = max(x['rtt_ms'] for x in slow)
+        start = {t: med([x['start_s'] for x in slow if x['tool'] == t and x['ok'] and x['rtt_ms'] == top])
+                 for t in ('slow-hypha-ssh', 'slow-hypha-openssh', 'slow-ssh-true')}
+        for t in ('slow-hypha-ssh', 'slow-hypha-openssh'):
+            add('start over %g ms: %s ÷ `ssh host true`' % (top, dict(SLOW)[t[5:]]),
+                ratio(start[t], start['slow-ssh-true']), 1.2)
+    if not lines:
+        return
+    print()
+    print('## Against the targets')
+    print()
+    print('The figures issues 11 (services), 12 (the fleet) and 13 (this comparison) named.')
+    print()
+    print('| figure | measured | target | |')
+    print('|---|---|---|---|')
+    for line in lines:
+        print(line)
+    for n in (200, 500):
+        for h in ('hypha-cli', 'hypha-fleet'):
+            st = stats.get((n, h))
+            if st:
+                print()
+                print('Every host answers at N=%d (%s): %d ok, %d failed over %d rounds: %s.' % (
+                    n, NAMES[h], st.ok, st.failed + st.warm_failed, st.runs,
+                    'met' if st.failed + st.warm_failed == 0 else '**missed**'))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--charts', default='')
+    ap.add_argument('--command', help='the command that made the results (else the run\'s own)')
     ap.add_argument('results')
     args = ap.parse_args()
-    rows = [json.loads(line) for line in open(args.results) if line.strip()]
+    rows = load(args.results)
     meta = next((r for r in rows if r.get('tool') == 'meta'), {})
+    if args.command:
+        meta['command'] = args.command
     end = next((r for r in rows if r.get('tool') == 'meta-end'), {})
     skipped = [r for r in rows if 'skipped' in r]
     fan = [r for r in rows if 'n' in r and r.get('tool') in NAMES]
@@ -89,7 +173,7 @@ def main():
 
     print('# hypha next to its peers')
     print()
-    print('Made by `%s` (benches/compare/run.sh) on %s: %s cores (%s), %s GiB, %s, Linux %s. '
+    print('Made by `%s` on %s: %s cores (%s), %s GiB, %s, Linux %s. '
           'Wall time of the whole run: %s s.' % (
               meta.get('command', '?'), meta.get('date', '?'), meta.get('cpus', '?'),
               meta.get('cpu', '?'), meta.get('mem_gib', '?'), meta.get('os', '?'),
@@ -127,27 +211,13 @@ def main():
     for t in tools:
         cells = []
         for n in ns:
-            s = stats.get((n, t))
-            if not s:
-                cells.append('–')
-                continue
-            h = stats.get((n, 'hypha-cli'))
-            rat = ratio(s.cold, h.cold if h else None)
-            cell = fmt(s.cold) + ('' if rat is None or t == 'hypha-cli' else ' (%s)' % fmt(rat, 2))
-            if s.failed:
-                cell += ' !%d' % s.failed
-            cells.append(cell)
+            s, h = stats.get((n, t)), stats.get((n, 'hypha-cli'))
+            cells.append(cell(s.cold, h.cold if h else None, s.failed, t == 'hypha-cli') if s else '–')
         print('| %s | %s |' % (NAMES[t], ' | '.join(cells)))
     if args.charts:
         print()
         print('![cold start and hostname against N](%scold.svg)' % args.charts)
 
-    warm_rows = [('hypha-fleet', 'warm', 'hypha Fleet: `hostname` on its contexts'),
-                 ('hypha-fleet', 'warm_call', 'hypha Fleet: a typed call (nothing spawned)'),
-                 ('hypha-persist', 'warm', 'hypha exec --persist: a second run'),
-                 ('mitogen', 'warm', 'Mitogen: `hostname` (subprocess) on its contexts'),
-                 ('mitogen', 'warm_call', 'Mitogen: a call (socket.gethostname)'),
-                 ('parallel-ssh', 'warm', 'parallel-ssh: `hostname` on its open sessions')]
     if any(getattr(s, 'warm') is not None for s in stats.values()):
         print()
         print('## Warm: the same again, on contexts already up')
@@ -157,23 +227,14 @@ def main():
         print()
         print('| what | ' + ' | '.join('N=%d' % n for n in ns) + ' |')
         print('|---|' + '---|' * len(ns))
-        for t, key, label in warm_rows:
+        for t, key, _, label in WARM:
             if not any((n, t) in stats and getattr(stats[n, t], key) is not None for n in ns):
                 continue
             cells = []
             for n in ns:
-                s = stats.get((n, t))
-                v = getattr(s, key) if s else None
-                if v is None:
-                    cells.append('–')
-                    continue
-                base = stats.get((n, 'hypha-fleet'))
-                b = getattr(base, key if key == 'warm_call' else 'warm') if base else None
-                rat = ratio(v, b)
-                cell = fmt(v) + ('' if rat is None or t == 'hypha-fleet' else ' (%s)' % fmt(rat, 2))
-                if s.warm_failed and key == 'warm':
-                    cell += ' !%d' % s.warm_failed
-                cells.append(cell)
+                s, base = stats.get((n, t)), stats.get((n, 'hypha-fleet'))
+                cells.append(cell(getattr(s, key) if s else None, getattr(base, key) if base else None,
+                                  s.warm_failed if s and key == 'warm' else 0, t == 'hypha-fleet'))
             print('| %s | %s |' % (label, ' | '.join(cells)))
         if args.charts:
             print()
@@ -235,15 +296,67 @@ def main():
                     rtt, label, len(rs), fmt(start), fmt(med([r['wall_s'] for r in good])),
                     '–'.join(str(v) for v in (turns[:1] + turns[-1:] if len(turns) > 1 else turns)) or '–',
                     fmt(ratio(start, base), 2), len(rs) - len(good)))
-        h = med([r['start_s'] for r in slow if r['tool'] == 'slow-hypha-ssh' and r['ok']
-                 and r['rtt_ms'] == max(rtts)])
-        s = med([r['start_s'] for r in slow if r['tool'] == 'slow-ssh-true' and r['ok']
-                 and r['rtt_ms'] == max(rtts)])
-        rat = ratio(h, s)
-        if rat is not None:
+
+    one = [r for r in rows if str(r.get('tool', '')).startswith('one-')]
+    if one:
+        print()
+        print('## One context: round trips and bytes/s')
+        print()
+        print('One context on one host, aes128-ctr for both: hypha (benches/one.rs, libssh2 in '
+              'process, a typed `Ping` answered by the agent; zeros uploaded to a handler that '
+              'drops them; the process service running `true`) and Mitogen (benches/peers/mitogen_ssh.py: '
+              '`context.call(ping)`; `subprocess.check_output([\'true\'])` through `context.call`; '
+              'the remote pulling a file through FileService and dropping it). Median over the rounds '
+              'of each round\'s figure: a round trip is the mean of a batch of calls one after '
+              'another (2,000 pings, 200 checks), the median of 5 batches; in brackets the median '
+              'single call. The two ran in turn, each round.')
+        print()
+        print('| tool | runs | call round trip µs | `check(["true"])` µs | upload MiB/s | failed rounds |')
+        print('|---|---|---|---|---|---|')
+        figures = ('call_rtt_us', 'check_true_us', 'bytes_mib_s')
+        cells = {}
+        for t, label in (('one-hypha', 'hypha'), ('one-mitogen', 'Mitogen')):
+            rs = [r for r in one if r['tool'] == t]
+            if not rs:
+                continue
+            of = {f: [r for r in rs if r['figure'] == f] for f in figures}
+            cells[t] = [med([r['median'] for r in of[f]]) for f in figures]
+            spread = [' (%s)' % fmt(med([r.get('per_call_median') for r in of[f]])) if of[f] else ''
+                      for f in figures[:2]]
+            print('| %s | %d | %s%s | %s%s | %s | %d |' % (
+                label, len(of['call_rtt_us']), fmt(cells[t][0]), spread[0], fmt(cells[t][1]),
+                spread[1], fmt(cells[t][2]), sum(1 for r in rs if r['figure'] == 'failed')))
+        if len(cells) == 2:
+            h, m = cells['one-hypha'], cells['one-mitogen']
             print()
-            print('Issue 13\'s target, a cached hypha start within 1.2× of `ssh host true` at %g ms: '
-                  '%s× (%s).' % (max(rtts), fmt(rat, 3), 'met' if rat <= 1.2 else 'missed'))
+            print('Mitogen ÷ hypha: call round trip %s×, `check(["true"])` %s×, upload %s× (below 1: '
+                  'hypha moves more).' % tuple(fmt(ratio(a, b), 2) for a, b in zip(m, h)))
+
+    pushes = [('floor-hypha-copy', '`hypha copy` (CLI, ssh method)'), ('floor-scp', '`scp`'),
+              ('floor-mitogen-push', 'Mitogen: router.ssh() + FileService into a file'),
+              ('floor-parallel-ssh-push', 'parallel-ssh: `copy_file` (SFTP)'),
+              ('floor-ssh-pipe', 'floor: `ssh host \'cat > /dev/null\' < file` (OpenSSH)')]
+    if any(r['tool'] == t for r in floor for t, _ in pushes):
+        print()
+        print('## File push')
+        print()
+        mib = next(r['mib'] for r in floor if 'mib' in r)
+        print('%d MiB of random bytes to one host\'s /tmp, the whole command timed (start, '
+              'connection and authentication included), aes128-ctr where the tool lets one '
+              'choose (parallel-ssh does not); MiB/s, median of the rounds; the tools in turn.' % mib)
+        print()
+        print('| tool | runs | MiB/s | seconds | ÷ hypha copy | failed |')
+        print('|---|---|---|---|---|---|')
+        base = med([r['seconds'] for r in floor if r['tool'] == 'floor-hypha-copy' and r['ok']])
+        for t, label in pushes:
+            rs = [r for r in floor if r['tool'] == t]
+            if not rs:
+                continue
+            good = [r for r in rs if r['ok']]
+            secs = med([r['seconds'] for r in good])
+            print('| %s | %d | %s | %s | %s | %d |' % (
+                label, len(rs), fmt(med([r['mib_s'] for r in good])), fmt(secs),
+                fmt(ratio(secs, base), 2) if t != 'floor-hypha-copy' else '–', len(rs) - len(good)))
 
     print()
     print('## The floor')
@@ -257,16 +370,22 @@ def main():
     if pipe:
         print('- The bare pipe round trip (64 bytes there and back through a child\'s stdin and '
               'stdout, benches/local.rs `pipe_pingpong_64b`): %s µs.' % fmt(pipe[0]['us']))
-    for tool, label in (('floor-ssh-pipe', 'OpenSSH, `ssh host \'cat > /dev/null\'` < file'),
-                        ('floor-scp', '`scp file host:`'), ('floor-hypha-copy', '`hypha copy host file`')):
-        rs = [r for r in floor if r['tool'] == tool and r['ok']]
-        if rs:
-            print('- %s, %d MiB of random bytes through one connection, %s: %s MiB/s (median of %d; '
-                  'connection set-up included).' % (label, rs[0]['mib'], rs[0]['cipher'],
-                                                    fmt(med([r['mib_s'] for r in rs])), len(rs)))
-    bad = [r for r in floor if not r.get('ok', True)]
-    if bad:
-        print('- Failed: %s.' % ', '.join(r['tool'] for r in bad))
+    rs = [r for r in floor if r['tool'] == 'floor-ssh-pipe' and r['ok']]
+    if rs:
+        print('- OpenSSH\'s own bytes/s, `ssh host \'cat > /dev/null\' < file`, %d MiB of random '
+              'bytes through one connection, %s: %s MiB/s (median of %d; connection set-up '
+              'included).' % (rs[0]['mib'], rs[0]['cipher'], fmt(med([r['mib_s'] for r in rs])), len(rs)))
+
+    local = [r for r in rows if r.get('tool') == 'hypha-local']
+    if local:
+        print()
+        print('## Local contexts')
+        print()
+        print('benches/fleet.rs: ' + '; '.join(
+            '%s = %s %s (n=%s)' % (r.get('figure'), fmt(r.get('value', r.get('median'))),
+                                   r.get('unit', ''), r.get('n')) for r in local) + '.')
+
+    targets(stats, ns, slow, floor)
 
     errs = [(n, t, s.errors) for (n, t), s in sorted(stats.items()) if s.errors]
     if errs:
@@ -278,8 +397,9 @@ def main():
     first = [r for r in fan if r.get('round') == 0]
     if first:
         print()
-        print('Round 0 (not counted; the hosts\' agent cache emptied first, so hypha uploads its '
-              'agent, once for all the hosts): ' + '; '.join(
+        print('Round 0 (not counted; the hosts\' agent cache emptied first, so each hypha program '
+              'uploads its agent, once for all the hosts: the CLI\'s, and the Fleet bench\'s, '
+              'another executable): ' + '; '.join(
                   '%s, N=%d: %s s, %s ok' % (NAMES[r['tool']], r['n'], fmt(r.get('cold_s')), r.get('ok'))
                   for r in first) + '.')
 

@@ -9,13 +9,13 @@ Configuration and output: benches/peers/fanout_common.py. Run through benches/fa
 """
 import os
 import sys
+from importlib import metadata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True
 
 from fanout_common import Config, Meter, emit, env, now  # noqa: E402
 from pssh.clients import ParallelSSHClient  # noqa: E402
-import pssh  # noqa: E402
 
 
 def round_of(client):
@@ -53,7 +53,7 @@ def main():
         warm_failed += w_failed
         errors += ['warm: ' + e for e in w_errors]
     emit('parallel-ssh', cfg, cold, ok, failed, errors, warm_ms=warm_ms, warm_laps=laps,
-         warm_failed=warm_failed, version=pssh.__version__)
+         warm_failed=warm_failed, version=metadata.version('parallel-ssh'))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Functions executed inside Mitogen child contexts by mitogen_local.py.
+"""Functions executed inside Mitogen child contexts by mitogen_local.py and push.py.
 
 They live in their own importable module (not in the benchmark's __main__) so
 the child fetches them through Mitogen's normal module importer, the way a
@@ -42,3 +42,16 @@ def fetch_from_parent(path, router=None):
     if not ok or sink.n != meta['size']:
         raise RuntimeError('short transfer: %d of %d' % (sink.n, meta['size']))
     return sink.n
+
+
+@mitogen.core.takes_router
+def fetch_to_file(path, dest, router=None):
+    """A file push: pull `path` from the parent's FileService into the file `dest` (made anew,
+    mode 0600). Returns the number of bytes written."""
+    parent = mitogen.core.Context(router, mitogen.parent_id)
+    with open(dest, 'wb') as f:
+        ok, meta = mitogen.service.FileService.get(parent, path, f)
+        n = f.tell()
+    if not ok or n != meta['size']:
+        raise RuntimeError('short transfer: %d of %d' % (n, meta['size']))
+    return n
