@@ -9,6 +9,7 @@ and PREFIXcpu.svg (controller CPU per host, cold, ms).
 """
 import argparse
 import math
+import re
 import statistics
 import sys
 from xml.sax.saxutils import escape
@@ -21,8 +22,8 @@ COLORS = ['#1b9e77', '#d95f02', '#7570b3', '#e7298a', '#66a61e', '#e6ab02', '#a6
 
 
 def plain(label):
-    """A table's label as chart text (no markdown)."""
-    return label.replace('`', '')
+    """A table's label as chart text: no markdown, no closing remark in brackets."""
+    return re.sub(r' \([^)]*\)$', '', label.replace('`', ''))
 
 
 def nice_ticks(lo, hi):
@@ -115,7 +116,7 @@ def main():
     svg_chart('Cold: start, then hostname, on N hosts', 'seconds',
               [(plain(name), medians(rows, t, 'cold_s')) for t, name in COLD], args.prefix + 'cold.svg')
     svg_chart('Warm: a round on N hosts already up', 'milliseconds',
-              [(plain(name), medians(rows, t, field)) for t, _, field, name in WARM], args.prefix + 'warm.svg')
+              [(name, medians(rows, t, field)) for t, _, field, _, name in WARM], args.prefix + 'warm.svg')
     svg_chart('Controller CPU per host, cold', 'ms per host',
               [(plain(name), medians(rows, t, 'ctl_cpu_ms_per_host_cold')) for t, name in COLD
                if t != 'ssh-true'], args.prefix + 'cpu.svg')

@@ -17,13 +17,19 @@ COLD = [('hypha-cli', 'hypha exec'), ('hypha-fleet', 'hypha Fleet (API)'),
         ('parallel-ssh', 'parallel-ssh'), ('pssh', 'pssh'), ('clush', 'clush'),
         ('bssh', 'bssh'), ('ssh-true', '`ssh host true` ×N, 8 at a time')]
 NAMES = dict(COLD)
-# (tool, Stats attribute, the row's JSON field, label)
-WARM = [('hypha-fleet', 'warm', 'warm_median_ms', 'hypha Fleet: `hostname` on its contexts'),
-        ('hypha-fleet', 'warm_call', 'warm_call_median_ms', 'hypha Fleet: a typed call (nothing spawned)'),
-        ('hypha-persist', 'warm', 'warm_median_ms', 'hypha exec --persist: a second run'),
-        ('mitogen', 'warm', 'warm_median_ms', 'Mitogen: `hostname` (subprocess) on its contexts'),
-        ('mitogen', 'warm_call', 'warm_call_median_ms', 'Mitogen: a call (socket.gethostname)'),
-        ('parallel-ssh', 'warm', 'warm_median_ms', 'parallel-ssh: `hostname` on its open sessions')]
+# (tool, Stats attribute, the row's JSON field, label, the chart's label)
+WARM = [('hypha-fleet', 'warm', 'warm_median_ms', 'hypha Fleet: `hostname` on its contexts',
+         'hypha Fleet, hostname'),
+        ('hypha-fleet', 'warm_call', 'warm_call_median_ms', 'hypha Fleet: a typed call (nothing spawned)',
+         'hypha Fleet, typed call'),
+        ('hypha-persist', 'warm', 'warm_median_ms', 'hypha exec --persist: a second run',
+         'hypha exec --persist, 2nd run'),
+        ('mitogen', 'warm', 'warm_median_ms', 'Mitogen: `hostname` (subprocess) on its contexts',
+         'Mitogen, hostname'),
+        ('mitogen', 'warm_call', 'warm_call_median_ms', 'Mitogen: a call (socket.gethostname)',
+         'Mitogen, call'),
+        ('parallel-ssh', 'warm', 'warm_median_ms', 'parallel-ssh: `hostname` on its open sessions',
+         'parallel-ssh, hostname')]
 SLOW = [('hypha-ssh', 'hypha, ssh method (cached agent)'),
         ('hypha-openssh', 'hypha, openssh method (cached agent)'),
         ('mitogen', 'Mitogen'), ('ssh-true', '`ssh host true`')]
@@ -188,6 +194,11 @@ def main():
     peers.append(meta.get('openssh') or 'OpenSSH ?')
     peers.append('Python %s' % meta.get('python', '?'))
     print('Versions: %s.' % ', '.join(peers))
+    if str(meta.get('command', '')).startswith('benches/compare/run.sh'):
+        print()
+        print('To make it again, as root on a clean clone (it installs what it needs, sets up its own '
+              'sshd and the peers): `bash tests/lab/lab.sh up && benches/compare/run.sh --publish` '
+              '(the lab is for the slow link only; `--quick` stops at 50 hosts).')
     for r in skipped:
         print()
         print('**Not measured: %s** (%s).' % (r['tool'], r['skipped']))
@@ -227,7 +238,7 @@ def main():
         print()
         print('| what | ' + ' | '.join('N=%d' % n for n in ns) + ' |')
         print('|---|' + '---|' * len(ns))
-        for t, key, _, label in WARM:
+        for t, key, _, label, _ in WARM:
             if not any((n, t) in stats and getattr(stats[n, t], key) is not None for n in ns):
                 continue
             cells = []
