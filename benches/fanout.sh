@@ -386,7 +386,7 @@ build() {
     local json
     json=$(cd "$repo" && cargo build --release --locked --bin hypha --bench fanout --bench fleet --message-format=json-render-diagnostics)
     eval "$(python3 -c '
-import json, sys
+import json, shlex, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") != "compiler-artifact" or not m.get("executable"):
@@ -395,7 +395,7 @@ for line in sys.stdin:
     var = {("hypha", "bin"): "HYPHA_EXE", ("fanout", "bench"): "FANOUT_EXE", ("fleet", "bench"): "FLEET_EXE"}
     for kind in kinds:
         if (name, kind) in var:
-            print("%s=%s" % (var[(name, kind)], m["executable"]))' <<< "$json")"
+            print("%s=%s" % (var[(name, kind)], shlex.quote(m["executable"])))' <<< "$json")"
     if [ -z "${HYPHA_EXE:-}" ] || [ -z "${FANOUT_EXE:-}" ] || [ -z "${FLEET_EXE:-}" ]; then
         die "build: executables not found"
     fi
@@ -403,12 +403,15 @@ for line in sys.stdin:
 
 # meta COMMAND PLAN TOOLS: the run's first row (the machine, the versions, the command).
 meta() {
-    python3 - "$1" "$2" "$3" "$repo" <<'EOF' >> "$RESULTS"
+    python3 - "$1" "$2" "$3" "$repo" "$MAX_STARTUPS" <<'EOF' >> "$RESULTS"
 import json, os, platform, subprocess, sys, time
-cmd, plan, tools, repo = sys.argv[1:]
+cmd, plan, tools, repo, max_startups = sys.argv[1:]
 def out(argv):
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        # ssh -V says its version on stderr; anything else that fails says nothing.
+        if p.returncode != 0:
+            return None
         return (p.stdout or p.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return None
@@ -424,7 +427,7 @@ print(json.dumps({
     'kernel': platform.release(), 'os': out(['sh', '-c', '. /etc/os-release && echo "$PRETTY_NAME"']),
     'hypha': out(['git', '-C', repo, 'describe', '--always', '--dirty']),
     'openssh': out(['ssh', '-V']), 'python': platform.python_version(),
-    'started': time.time()}))
+    'max_startups': max_startups, 'started': time.time()}))
 EOF
 }
 

@@ -87,18 +87,18 @@ build_more() {
     local json
     json=$(cd "$repo" && cargo bench --locked --bench local --bench one --no-run --message-format=json-render-diagnostics)
     eval "$(python3 -c '
-import json, sys
+import json, shlex, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         var = {"local": "LOCAL_EXE", "one": "ONE_EXE"}.get(m["target"]["name"])
         if var:
-            print("%s=%s" % (var, m["executable"]))' <<< "$json")"
+            print("%s=%s" % (var, shlex.quote(m["executable"])))' <<< "$json")"
     [ -n "${LOCAL_EXE:-}" ] && [ -n "${ONE_EXE:-}" ] || die "build: the local and one benches not found"
 }
 
-# The floor: bytes/s through one connection to the bench sshd (aes128-ctr, hypha's ssh method's
-# first cipher), and the bare pipe round trip of benches/local.rs.
+# The file push and its floor: bytes/s through one connection to the bench sshd (aes128-ctr,
+# hypha's ssh method's first cipher), the tools in an order that rotates every round.
 floor() {
     local mib=$1 runs=$2 file sshopts r t0 t1 code
     sshopts=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i "$FAN_KEY"
@@ -106,12 +106,14 @@ floor() {
         -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=30 -c aes128-ctr)
     file="/dev/shm/hypha-compare-$$.bin"
     head -c "${mib}M" /dev/urandom > "$file"
+    local -a tools=(ssh-pipe scp hypha-copy mitogen-push parallel-ssh-push)
     for ((r = 1; r <= runs; r++)); do
-        local tool
-        for tool in ssh-pipe scp hypha-copy mitogen-push parallel-ssh-push; do
+        local tool i out
+        for ((i = 0; i < ${#tools[@]}; i++)); do
+            tool=${tools[$(((i + r - 1) % ${#tools[@]}))]}
             settle
             t0=$(date +%s%N)
-            code=0
+            code=0 out=""
             case $tool in
                 ssh-pipe)
                     timeout 300 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" "$FAN_USER@127.0.0.1" 'cat > /dev/null' < "$file" || code=$?
@@ -126,39 +128,48 @@ floor() {
                 *-push)
                     # The script's own timing would leave out its interpreter's start; the row's
                     # seconds are the whole command, as for the others.
-                    timeout 300 nsenter --net="/run/netns/$NS" "$PY" "$here/peers/push.py" "${tool%-push}" \
+                    out=$(timeout 300 nsenter --net="/run/netns/$NS" "$PY" "$here/peers/push.py" "${tool%-push}" \
                         "$file" 127.0.0.1 /tmp/floor.bin --user "$FAN_USER" --key "$FAN_KEY" \
-                        --known-hosts "$FAN_KNOWN_HOSTS" --cipher aes128-ctr < /dev/null >&2 || code=$?
+                        --known-hosts "$FAN_KNOWN_HOSTS" --cipher aes128-ctr < /dev/null) || code=$?
                     ;;
             esac
             t1=$(date +%s%N)
             timeout 30 nsenter --net="/run/netns/$NS" ssh "${sshopts[@]}" -n "$FAN_USER@127.0.0.1" 'rm -f /tmp/floor.bin' || true
             python3 -c 'import json, sys
-tool, mib, rnd, ns, code = sys.argv[1:]
-print(json.dumps({"tool": "floor-" + tool, "round": int(rnd), "mib": int(mib), "cipher": "aes128-ctr",
-    "seconds": int(ns) / 1e9, "mib_s": round(int(mib) / (int(ns) / 1e9), 1), "ok": code == "0"}))' \
-                "$tool" "$mib" "$r" "$((t1 - t0))" "$code" >> "$RESULTS"
+tool, mib, rnd, ns, code, out = sys.argv[1:]
+row = {"tool": "floor-" + tool, "round": int(rnd), "mib": int(mib), "cipher": "aes128-ctr",
+       "seconds": int(ns) / 1e9, "mib_s": round(int(mib) / (int(ns) / 1e9), 1), "ok": code == "0"}
+try:
+    error = json.loads(out).get("error") if out else None
+except ValueError:
+    error = out[-200:]
+if error or code != "0":
+    row["error"] = error or "exit %s" % code
+print(json.dumps(row))' \
+                "$tool" "$mib" "$r" "$((t1 - t0))" "$code" "$out" >> "$RESULTS"
             clog "floor $tool: $mib MiB in $(((t1 - t0) / 1000000)) ms (exit $code)"
         done
     done
     rm -f "$file"
-    if [ -n "${LOCAL_EXE:-}" ]; then
-        local dir
-        dir=$(mktemp -d)
-        (cd "$dir" && timeout 120 "$LOCAL_EXE" --bench pipe_pingpong_64b --warm-up-time 1 \
-            --measurement-time 3 --noplot 2>/dev/null) | python3 -c '
+}
+
+# The bare pipe round trip of benches/local.rs (criterion, briefly), while the machine is calm.
+pipe_floor() {
+    local dir
+    dir=$(mktemp -d)
+    (cd "$dir" && timeout 120 "$LOCAL_EXE" --bench pipe_pingpong_64b --warm-up-time 1 \
+        --measurement-time 3 --noplot 2>/dev/null) | python3 -c '
 import json, re, sys
 text = sys.stdin.read()
 m = re.search(r"pipe_pingpong_64b\s+time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", text)
 if m:
     scale = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[m.group(2)]
     print(json.dumps({"tool": "floor-pipe", "us": round(float(m.group(1)) * scale, 3),
-                      "what": "64-byte ping-pong through two pipes and a child (benches/local.rs)"}))
+                  "what": "64-byte ping-pong through two pipes and a child (benches/local.rs)"}))
 else:
     sys.stderr.write("no pipe_pingpong_64b figure in the criterion output\n")' >> "$RESULTS" ||
-            clog "the pipe floor failed"
-        rm -rf "$dir"
-    fi
+        clog "the pipe floor failed"
+    rm -rf "$dir"
 }
 
 # One context, ROUNDS times, hypha (benches/one.rs) and Mitogen (benches/peers/mitogen_ssh.py)
@@ -180,7 +191,7 @@ one() {
                     timeout 600 nsenter --net="/run/netns/$NS" "$PY" "$here/peers/mitogen_ssh.py" \
                         --only ssh_call_rtt_us --only ssh_check_true_us --only ssh_bytes_mib_s --bytes-mib "$mib" --host 127.0.0.1 \
                         --user "$FAN_USER" --key "$FAN_KEY" --known-hosts "$FAN_KNOWN_HOSTS" \
-                        --cipher aes128-ctr < /dev/null 2>/dev/null
+                        --cipher aes128-ctr < /dev/null 2>> "${RESULTS%.jsonl}-mitogen.log"
                     ;;
             esac | python3 -c '
 import json, sys
@@ -189,7 +200,7 @@ for line in sys.stdin:
     row = json.loads(line)
     row.update(tool="one-" + tool, round=int(rnd), figure=row["figure"].replace("ssh_", "", 1))
     print(json.dumps(row))' "$tool" "$r" >> "$RESULTS" || {
-                clog "one context: $tool failed in round $r"
+                clog "one context: $tool failed in round $r (Mitogen's log: ${RESULTS%.jsonl}-mitogen.log)"
                 echo "{\"tool\": \"one-$tool\", \"round\": $r, \"figure\": \"failed\"}" >> "$RESULTS"
             }
         done
@@ -198,12 +209,13 @@ for line in sys.stdin:
 
 main() {
     local plan=$FULL_PLAN tools=$COMPARE_TOOLS slow=1 floor_rows=1 publish=0 quick=0
-    local orig_args="$*"
+    local orig_args
+    orig_args=$(printf ' %q' "$@")
     while [ $# -gt 0 ]; do
         case "$1" in
             --quick) plan=$QUICK_PLAN quick=1 ;;
-            --plan) plan=$2 && shift ;;
-            --tools) tools=$2 && shift ;;
+            --plan) [ $# -ge 2 ] || die "--plan needs N:ROUNDS pairs"; plan=$2 && shift ;;
+            --tools) [ $# -ge 2 ] || die "--tools needs a list"; tools=$2 && shift ;;
             --no-slow) slow=0 ;;
             --no-floor) floor_rows=0 ;;
             --publish) publish=1 ;;
@@ -216,7 +228,7 @@ main() {
     t_start=$(date +%s%N)
     for pair in $plan; do
         n=${pair%%:*} rounds=${pair#*:}
-        [[ "$n" =~ ^[0-9]+$ && "$rounds" =~ ^[0-9]+$ ]] || die "--plan: N:ROUNDS pairs, not $pair"
+        [[ "$pair" == *:* && "$n" =~ ^[0-9]+$ && "$rounds" =~ ^[0-9]+$ ]] || die "--plan: N:ROUNDS pairs, not $pair"
         if [ "$n" -lt 1 ] || [ "$n" -gt "$MAX_HOSTS" ]; then die "--plan: N is 1..$MAX_HOSTS"; fi
     done
     up
@@ -239,7 +251,7 @@ main() {
     : > "$RESULTS"
     ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     clog "open files: $(ulimit -n); results: $RESULTS"
-    meta "benches/compare/run.sh${orig_args:+ $orig_args}" "$plan" "$tools"
+    meta "benches/compare/run.sh$orig_args" "$plan" "$tools"
     local -a list=()
     local tool
     for tool in $tools; do
@@ -252,6 +264,7 @@ main() {
     done
     local k=${#list[@]} r i offset=0 first
     first=${plan%%:*}
+    [ "$floor_rows" = 0 ] || pipe_floor
     clog "round 0: the hosts' agent cache emptied, hypha exec and the Fleet bench on $first hosts (uncounted: each uploads its agent)"
     clear_agent_cache
     run_tool hypha-cli "$first" 0
@@ -282,8 +295,8 @@ main() {
     python3 -c 'import json, sys, time; print(json.dumps({"tool": "meta-end", "wall_s": round(int(sys.argv[1]) / 1e9, 1), "ended": time.time()}))' \
         "$(($(date +%s%N) - t_start))" >> "$RESULTS"
     local out="$STATE/compare/$stamp"
-    python3 "$cmp_dir/chart.py" --prefix "$out-" "$RESULTS"
     python3 "$cmp_dir/table.py" --charts "$stamp-" "$RESULTS" > "$out.md"
+    python3 "$cmp_dir/chart.py" --prefix "$out-" "$RESULTS" || clog "chart.py failed (the report is written)"
     cat "$out.md"
     if [ "$publish" = 1 ]; then
         local f

@@ -62,7 +62,7 @@ def cell(v, base, failed=0, is_base=False):
     """A table cell: the median, in brackets its ratio to the base's (unless it is the base), and
     `!N` when N answers failed."""
     if v is None:
-        return '–'
+        return '–' + (' !%d' % failed if failed else '')
     rat = ratio(v, base)
     out = fmt(v) + ('' if rat is None or is_base else ' (%s)' % fmt(rat, 2))
     return out + (' !%d' % failed if failed else '')
@@ -75,7 +75,10 @@ class Stats(object):
         self.rows = rows
         self.runs = len(rows)
         cold = [r.get('cold_s') for r in rows if r.get('cold_s') is not None]
-        self.cold = med(cold)
+        # A round where hosts failed may have been fast by failing: the median is of the rounds
+        # where every host answered, if there were any (the failures are shown beside it).
+        clean = [r['cold_s'] for r in rows if r.get('cold_s') is not None and not r.get('failed')]
+        self.cold = med(clean or cold)
         self.cold_min = min(cold) if cold else None
         self.cold_max = max(cold) if cold else None
         self.ok = sum(r.get('ok') or 0 for r in rows)
@@ -144,8 +147,8 @@ def targets(stats, ns, slow, floor):
             st = stats.get((n, h))
             if st:
                 print()
-                print('Every host answers at N=%d (%s): %d ok, %d failed over %d rounds: %s.' % (
-                    n, NAMES[h], st.ok, st.failed + st.warm_failed, st.runs,
+                print('Every host answers at N=%d (%s): %d ok, %d failed cold and %d warm over %d '
+                      'rounds: %s.' % (n, NAMES[h], st.ok, st.failed, st.warm_failed, st.runs,
                     'met' if st.failed + st.warm_failed == 0 else '**missed**'))
 
 
@@ -203,13 +206,17 @@ def main():
         print()
         print('**Not measured: %s** (%s).' % (r['tool'], r['skipped']))
     print()
-    print('The hosts: one sshd (OpenSSH, MaxStartups 1000:30:2000) in a network namespace of its '
-          'own, whose addresses 127.0.0.1 .. 127.0.1.246 stand for 500 hosts; every tool connects '
-          '64 at a time (its fan-out), checks host keys against the same known_hosts (parallel-ssh '
+    top = max(ns) if ns else 1
+    fanouts = ' or '.join(str(f) for f in sorted({r['fanout'] for r in fan if r.get('fanout')})) or '?'
+    print('The hosts: one sshd (OpenSSH, MaxStartups %s) in a network namespace of its own, whose '
+          'addresses 127.0.0.1 .. 127.0.%d.%d stand for %d hosts; every tool connects %s at a time '
+          '(its fan-out), checks host keys against the same known_hosts (parallel-ssh '
           'cannot: it checks none) and authenticates with the same ed25519 key. The hosts share '
           'one agent cache, so hypha\'s rows are cached starts (the first start, which uploads '
           'the agent, is round 0, not counted). Each figure is the median of the counted rounds; '
-          'the tools run one after another in an order that rotates every round.')
+          'the tools run one after another in an order that rotates every round.' % (
+              meta.get('max_startups') or '1000:30:2000', (top - 1) // 254, (top - 1) % 254 + 1, top,
+              fanouts))
 
     print()
     print('## Cold: start, then `hostname`, on N hosts')
@@ -261,7 +268,7 @@ def main():
               'pages they brought in), at the peak, over the whole run. Remote CPU: the sshd\'s '
               'cgroup (sshd, the sessions and what they ran) during the cold part.')
         print()
-        print('| N | tool | runs | cold s (min–max) | ok / failed | controller CPU ms/host | '
+        print('| N | tool | runs | cold s (min–max) | ok / failed (warm failed) | controller CPU ms/host | '
               'peak memory MiB (KiB/host) | remote CPU ms/host (÷ ssh true) |')
         print('|---|---|---|---|---|---|---|---|')
         for n in ns:
@@ -271,9 +278,9 @@ def main():
                     continue
                 st = stats.get((n, 'ssh-true'))
                 rr = ratio(s.sshd, st.sshd if st else None)
-                print('| %d | %s | %d | %s (%s–%s) | %d / %d | %s (%s) | %s (%s) | %s%s |' % (
+                print('| %d | %s | %d | %s (%s–%s) | %d / %d (%d) | %s (%s) | %s (%s) | %s%s |' % (
                     n, NAMES[t], s.runs, fmt(s.cold), fmt(s.cold_min), fmt(s.cold_max), s.ok,
-                    s.failed + s.warm_failed, fmt(s.ctl), fmt(s.ctl_cg),
+                    s.failed, s.warm_failed, fmt(s.ctl), fmt(s.ctl_cg),
                     fmt(None if s.mem_kb is None else s.mem_kb / 1024), fmt(s.mem_host),
                     fmt(s.sshd), '' if rr is None or t == 'ssh-true' else ' (%s)' % fmt(rr, 2)))
         if args.charts:

@@ -105,7 +105,10 @@ def bssh(cfg):
         os.makedirs(os.path.join(home, '.ssh'), mode=0o700)
         shutil.copy(cfg.known_hosts, os.path.join(home, '.ssh', 'known_hosts'))
         outdir = os.path.join(home, 'out')
-        argv = [exe, '-H', cfg.nodeset(), '-l', cfg.user, '-i', cfg.key,
+        # bssh 2.2.3 ignores -l with -H (it logs in as the local user, and then calls a failed
+        # authentication "Exit Status: 0"): the user goes into each host pattern.
+        hosts = ','.join('%s@%s' % (cfg.user, part) for part in cfg.nodeset().split(','))
+        argv = [exe, '-H', hosts, '-i', cfg.key,
                 '--strict-host-key-checking', 'yes', '--connect-timeout', str(cfg.timeout),
                 '--parallel', str(cfg.fanout), '-b', '-q', '--output-dir', outdir, 'hostname']
         env = dict(os.environ, HOME=home, NO_COLOR='1')

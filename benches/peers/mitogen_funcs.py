@@ -5,6 +5,8 @@ the child fetches them through Mitogen's normal module importer, the way a
 real Mitogen user ships code, and so the child never re-imports the benchmark
 script itself.
 """
+import os
+
 import mitogen.core
 import mitogen.service
 
@@ -46,10 +48,10 @@ def fetch_from_parent(path, router=None):
 
 @mitogen.core.takes_router
 def fetch_to_file(path, dest, router=None):
-    """A file push: pull `path` from the parent's FileService into the file `dest` (made anew,
-    mode 0600). Returns the number of bytes written."""
+    """A file push: pull `path` from the parent's FileService into the file `dest` (created or
+    emptied; a new one is mode 0600). Returns the number of bytes written."""
     parent = mitogen.core.Context(router, mitogen.parent_id)
-    with open(dest, 'wb') as f:
+    with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'wb') as f:
         ok, meta = mitogen.service.FileService.get(parent, path, f)
         n = f.tell()
     if not ok or n != meta['size']:

@@ -8,11 +8,13 @@ mitogen: router.ssh() (the system's ssh, -F /dev/null, host keys enforced, the c
 then the remote pulls FILE through mitogen.service.FileService into DEST (mitogen_funcs.
 fetch_to_file). parallel-ssh: ParallelSSHClient([HOST]).copy_file(FILE, DEST) (SFTP over libssh2;
 parallel-ssh checks no host keys and picks its own cipher; the size on the host is read after the
-timed part). One JSON object on stdout: tool, seconds, bytes (as the host has them), ok, error.
+push, outside `seconds`, but inside the whole command run.sh times). One JSON object on stdout:
+tool, seconds, bytes (as the host has them), ok, error.
 """
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -53,7 +55,7 @@ def parallel_ssh_push(args):
 
 def remote_size(client, dest):
     """The size of DEST on the host, by `wc -c` (after the timed push)."""
-    out = client.run_command('wc -c < %s' % dest)
+    out = client.run_command('wc -c < %s' % shlex.quote(dest))
     client.join(out)
     return int(''.join(out[0].stdout).strip())
 

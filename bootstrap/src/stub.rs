@@ -17,8 +17,9 @@
 //! `<found>` is `-`, or what was wrong with a cached agent that NEED will replace (`size=N`,
 //! `cksum=N`, `uid=N`, `mode=M`, ...); NOBUILD says no build was offered for `<arch>`. A cached
 //! agent the stub `exec`s at once, with no word from the parent (that would cost a round trip);
-//! for NEED the parent answers `SEND <len>` followed by `len` bytes (gzip when the host has it); the stub writes them under a temporary name, checks
-//! size and `cksum`, makes the file executable, renames it into place, says
+//! for NEED the parent answers `SEND <len>` followed by `len` bytes (gzip when the host has it);
+//! the stub writes them under a temporary name, checks size and `cksum`, makes the file
+//! executable, renames it into place, says
 //! `HYPHA-STUB-INSTALLED <nonce>` (or `HYPHA-STUB-FAILED <nonce> <why>`) and `exec`s it as the
 //! agent (`hypha-HASH --hypha-agent NONCE`). Starts that find no agent wait (bounded) for the
 //! one holding `.lock-HASH` in the directory to install it, so many starts at once on one host

@@ -162,7 +162,10 @@ printf "\nHYPHA-STUB %s %s %s %s %s %s %s\n" "$n" "$arch" "$user" "$st" "$z" "$f
 [ "$st" = NODIR ] && exit 3
 # A cached agent runs at once: the parent has nothing to say to a start that fits (and waiting
 # for it to say so would cost a round trip).
-[ "$st" = CACHED ] && exec "$f" --hypha-agent "$n"
+if [ "$st" = CACHED ]; then
+    exec "$f" --hypha-agent "$n"
+    exit 6
+fi
 read -r cmd len || exit 4
 if [ "$cmd" = SEND ]; then
     t="$d/.hypha-$h.$$"
