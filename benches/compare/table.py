@@ -420,6 +420,32 @@ def main():
               'another executable): ' + '; '.join(
                   '%s, N=%d: %s s, %s ok' % (NAMES[r['tool']], r['n'], fmt(r.get('cold_s')), r.get('ok'))
                   for r in first) + '.')
+    if fan:
+        notes()
+
+
+def notes():
+    """What a reader needs to read the figures right, whatever the run."""
+    print()
+    print('## Reading it')
+    print()
+    for line in (
+            'Every tool and every host share this machine\'s cores: at large N a cold run is '
+            'bound by the CPU all the handshakes need (the sshd\'s side and the client\'s), not by '
+            'how many are in flight, so the controller and remote CPU columns say more about other '
+            'machines than the seconds do.',
+            'A host counts as answered only when it printed one line (its `hostname`) and exited '
+            '0. bssh 2.2.3 ignores `-l` when given `-H` and reports a failed login as "Exit '
+            'Status: 0", so its driver puts the user into each host pattern; its answers are '
+            'checked the same way as everyone\'s.',
+            'parallel-ssh checks no host keys (it has no such option), so it skips work every '
+            'other tool does.',
+            'hypha exec\'s remote CPU includes the end of each session; the Fleet bench\'s stops at '
+            'the first answer, its contexts staying up. `ssh host true` is a whole session.',
+            'Round trips on one context and the bare pipe floor depend on how fast an idle core '
+            'wakes up on this virtual machine: the same pipe ping-pong measured 7 µs with the '
+            'cores busy and 40-54 µs with them idle.'):
+        print('- ' + line)
 
 
 if __name__ == '__main__':
