@@ -27,9 +27,12 @@
 //! (`getrusage` of this process: the SSH client is in-process) and the sshd's (its cgroup), cold
 //! and per warm round, in ms per host; `errors`, the first few distinct reasons.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{env, env_num, median};
 use hypha::fleet::{Fleet, Summary};
 use hypha::process::Command;
 use hypha::{Handlers, Method, Runtime, Ssh, Whoami};
@@ -40,14 +43,6 @@ const MAX_HOSTS: usize = 508;
 /// Host `i` (1-based): 127.0.0.i up to 254, then 127.0.1.(i - 254), as benches/fanout.sh.
 fn host_addr(i: usize) -> String {
     format!("127.0.{}.{}", (i - 1) / 254, (i - 1) % 254 + 1)
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    env(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// This process's user + system CPU so far, in ms.
@@ -69,16 +64,6 @@ fn cgroup_cpu_ms(stat: Option<&PathBuf>) -> f64 {
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok()))
         .map_or(f64::NAN, |us| us / 1e3)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// A JSON number, or null for NaN.

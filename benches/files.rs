@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{handlers, tokio_rt};
+use common::{env_num, handlers, tokio_rt};
 use hypha::files::Keep;
 use hypha::{Context, OpenSsh, Runtime, Ssh};
 
@@ -378,19 +378,15 @@ impl Drop for Scratch {
     }
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
     hypha::run_if_agent(&handlers());
     let Some(lab) = Lab::find() else {
         eprintln!("files bench skipped: the lab is not up (run `bash tests/lab/lab.sh up` as root)");
         return;
     };
-    let runs = env_usize("FILES_RUNS", 5);
-    let small_runs = env_usize("FILES_SMALL_RUNS", 15);
-    let mib = env_usize("FILES_MIB", 1024);
+    let runs = env_num("FILES_RUNS", 5);
+    let small_runs = env_num("FILES_SMALL_RUNS", 15);
+    let mib = env_num("FILES_MIB", 1024);
     let groups = std::env::var("FILES_GROUPS").unwrap_or_else(|_| "big,hops,small".into());
     let floor_exe = std::env::var_os("FILES_FLOOR_EXE").map(PathBuf::from);
     let cipher = lab.cipher.clone();

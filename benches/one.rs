@@ -22,31 +22,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::{handlers, tokio_rt, Sink};
+use common::{env, env_num, handlers, median, quantile, tokio_rt, Sink};
 use hypha::process::Command;
 use hypha::{Ping, Runtime, Ssh};
 use tokio::io::AsyncReadExt;
 
 const MIB: u64 = 1 << 20;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    env(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The value at fraction `q` (0..=1) of `v`, sorted; the midpoint's mean for an even median.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if q == 0.5 && n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        n => v[((n - 1) as f64 * q).round() as usize],
-    }
-}
 
 /// `batches` batches of `calls` calls of `call`, one after another, as a figure: the median of the
 /// batches' means, and the spread of single calls, in µs.
@@ -66,8 +47,8 @@ where
         means.push(batch.elapsed().as_secs_f64() * 1e6 / calls as f64);
     }
     serde_json::json!({
-        "tool": "one-hypha", "figure": figure, "median": quantile(&means, 0.5),
-        "per_call_median": quantile(&each, 0.5), "per_call_p10": quantile(&each, 0.1),
+        "tool": "one-hypha", "figure": figure, "median": median(&means),
+        "per_call_median": median(&each), "per_call_p10": quantile(&each, 0.1),
         "per_call_p90": quantile(&each, 0.9), "batches": batches, "calls_per_batch": calls,
         "host": host, "method": "ssh",
     })
@@ -121,7 +102,7 @@ fn main() {
         println!(
             "{}",
             serde_json::json!({
-                "tool": "one-hypha", "figure": "bytes_mib_s", "median": quantile(&rates, 0.5),
+                "tool": "one-hypha", "figure": "bytes_mib_s", "median": median(&rates),
                 "samples": rates, "mib": mib, "host": host, "method": "ssh",
             })
         );

@@ -1,4 +1,5 @@
-//! Shared by the bench binaries: the handlers their agents serve and the controller's runtime.
+//! Shared by the bench binaries: the handlers their agents serve, the controller's runtime, their
+//! settings from the environment and their statistics.
 
 #![allow(dead_code)]
 
@@ -84,4 +85,31 @@ pub(crate) fn bench_upload(
             })
         })
     });
+}
+
+/// A setting from the environment; unset and empty are the same.
+pub(crate) fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A number from the environment, or `default` when it is unset, empty or not a number.
+pub(crate) fn env_num(name: &str, default: usize) -> usize {
+    env(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The median of `v` (the mean of the middle two for an even count; NaN for none).
+pub(crate) fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The value at fraction `q` (0..=1) of `v`, sorted (nearest rank); the median as [`median`]
+/// says. NaN for none.
+pub(crate) fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if q == 0.5 && n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        n => v[((n - 1) as f64 * q).round() as usize],
+    }
 }
