@@ -58,6 +58,19 @@ def ratio(a, b):
     return None if a is None or not b else a / b
 
 
+def section(title):
+    """A heading of the report, between blank lines."""
+    print()
+    print('## ' + title)
+    print()
+
+
+def head(*columns):
+    """A table's header row and its rule."""
+    print('| %s |' % ' | '.join(columns))
+    print('|' + '---|' * len(columns))
+
+
 def cell(v, base, failed=0, is_base=False):
     """A table cell: the median, in brackets its ratio to the base's (unless it is the base), and
     `!N` when N answers failed."""
@@ -133,13 +146,10 @@ def targets(stats, ns, slow, floor):
                 ratio(start[t], start['slow-ssh-true']), 1.2)
     if not lines:
         return
-    print()
-    print('## Against the targets')
-    print()
+    section('Against the targets')
     print('The figures issues 11 (services), 12 (the fleet) and 13 (this comparison) named.')
     print()
-    print('| figure | measured | target | |')
-    print('|---|---|---|---|')
+    head('figure', 'measured', 'target', '')
     for line in lines:
         print(line)
     for n in (200, 500):
@@ -218,14 +228,11 @@ def main():
               meta.get('max_startups') or '1000:30:2000', (top - 1) // 254, (top - 1) % 254 + 1, top,
               fanouts))
 
-    print()
-    print('## Cold: start, then `hostname`, on N hosts')
-    print()
+    section('Cold: start, then `hostname`, on N hosts')
     print('Seconds, median; in brackets, the tool\'s time ÷ `hypha exec`\'s (above 1: hypha is '
           'faster); hosts that did not answer, over all rounds, after a `!`.')
     print()
-    print('| tool | ' + ' | '.join('N=%d' % n for n in ns) + ' |')
-    print('|---|' + '---|' * len(ns))
+    head('tool', *('N=%d' % n for n in ns))
     for t in tools:
         cells = []
         for n in ns:
@@ -237,14 +244,11 @@ def main():
         print('![cold start and hostname against N](%scold.svg)' % args.charts)
 
     if any(getattr(s, 'warm') is not None for s in stats.values()):
-        print()
-        print('## Warm: the same again, on contexts already up')
-        print()
+        section('Warm: the same again, on contexts already up')
         print('Milliseconds for a round on all N hosts, median; in brackets, ÷ the hypha Fleet\'s '
               'same kind of round; `!` counts failed answers.')
         print()
-        print('| what | ' + ' | '.join('N=%d' % n for n in ns) + ' |')
-        print('|---|' + '---|' * len(ns))
+        head('what', *('N=%d' % n for n in ns))
         for t, key, _, label, _ in WARM:
             if not any((n, t) in stats and getattr(stats[n, t], key) is not None for n in ns):
                 continue
@@ -259,18 +263,15 @@ def main():
             print('![warm rounds against N](%swarm.svg)' % args.charts)
 
     if ns:
-        print()
-        print('## What it costs the controller and the hosts')
-        print()
+        section('What it costs the controller and the hosts')
         print('Per host, median over the rounds. Controller CPU: the tool\'s processes (getrusage; '
               'in brackets its cgroup over the whole run, warm rounds included). Peak memory: the '
               'v1 memory cgroup of the tool\'s processes together (anonymous memory and the file '
               'pages they brought in), at the peak, over the whole run. Remote CPU: the sshd\'s '
               'cgroup (sshd, the sessions and what they ran) during the cold part.')
         print()
-        print('| N | tool | runs | cold s (min–max) | ok / failed (warm failed) | controller CPU ms/host | '
-              'peak memory MiB (KiB/host) | remote CPU ms/host (÷ ssh true) |')
-        print('|---|---|---|---|---|---|---|---|')
+        head('N', 'tool', 'runs', 'cold s (min–max)', 'ok / failed (warm failed)', 'controller CPU ms/host',
+             'peak memory MiB (KiB/host)', 'remote CPU ms/host (÷ ssh true)')
         for n in ns:
             for t in tools:
                 s = stats.get((n, t))
@@ -288,17 +289,14 @@ def main():
             print('![controller CPU per host against N](%scpu.svg)' % args.charts)
 
     if slow:
-        print()
-        print('## Over a slow link')
-        print()
+        section('Over a slow link')
         print('One lab host behind benches/compare/relay.py, which delays each direction by half '
               'the round trip time (RTT). Start: hypha\'s `start_seconds` (from the start to the '
               'agent\'s Hello), Mitogen\'s router.ssh() until the first call answers, the whole '
               '`ssh host true`; median over the rounds. Turns: how often the client spoke after '
               'the server had, counted by the relay (a lower bound on the round trips waited for).')
         print()
-        print('| RTT ms | tool | runs | start s | whole command s | turns | start ÷ ssh true | failed |')
-        print('|---|---|---|---|---|---|---|---|')
+        head('RTT ms', 'tool', 'runs', 'start s', 'whole command s', 'turns', 'start ÷ ssh true', 'failed')
         rtts = sorted({r['rtt_ms'] for r in slow})
         for rtt in rtts:
             base = med([r['start_s'] for r in slow
@@ -317,9 +315,7 @@ def main():
 
     one = [r for r in rows if str(r.get('tool', '')).startswith('one-')]
     if one:
-        print()
-        print('## One context: round trips and bytes/s')
-        print()
+        section('One context: round trips and bytes/s')
         print('One context on one host, aes128-ctr for both: hypha (benches/one.rs, libssh2 in '
               'process, a typed `Ping` answered by the agent; zeros uploaded to a handler that '
               'drops them; the process service running `true`) and Mitogen (benches/peers/mitogen_ssh.py: '
@@ -329,8 +325,7 @@ def main():
               'another (2,000 pings, 200 checks), the median of 5 batches; in brackets the median '
               'single call. The two ran in turn, each round.')
         print()
-        print('| tool | runs | call round trip µs | `check(["true"])` µs | upload MiB/s | failed rounds |')
-        print('|---|---|---|---|---|---|')
+        head('tool', 'runs', 'call round trip µs', '`check(["true"])` µs', 'upload MiB/s', 'failed rounds')
         figures = ('call_rtt_us', 'check_true_us', 'bytes_mib_s')
         cells = {}
         for t, label in (('one-hypha', 'hypha'), ('one-mitogen', 'Mitogen')):
@@ -355,16 +350,13 @@ def main():
               ('floor-parallel-ssh-push', 'parallel-ssh: `copy_file` (SFTP)'),
               ('floor-ssh-pipe', 'floor: `ssh host \'cat > /dev/null\' < file` (OpenSSH)')]
     if any(r['tool'] == t for r in floor for t, _ in pushes):
-        print()
-        print('## File push')
-        print()
+        section('File push')
         mib = next(r['mib'] for r in floor if 'mib' in r)
         print('%d MiB of random bytes to one host\'s /tmp, the whole command timed (start, '
               'connection and authentication included), aes128-ctr where the tool lets one '
               'choose (parallel-ssh does not); MiB/s, median of the rounds; the tools in turn.' % mib)
         print()
-        print('| tool | runs | MiB/s | seconds | ÷ hypha copy | failed |')
-        print('|---|---|---|---|---|---|')
+        head('tool', 'runs', 'MiB/s', 'seconds', '÷ hypha copy', 'failed')
         base = med([r['seconds'] for r in floor if r['tool'] == 'floor-hypha-copy' and r['ok']])
         for t, label in pushes:
             rs = [r for r in floor if r['tool'] == t]
@@ -376,9 +368,7 @@ def main():
                 label, len(rs), fmt(med([r['mib_s'] for r in good])), fmt(secs),
                 fmt(ratio(secs, base), 2) if t != 'floor-hypha-copy' else '–', len(rs) - len(good)))
 
-    print()
-    print('## The floor')
-    print()
+    section('The floor')
     st = [s.sshd for (n, t), s in stats.items() if t == 'ssh-true' and s.sshd is not None]
     if st:
         print('- sshd\'s own CPU for one `ssh host true` (connection, key exchange, '
@@ -396,9 +386,7 @@ def main():
 
     local = [r for r in rows if r.get('tool') == 'hypha-local']
     if local:
-        print()
-        print('## Local contexts')
-        print()
+        section('Local contexts')
         print('benches/fleet.rs: ' + '; '.join(
             '%s = %s %s (n=%s)' % (r.get('figure'), fmt(r.get('value', r.get('median'))),
                                    r.get('unit', ''), r.get('n')) for r in local) + '.')
@@ -407,9 +395,7 @@ def main():
 
     errs = [(n, t, s.errors) for (n, t), s in sorted(stats.items()) if s.errors]
     if errs:
-        print()
-        print('## Errors (the first distinct ones)')
-        print()
+        section('Errors (the first distinct ones)')
         for n, t, es in errs:
             print('- %s, N=%d: %s' % (NAMES[t], n, '; '.join(e[:200] for e in es)))
     first = [r for r in fan if r.get('round') == 0]
@@ -426,9 +412,7 @@ def main():
 
 def notes():
     """What a reader needs to read the figures right, whatever the run."""
-    print()
-    print('## Reading it')
-    print()
+    section('Reading it')
     for line in (
             'Every tool and every host share this machine\'s cores: at large N a cold run is '
             'bound by the CPU all the handshakes need (the sshd\'s side and the client\'s), not by '
